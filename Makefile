@@ -1,0 +1,45 @@
+# EdgeLoop: the two commands the README starts with are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := libs/common libs/cli $(wildcard services/*)
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit lint infra-up infra-down bench asyncapi clean
+
+install: $(STAMP)
+
+$(STAMP): Makefile constraints.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
+	touch $(STAMP)
+
+# Standalone: in-process bus, SQLite, local folders, embedded or local MQTT broker.
+demo: install
+	$(BIN)/edgeloop demo
+
+# Distributed path against real Kafka, Mosquitto and PostgreSQL, started here.
+test: install
+	$(BIN)/edgeloop infra up
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not kafka and not mqtt and not postgres"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+infra-up: install
+	$(BIN)/edgeloop infra up
+
+infra-down: install
+	$(BIN)/edgeloop infra down
+
+asyncapi: install
+	$(BIN)/python -m edgeloop_common.asyncapi > docs/asyncapi.yaml
+
+clean:
+	-$(BIN)/edgeloop infra down
+	rm -rf $(VENV) .edgeloop

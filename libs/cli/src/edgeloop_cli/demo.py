@@ -1,0 +1,7 @@
+"""Placeholder: being written."""
+
+HELP = "Not yet available."
+
+
+def demo() -> None:
+    raise SystemExit("not yet available")

@@ -1,0 +1,80 @@
+"""``edgeloop <service>``: run one EdgeLoop service in the foreground.
+
+Every service package has the same shape: ``edgeloop_<name>.settings.Settings``
+(pydantic-settings, prefix ``EDGELOOP_<NAME>_``, with ``http_host`` and
+``http_port``) and ``edgeloop_<name>.app.create_app(settings)``. The help text
+of each command lists the service's environment variables, read off its
+settings class, so it cannot go stale.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    command: str
+    package: str
+    summary: str
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("ingest", "edgeloop_ingest", "MQTT -> Kafka bridge and sample store (HTTP :8081)."),
+    ServiceSpec("inference-gateway", "edgeloop_inference_gateway", "Classifies images through the TF Serving API (HTTP :8082)."),
+    ServiceSpec("model-server", "edgeloop_model_server", "TF Serving-compatible lite model server (REST :8501, gRPC :8500)."),
+)
+
+
+def env_help(settings_cls: type[Any]) -> str:
+    """One line per environment variable the settings class reads."""
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    lines = ["Environment variables:", ""]
+    for name, field in settings_cls.model_fields.items():
+        if name == "common":
+            continue
+        default = field.default if field.default is not None else ""
+        description = f" {field.description}" if field.description else ""
+        lines.append(f"  {prefix}{name.upper()} (default: {default!s}).{description}")
+        lines.append("")
+    lines.append("  Shared: EDGELOOP_MODE, EDGELOOP_KAFKA_BOOTSTRAP_SERVERS, EDGELOOP_MQTT_HOST, EDGELOOP_MQTT_PORT,")
+    lines.append("  EDGELOOP_DATABASE_URL, EDGELOOP_DATA_DIR, EDGELOOP_LOG_LEVEL (see README, 'Configuration').")
+    return "\n\n".join(["\n".join(lines[i : i + 2]) for i in range(0, len(lines), 2)])
+
+
+def _runner(spec: ServiceSpec) -> Callable[..., None]:
+    def run(
+        host: str = typer.Option(None, help="Bind address (overrides the settings' http_host)."),
+        port: int = typer.Option(None, help="HTTP port (overrides the settings' http_port)."),
+    ) -> None:
+        import uvicorn
+
+        settings_module = importlib.import_module(f"{spec.package}.settings")
+        app_module = importlib.import_module(f"{spec.package}.app")
+        settings = settings_module.Settings()
+        logging.basicConfig(
+            level=settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        uvicorn.run(
+            app_module.create_app(settings),
+            host=host or settings.http_host,
+            port=port or settings.http_port,
+            log_level=settings.common.log_level.lower(),
+        )
+
+    return run
+
+
+def register(app: typer.Typer) -> None:
+    for spec in SERVICES:
+        try:
+            settings_module = importlib.import_module(f"{spec.package}.settings")
+        except ModuleNotFoundError:
+            continue  # service not installed in this environment
+        app.command(spec.command, help=spec.summary, epilog=env_help(settings_module.Settings))(_runner(spec))

@@ -1,0 +1,116 @@
+"""The event bus interface shared by the Kafka and the in-process implementations.
+
+Delivery contract (DESIGN.md, "Delivery semantics"):
+
+* ``publish`` returns only once the event is durable (Kafka: acknowledged by
+  all in-sync replicas; in-process: queued to every subscriber).
+* A subscriber's handler is called at least once per event. The bus records
+  the event id as processed for the subscriber's group *after* the handler
+  returned and skips ids it has already recorded, so a redelivery has no
+  second effect.
+* A handler that raises is retried with backoff up to ``RetryPolicy.max_attempts``;
+  :class:`PermanentError` is not retried. Then a :class:`DeadLetter` with the
+  reason goes to ``edgeloop.deadletter.v1`` and the consumer moves on.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from edgeloop_common.events import DeadLetter, Event
+
+E = TypeVar("E", bound=Event)
+
+
+class PermanentError(Exception):
+    """The message can never be handled (bad input); do not retry, dead-letter it."""
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Transport attributes of a delivered event (CloudEvents + Kafka position)."""
+
+    event_id: str
+    event_type: str
+    source: str
+    time: datetime
+    topic: str
+    key: str | None = None
+    traceparent: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    attempt: int = 1
+
+
+Handler = Callable[[Any, EventContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 5.0
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` (exponential, capped)."""
+        return float(min(self.max_backoff_s, self.initial_backoff_s * (2 ** (attempt - 1))))
+
+
+@dataclass(frozen=True)
+class Subscription:
+    event_cls: type[Event]
+    handler: Handler
+    group: str
+
+
+@dataclass
+class BusStats:
+    published: int = 0
+    handled: int = 0
+    duplicates_skipped: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+
+class EventBus(abc.ABC):
+    """Publish events and run subscribers' handlers with at-least-once delivery."""
+
+    def __init__(self, *, source: str, retry: RetryPolicy | None = None) -> None:
+        self.source = source
+        self.retry = retry or RetryPolicy()
+        self.subscriptions: list[Subscription] = []
+        self.stats = BusStats()
+
+    def subscribe(self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str) -> None:
+        """Register ``handler`` for ``event_cls`` in consumer group ``group``. Call before ``start``."""
+        self.subscriptions.append(Subscription(event_cls=event_cls, handler=handler, group=group))
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop consuming, finish the handler in flight, flush the producer."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        event_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
+        """Publish ``event`` durably; return its event id."""
+
+    async def publish_dead_letter(self, dead_letter: DeadLetter) -> str:
+        return await self.publish(dead_letter, key=dead_letter.device_id or dead_letter.original_key)
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """True when the bus can publish now (broker reachable)."""

@@ -1,0 +1,116 @@
+"""CloudEvents binary-mode encoding of events on Kafka records.
+
+A record's value is the event's JSON body; its attributes travel as headers
+(``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``, ``ce_time``,
+``content-type``) as the CloudEvents Kafka protocol binding defines, and W3C
+``traceparent`` travels beside them. The key is the event's partition key
+(the device id where there is one).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from edgeloop_common.bus.base import EventContext, PermanentError
+from edgeloop_common.events import EVENTS_BY_TYPE, Event
+from edgeloop_common.tracing import new_traceparent
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class EncodedRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    event_id: str
+
+
+def encode(
+    event: Event,
+    *,
+    source: str,
+    key: str | None = None,
+    event_id: str | None = None,
+    time: datetime | None = None,
+    traceparent: str | None = None,
+) -> EncodedRecord:
+    event_id = event_id or str(uuid.uuid4())
+    time = time or datetime.now(UTC)
+    record_key = key if key is not None else event.partition_key()
+    headers: Headers = [
+        ("ce_id", event_id.encode()),
+        ("ce_type", event.event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_time", time.isoformat().replace("+00:00", "Z").encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+        ("traceparent", (traceparent or new_traceparent()).encode()),
+    ]
+    if record_key:
+        headers.append(("ce_subject", record_key.encode()))
+    return EncodedRecord(
+        topic=event.topic,
+        key=record_key.encode() if record_key else None,
+        value=event.model_dump_json().encode(),
+        headers=headers,
+        event_id=event_id,
+    )
+
+
+def headers_dict(headers: Headers | None) -> dict[str, str]:
+    return {name: value.decode("utf-8", errors="replace") for name, value in headers or []}
+
+
+def decode(
+    *,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers | None,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> tuple[Event, EventContext]:
+    """Parse a Kafka record into its event and context; :class:`PermanentError` if it is not one."""
+    attributes = headers_dict(headers)
+    missing = [name for name in ("ce_id", "ce_type", "ce_source", "ce_specversion") if name not in attributes]
+    if missing:
+        raise PermanentError(f"not a CloudEvents binary-mode record: missing header(s) {', '.join(missing)}")
+    if attributes["ce_specversion"] != SPEC_VERSION:
+        raise PermanentError(f"unsupported CloudEvents specversion {attributes['ce_specversion']!r}")
+    event_cls = EVENTS_BY_TYPE.get(attributes["ce_type"])
+    if event_cls is None:
+        raise PermanentError(f"unknown event type {attributes['ce_type']!r}")
+    if value is None:
+        raise PermanentError("record has no value")
+    try:
+        event = event_cls.model_validate(json.loads(value))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PermanentError(f"body is not JSON: {exc}") from exc
+    except ValidationError as exc:
+        raise PermanentError(f"body does not match {event_cls.__name__}: {exc.errors(include_url=False)}") from exc
+    try:
+        time = datetime.fromisoformat(attributes["ce_time"]) if "ce_time" in attributes else datetime.now(UTC)
+    except ValueError as exc:
+        raise PermanentError(f"bad ce_time {attributes['ce_time']!r}") from exc
+    context = EventContext(
+        event_id=attributes["ce_id"],
+        event_type=attributes["ce_type"],
+        source=attributes["ce_source"],
+        time=time,
+        topic=topic,
+        key=key.decode("utf-8", errors="replace") if key is not None else None,
+        traceparent=attributes.get("traceparent"),
+        partition=partition,
+        offset=offset,
+    )
+    return event, context

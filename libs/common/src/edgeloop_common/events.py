@@ -1,0 +1,234 @@
+"""The event contract: every event EdgeLoop services exchange, in one place.
+
+Events are frozen pydantic v2 models. Each class names its CloudEvents type
+and the Kafka topic it travels on; the version is part of both, so a breaking
+change is a new class (``...V2``) on a new topic, never an edit of this one.
+
+Transport attributes (event id, time, source, trace context) are not fields of
+the body: the Kafka adapter carries them as CloudEvents binary-mode headers and
+hands them to handlers in an :class:`EventContext`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeloop_common import topics
+
+JsonScalar = str | int | float | bool | None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of every event. Subclasses set ``event_type`` and ``topic``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str]
+    topic: ClassVar[str]
+
+    def partition_key(self) -> str:
+        """Kafka record key: per-device ordering where a device is involved."""
+        device_id = getattr(self, "device_id", None)
+        if device_id:
+            return str(device_id)
+        model_name = getattr(self, "model_name", None)
+        return str(model_name) if model_name else ""
+
+
+class BlobRef(BaseModel):
+    """A reference to a stored blob. Images never travel inside events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    uri: str
+    content_type: str
+    size_bytes: int = Field(ge=0)
+
+
+ImageFormat = Literal["jpeg", "png"]
+Ingress = Literal["mqtt", "http"]
+
+
+class ImageReceived(Event):
+    event_type: ClassVar[str] = "io.edgeloop.images.received.v1"
+    topic: ClassVar[str] = topics.IMAGES_RECEIVED
+
+    sample_id: str
+    device_id: str
+    site_id: str
+    received_at: datetime
+    image: BlobRef
+    format: ImageFormat
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    ingress: Ingress
+    mqtt_topic: str | None = None
+
+
+class TelemetryReceived(Event):
+    event_type: ClassVar[str] = "io.edgeloop.telemetry.received.v1"
+    topic: ClassVar[str] = topics.TELEMETRY_RECEIVED
+
+    device_id: str
+    site_id: str
+    received_at: datetime
+    measured_at: datetime | None = None
+    readings: dict[str, JsonScalar]
+    mqtt_topic: str | None = None
+
+
+ServedBy = Literal["edge", "cloud"]
+
+
+class InferenceCompleted(Event):
+    event_type: ClassVar[str] = "io.edgeloop.inferences.completed.v1"
+    topic: ClassVar[str] = topics.INFERENCES_COMPLETED
+
+    sample_id: str
+    device_id: str
+    site_id: str
+    image: BlobRef
+    model_name: str
+    model_version: int
+    scores: dict[str, float]
+    top_label: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    latency_ms: float = Field(ge=0.0)
+    served_by: ServedBy = "edge"
+    hard_example: bool = False
+    hard_example_reason: str | None = None
+    # Image statistics the drift service compares against the training reference.
+    image_stats: dict[str, float] = Field(default_factory=dict)
+    completed_at: datetime = Field(default_factory=utc_now)
+
+
+class SampleLabeled(Event):
+    event_type: ClassVar[str] = "io.edgeloop.samples.labeled.v1"
+    topic: ClassVar[str] = topics.SAMPLES_LABELED
+
+    sample_id: str
+    device_id: str
+    site_id: str
+    image: BlobRef
+    label: str
+    labeled_by: str
+    labeled_at: datetime = Field(default_factory=utc_now)
+    predicted_label: str | None = None
+
+
+class DriftDetected(Event):
+    event_type: ClassVar[str] = "io.edgeloop.drift.detected.v1"
+    topic: ClassVar[str] = topics.DRIFT_DETECTED
+
+    model_name: str
+    model_version: int
+    site_id: str
+    feature: str
+    test: Literal["psi", "ks", "adwin"]
+    statistic: float
+    threshold: float
+    window_size: int
+    detected_at: datetime = Field(default_factory=utc_now)
+
+
+TrainingReason = Literal["drift", "new_labels", "schedule", "manual"]
+
+
+class TrainingRequested(Event):
+    event_type: ClassVar[str] = "io.edgeloop.training.requested.v1"
+    topic: ClassVar[str] = topics.TRAINING_REQUESTED
+
+    model_name: str
+    reason: TrainingReason
+    requested_by: str
+    detail: str = ""
+    requested_at: datetime = Field(default_factory=utc_now)
+
+
+class ModelRegistered(Event):
+    event_type: ClassVar[str] = "io.edgeloop.models.registered.v1"
+    topic: ClassVar[str] = topics.MODELS_REGISTERED
+
+    model_name: str
+    version: int
+    artifact_uri: str
+    metrics: dict[str, Any]
+    dataset_snapshot_id: str | None = None
+    parent_version: int | None = None
+    registered_at: datetime = Field(default_factory=utc_now)
+
+
+class ModelPromoted(Event):
+    event_type: ClassVar[str] = "io.edgeloop.models.promoted.v1"
+    topic: ClassVar[str] = topics.MODELS_PROMOTED
+
+    model_name: str
+    version: int
+    alias: str
+    previous_version: int | None = None
+    node_group: str | None = None
+    reason: str
+    promoted_by: str
+    promoted_at: datetime = Field(default_factory=utc_now)
+
+
+DeploymentPhase = Literal["pending", "progressing", "ready", "failed", "rolled_back", "deleted"]
+
+
+class DeploymentUpdated(Event):
+    event_type: ClassVar[str] = "io.edgeloop.deployments.updated.v1"
+    topic: ClassVar[str] = topics.DEPLOYMENTS_UPDATED
+
+    model_name: str
+    node_group: str
+    desired_version: int | None
+    actual_version: int | None
+    phase: DeploymentPhase
+    reason: str = ""
+    updated_at: datetime = Field(default_factory=utc_now)
+
+
+class DeadLetter(Event):
+    """A message that could not be handled, with everything needed to replay it."""
+
+    event_type: ClassVar[str] = "io.edgeloop.deadletter.v1"
+    topic: ClassVar[str] = topics.DEAD_LETTER
+
+    reason: str
+    error_type: str
+    service: str
+    attempts: int = Field(ge=0)
+    original_topic: str
+    original_key: str | None = None
+    original_value_b64: str
+    original_headers: dict[str, str] = Field(default_factory=dict)
+    original_size_bytes: int = Field(ge=0)
+    mqtt_topic: str | None = None
+    device_id: str | None = None
+    site_id: str | None = None
+    failed_at: datetime = Field(default_factory=utc_now)
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    ImageReceived,
+    TelemetryReceived,
+    InferenceCompleted,
+    SampleLabeled,
+    DriftDetected,
+    TrainingRequested,
+    ModelRegistered,
+    ModelPromoted,
+    DeploymentUpdated,
+    DeadLetter,
+)
+
+EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type: cls for cls in ALL_EVENTS}
+EVENTS_BY_TOPIC: dict[str, type[Event]] = {cls.topic: cls for cls in ALL_EVENTS}

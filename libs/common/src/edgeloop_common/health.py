@@ -1,0 +1,50 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: the same three endpoints on every service.
+
+``/healthz`` says the process is alive. ``/readyz`` runs the service's
+readiness checks (broker, bus, store, model server ...) and answers 503 with
+the failing ones while any fails. ``/metrics`` is the Prometheus exposition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def health_router(
+    checks: Mapping[str, ReadinessCheck] | Callable[[], Mapping[str, ReadinessCheck]],
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    check_timeout_s: float = 2.0,
+) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        current = checks() if callable(checks) else checks
+        results: dict[str, str] = {}
+        for name, check in current.items():
+            try:
+                async with asyncio.timeout(check_timeout_s):
+                    ok = await check()
+                results[name] = "ok" if ok else "not ready"
+            except Exception as exc:  # noqa: BLE001 - a failing check is reported, not raised
+                results[name] = f"error: {exc or type(exc).__name__}"
+        ready = all(value == "ok" for value in results.values())
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
