@@ -1,5 +1,337 @@
-"""Placeholder: being written."""
+"""``edgeloop device simulate``: a device like the Pi camera, over MQTT.
+
+It publishes a folder's JPEG/PNG images (sorted by name) with QoS 1 to
+``dt/edgeloop/{site}/{device}/image`` at a steady rate, listens on its result
+topic and prints each result as it arrives, and answers
+``cmd/edgeloop/{site}/{device}/capture`` by sending its next image at once.
+
+:class:`DeviceSimulator` is the same device for programs (the demo, the
+benchmarks): give it a :class:`SimulatorConfig`, ``await run()``, read the
+:class:`SimulationSummary`. A result is matched to the image it answers by
+the image's SHA-256 (``image_sha256`` in the result), so results may arrive in
+any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from edgeloop_common import topics
+from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
+from edgeloop_common.settings import CommonSettings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 app = typer.Typer(no_args_is_help=True)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    images_dir: Path
+    site: str
+    device: str
+    rate: float = 1.0
+    """Images per second; 0 sends only when a capture command asks."""
+    count: int | None = None
+    """Images to send (and results to wait for); None: every image once, or forever with ``loop``."""
+    loop: bool = False
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    qos: int = 1
+    timeout_s: float = 30.0
+    """How long to wait for outstanding results after the last image was sent."""
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    image_name: str
+    top_label: str | None
+    confidence: float | None
+    model_name: str | None
+    model_version: int | None
+    latency_ms: float
+    payload: dict[str, Any]
+
+
+@dataclass
+class SimulationSummary:
+    sent: int = 0
+    acked: int = 0
+    results: int = 0
+    unmatched_results: int = 0
+    captures: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    timed_out: bool = False
+
+    @property
+    def missing(self) -> int:
+        return self.sent - self.results
+
+    def percentile_ms(self, q: float) -> float | None:
+        """Nearest-rank percentile of publish -> result latency; None without results."""
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
+
+    def describe(self) -> str:
+        p50, p99 = self.percentile_ms(50), self.percentile_ms(99)
+        latency = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms" if p50 is not None and p99 is not None else "no results"
+        extra = f", {self.unmatched_results} unmatched" if self.unmatched_results else ""
+        return (
+            f"sent {self.sent}, acked {self.acked}, results {self.results} ({self.missing} missing{extra}); "
+            f"publish->result latency {latency}"
+        )
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The folder's JPEG and PNG files, sorted by name."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image folder {directory} does not exist")
+    return sorted(path for path in directory.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    image_name: str
+    published_at: float
+
+
+class DeviceSimulator:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        *,
+        on_result: Callable[[DeviceResult], None] | None = None,
+        on_unmatched: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.on_result = on_result
+        self.on_unmatched = on_unmatched
+        self.summary = SimulationSummary()
+        self.image_topic = topics.mqtt_topic(topics.MQTT_IMAGE, site=config.site, device=config.device)
+        self.result_topic = topics.mqtt_topic(topics.MQTT_RESULT, site=config.site, device=config.device)
+        self.capture_topic = topics.mqtt_topic(topics.MQTT_CAPTURE, site=config.site, device=config.device)
+        self._images = image_files(config.images_dir)
+        if not self._images:
+            raise FileNotFoundError(f"no JPEG or PNG images in {config.images_dir}")
+        self._payloads: dict[Path, tuple[bytes, str]] = {}
+        self._awaiting: dict[str, deque[_Sent]] = {}
+        self._captures = asyncio.Semaphore(0)
+        self._all_results = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._client: AsyncMqttClient | None = None
+
+    @property
+    def target(self) -> int | None:
+        """How many images this run sends: None means until stopped."""
+        if self.config.count is not None:
+            return self.config.count if self.config.loop else min(self.config.count, len(self._images))
+        return None if self.config.loop else len(self._images)
+
+    def stop(self) -> None:
+        """End the run early (Ctrl-C); ``run`` returns the summary so far."""
+        self._stop.set()
+
+    async def run(self) -> SimulationSummary:
+        client = AsyncMqttClient(self.config.mqtt_host, self.config.mqtt_port, on_message=self._on_message)
+        self._client = client
+        await client.connect()
+        try:
+            await client.subscribe(self.result_topic, qos=1)
+            await client.subscribe(self.capture_topic, qos=1)
+            sender = asyncio.create_task(self._send_all(client))
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({sender, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+            else:
+                sender.result()
+                await self._wait_for_results()
+            stopped.cancel()
+        finally:
+            await client.close()
+        return self.summary
+
+    async def _wait_for_results(self) -> None:
+        if self.summary.results >= self.summary.sent:
+            return
+        waiting = {asyncio.create_task(self._all_results.wait()), asyncio.create_task(self._stop.wait())}
+        done, pending = await asyncio.wait(waiting, timeout=self.config.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        self.summary.timed_out = not done and self.summary.results < self.summary.sent
+
+    async def _send_all(self, client: AsyncMqttClient) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        index = 0
+        while self.target is None or index < self.target:
+            if self.config.rate > 0:
+                await self._next_turn(started + index / self.config.rate - loop.time())
+            else:
+                await self._captures.acquire()
+            self._publish(client, self._images[index % len(self._images)])
+            index += 1
+
+    async def _next_turn(self, delay_s: float) -> None:
+        """Wait until the schedule says so, or until a capture command asks for the next image now."""
+        if delay_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._captures.acquire()
+
+    def _publish(self, client: AsyncMqttClient, path: Path) -> None:
+        data, sha256 = self._payload(path)
+        self._awaiting.setdefault(sha256, deque()).append(_Sent(path.name, time.perf_counter()))
+        acked = client.publish(self.image_topic, data, qos=self.config.qos)
+        acked.add_done_callback(self._count_ack)
+        self.summary.sent += 1
+
+    def _payload(self, path: Path) -> tuple[bytes, str]:
+        if path not in self._payloads:
+            data = path.read_bytes()
+            self._payloads[path] = (data, hashlib.sha256(data).hexdigest())
+        return self._payloads[path]
+
+    def _count_ack(self, acked: asyncio.Future[None]) -> None:
+        if not acked.cancelled() and acked.exception() is None:
+            self.summary.acked += 1
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.capture_topic:
+            self.summary.captures += 1
+            self._captures.release()
+        elif topic == self.result_topic:
+            self._on_result(payload)
+
+    def _on_result(self, payload: bytes) -> None:
+        arrived = time.perf_counter()
+        try:
+            result = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            result = {"error": "result is not JSON", "raw": payload[:200].decode("utf-8", errors="replace")}
+        sent = self._match(result)
+        if sent is None:
+            self.summary.unmatched_results += 1
+            if self.on_unmatched is not None:
+                self.on_unmatched(result)
+            return
+        latency_ms = (arrived - sent.published_at) * 1000.0
+        self.summary.results += 1
+        self.summary.latencies_ms.append(latency_ms)
+        if self.on_result is not None:
+            self.on_result(
+                DeviceResult(
+                    image_name=sent.image_name,
+                    top_label=result.get("top_label"),
+                    confidence=result.get("confidence"),
+                    model_name=result.get("model_name"),
+                    model_version=result.get("model_version"),
+                    latency_ms=latency_ms,
+                    payload=result,
+                )
+            )
+        if self.summary.results >= self.summary.sent and (self.target is None or self.summary.sent >= self.target):
+            self._all_results.set()
+
+    def _match(self, result: dict[str, Any]) -> _Sent | None:
+        sha256 = result.get("image_sha256")
+        if isinstance(sha256, str):
+            queue = self._awaiting.get(sha256)
+            return queue.popleft() if queue else None
+        # A result without the image's hash answers the oldest image still waiting.
+        oldest = min(
+            (queue for queue in self._awaiting.values() if queue), key=lambda q: q[0].published_at, default=None
+        )
+        return oldest.popleft() if oldest else None
+
+
+def format_result(result: DeviceResult) -> str:
+    if result.top_label is None:
+        return f"{result.image_name} -> no label: {json.dumps(result.payload)[:200]}"
+    confidence = f"{result.confidence:.3f}" if isinstance(result.confidence, int | float) else "?"
+    model = f"{result.model_name} v{result.model_version}" if result.model_name else "unknown model"
+    return f"{result.image_name} -> {result.top_label} {confidence}  ({model})  {result.latency_ms:.1f} ms"
+
+
+@app.command("simulate")
+def simulate(
+    images: Annotated[Path, typer.Option("--images", help="Folder of JPEG/PNG images, sent in name order.")],
+    site: Annotated[str, typer.Option("--site", help="Site id (one MQTT topic level).")],
+    device: Annotated[str, typer.Option("--device", help="Device id (one MQTT topic level).")],
+    rate: Annotated[
+        float, typer.Option("--rate", min=0.0, help="Images per second; 0: only on capture commands.")
+    ] = 1.0,
+    count: Annotated[int | None, typer.Option("--count", min=1, help="Images to send; default: each once.")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Start over at the first image after the last.")] = False,
+    mqtt_host: Annotated[str | None, typer.Option("--mqtt-host", help="Broker host [EDGELOOP_MQTT_HOST].")] = None,
+    mqtt_port: Annotated[int | None, typer.Option("--mqtt-port", help="Broker port [EDGELOOP_MQTT_PORT].")] = None,
+    qos: Annotated[int, typer.Option("--qos", min=0, max=1, help="MQTT QoS of the image messages.")] = 1,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for results after the last image.")
+    ] = 30.0,
+) -> None:
+    """Publish images like a Pi camera and print each result as it arrives."""
+    for name, value in (("site", site), ("device", device)):
+        if not _is_id(value):
+            raise typer.BadParameter(f"{value!r} is not a valid {name} id (letters, digits, '_', '.', '-')")
+    common = CommonSettings()
+    config = SimulatorConfig(
+        images_dir=images,
+        site=site,
+        device=device,
+        rate=rate,
+        count=count,
+        loop=loop,
+        mqtt_host=mqtt_host or common.mqtt_host,
+        mqtt_port=mqtt_port or common.mqtt_port,
+        qos=qos,
+        timeout_s=timeout,
+    )
+    try:
+        summary = asyncio.run(_simulate(config))
+    except (FileNotFoundError, MqttUnavailableError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(summary.describe())
+    if summary.timed_out or summary.missing:
+        raise typer.Exit(1)
+
+
+async def _simulate(config: SimulatorConfig) -> SimulationSummary:
+    simulator = DeviceSimulator(
+        config,
+        on_result=lambda result: typer.echo(format_result(result)),
+        on_unmatched=lambda result: typer.echo(f"result for an image this device did not send: {result}"),
+    )
+    target = simulator.target
+    typer.echo(
+        f"device {config.site}/{config.device}: {target if target is not None else 'endless'} image(s) from "
+        f"{config.images_dir} at {config.rate}/s to mqtt://{config.mqtt_host}:{config.mqtt_port} "
+        f"({simulator.image_topic}); Ctrl-C stops"
+    )
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows, nor off the main thread
+        loop.add_signal_handler(signal.SIGINT, simulator.stop)
+    return await simulator.run()
+
+
+def _is_id(value: str) -> bool:
+    return re.fullmatch(topics.ID_PATTERN, value) is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from edgeloop_cli import demo, device, infra, services, train
+from edgeloop_cli import demo, device, infra, kube, services, train
 
 app = typer.Typer(
     name="edgeloop",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(infra.app, name="infra", help="Local Kafka, Mosquitto and PostgreSQL: up, down, status.")
+app.add_typer(kube.app, name="kube", help="A local Kubernetes control plane with simulated KubeEdge edge nodes.")
 app.add_typer(device.app, name="device", help="Simulated edge devices (a Pi camera over MQTT).")
 app.command("train", help=train.HELP)(train.train)
 app.command("demo", help=demo.HELP)(demo.demo)

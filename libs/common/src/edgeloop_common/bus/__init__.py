@@ -2,6 +2,7 @@
 
 from edgeloop_common.bus.base import (
     BusStats,
+    BusUnavailableError,
     EventBus,
     EventContext,
     Handler,
@@ -12,6 +13,7 @@ from edgeloop_common.bus.base import (
 
 __all__ = [
     "BusStats",
+    "BusUnavailableError",
     "EventBus",
     "EventContext",
     "Handler",

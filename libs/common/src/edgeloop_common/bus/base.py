@@ -16,6 +16,7 @@ Delivery contract (DESIGN.md, "Delivery semantics"):
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,10 @@ E = TypeVar("E", bound=Event)
 
 class PermanentError(Exception):
     """The message can never be handled (bad input); do not retry, dead-letter it."""
+
+
+class BusUnavailableError(Exception):
+    """The broker did not acknowledge in time; the event is not durable. The caller keeps it."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,27 @@ class EventBus(abc.ABC):
         event_id: str | None = None,
         traceparent: str | None = None,
     ) -> str:
-        """Publish ``event`` durably; return its event id."""
+        """Publish ``event`` durably; return its event id. Raises :class:`BusUnavailableError` on timeout."""
+
+    async def enqueue(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        event_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Awaitable[str]:
+        """Hand ``event`` to the bus in call order and return an awaitable that resolves once it is durable.
+
+        Lets a caller pipeline many events while keeping their order (the
+        ingest bridge acknowledges each device message when its awaitable
+        resolves). Awaiting the result may raise :class:`BusUnavailableError`.
+        The default publishes right away; the Kafka bus overrides it.
+        """
+        event_id = await self.publish(event, key=key, event_id=event_id, traceparent=traceparent)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        done.set_result(event_id)
+        return done
 
     async def publish_dead_letter(self, dead_letter: DeadLetter) -> str:
         return await self.publish(dead_letter, key=dead_letter.device_id or dead_letter.original_key)

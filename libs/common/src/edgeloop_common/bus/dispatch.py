@@ -87,6 +87,17 @@ async def deliver(
                 attempt += 1
                 continue
             reason = str(exc) or type(exc).__name__
+            if isinstance(event, DeadLetter):
+                # A dead letter of a dead letter would come straight back to this handler: no loop, say it loudly.
+                log.error(
+                    "handler %s failed on dead letter %s; not dead-lettered again: %s",
+                    subscription.group,
+                    context.event_id,
+                    reason,
+                )
+                stats.dead_lettered += 1
+                await processed.mark(subscription.group, context.event_id)
+                return "dead_lettered"
             log.error("dead-lettering %s from %s after %d attempt(s): %s", context.event_id, context.topic, attempt, reason)
             await publish_dead_letter(
                 dead_letter_for(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from edgeloop_common.bus.base import EventBus, EventContext, RetryPolicy, Subscription
+from edgeloop_common.bus.base import E, EventBus, EventContext, RetryPolicy, Subscription
 from edgeloop_common.bus.dispatch import deliver
 from edgeloop_common.events import DeadLetter, Event
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, ProcessedEventStore
@@ -38,14 +39,23 @@ class InProcessBus(EventBus):
         self._workers: list[asyncio.Task[None]] = []
         self._started = False
 
+    def subscribe(self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str) -> None:
+        """Register a handler; unlike Kafka, also allowed after ``start`` (services sharing one bus start in any order)."""
+        super().subscribe(event_cls, handler, group=group)
+        if self._started:
+            self._start_worker(self.subscriptions[-1])
+
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
         for subscription in self.subscriptions:
-            queue: asyncio.Queue[_Delivery] = asyncio.Queue()
-            self._queues.append((subscription, queue))
-            self._workers.append(asyncio.create_task(self._work(subscription, queue), name=f"bus:{subscription.group}"))
+            self._start_worker(subscription)
+
+    def _start_worker(self, subscription: Subscription) -> None:
+        queue: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._queues.append((subscription, queue))
+        self._workers.append(asyncio.create_task(self._work(subscription, queue), name=f"bus:{subscription.group}"))
 
     async def stop(self) -> None:
         for task in self._workers:

@@ -1,0 +1,78 @@
+"""Fixtures shared by every test in the repository.
+
+Integration tests run against the real brokers that ``edgeloop infra up``
+starts (``make test`` does that first). Where a broker cannot be reached the
+test fails with the reason; it is never skipped silently.
+Addresses can be overridden with the usual ``EDGELOOP_*`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent
+SHARED_DATASETS = Path(os.environ.get("EDGELOOP_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+def _host_port(address: str, default_port: int) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return (host or address, int(port)) if port.isdigit() else (address, default_port)
+
+
+def _require_listening(what: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        pytest.fail(f"{what} is not reachable at {host}:{port} ({exc}); start it with `edgeloop infra up`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    bootstrap = os.environ.get("EDGELOOP_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    _require_listening("Kafka", *_host_port(bootstrap.split(",")[0], 9092))
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> tuple[str, int]:
+    host = os.environ.get("EDGELOOP_MQTT_HOST", "127.0.0.1")
+    port = int(os.environ.get("EDGELOOP_MQTT_PORT", "1883"))
+    _require_listening("Mosquitto", host, port)
+    return host, port
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("EDGELOOP_DATABASE_URL", "postgresql+psycopg://edgeloop:edgeloop@127.0.0.1:5432/edgeloop")
+    _require_listening("PostgreSQL", "127.0.0.1", int(os.environ.get("EDGELOOP_POSTGRES_PORT", "5432")))
+    return url
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A fresh Kafka topic namespace per test (the bus prefixes every topic with it)."""
+    return f"test-{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture(scope="session")
+def catdog_dir() -> Path:
+    path = SHARED_DATASETS / "catdog"
+    if not path.is_dir():
+        pytest.fail(f"the cat/dog photos are expected at {path} (../shared/datasets/catdog)", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def catdog_train_dir(catdog_dir: Path) -> Path:
+    return catdog_dir / "train"
+
+
+@pytest.fixture(scope="session")
+def catdog_captures_dir(catdog_dir: Path) -> Path:
+    return catdog_dir / "captures"

@@ -1,0 +1,579 @@
+"""The Kafka event bus, on aiokafka directly.
+
+Why not FastStream: the delivery rules need exact control of three things a
+framework decides for you: *when* an offset is committed (per record, only after
+the handler's effects and its processed-event record are written), what happens
+to the record in flight when a rebalance revokes its partition, and how a record
+that cannot be decoded or handled becomes a DeadLetter (docs/bus.md).
+
+Producer: ``acks="all"`` with the idempotent producer, started lazily and
+restarted when its sender dies, so a bus created while Kafka is down starts
+working when Kafka returns. ``publish`` waits for the acknowledgement at most
+``publish_timeout_s`` and raises :class:`BusUnavailableError` otherwise.
+
+Consumers: one ``AIOKafkaConsumer`` per consumer group, auto-commit off. Each
+record, in partition order: decode (CloudEvents binary mode), run the handler
+through :func:`dispatch.deliver` (idempotency, retries, DeadLetter), then commit
+that record's offset + 1. A failure of the bus itself (dead-letter topic or
+processed-event store unreachable) commits nothing: the consumer seeks back and
+tries the record again after a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
+from aiokafka.structs import RecordMetadata
+
+from edgeloop_common import topics
+from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError, RetryPolicy, Subscription
+from edgeloop_common.bus.dispatch import dead_letter_for, deliver
+from edgeloop_common.codec import decode, encode, headers_dict
+from edgeloop_common.events import Event
+from edgeloop_common.idempotency import InMemoryProcessedEventStore, ProcessedEventStore
+
+log = logging.getLogger(__name__)
+
+# Errors that no retry will cure: the record itself is refused.
+_REFUSED_RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+)
+_TOPIC_ALREADY_EXISTS = 36
+
+DEFAULT_TOPIC_PARTITIONS = 3
+POLL_TIMEOUT_MS = 250
+MAX_POLL_RECORDS = 100
+READY_CACHE_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+RECONNECT_BACKOFF_S = 0.5
+MAX_RETRY_BACKOFF_S = 5.0
+TOPIC_VISIBLE_TIMEOUT_S = 10.0
+
+
+class _Outcome(enum.Enum):
+    COMMITTED = "committed"
+    STALE = "stale"  # fetched before a rebalance: not started, the partition's owner reads it again
+    FAILED = "failed"  # the bus could not finish it: nothing committed, read it again
+
+
+class KafkaBus(EventBus):
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        source: str,
+        retry: RetryPolicy | None = None,
+        processed: ProcessedEventStore | None = None,
+        topic_prefix: str = "",
+        publish_timeout_s: float = 10.0,
+        client_id: str | None = None,
+        topic_partitions: int = DEFAULT_TOPIC_PARTITIONS,
+        topic_replication_factor: int = 1,
+        create_topics: bool = True,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
+        shutdown_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        super().__init__(source=source, retry=retry)
+        self.bootstrap_servers = bootstrap_servers
+        self.processed = processed or InMemoryProcessedEventStore()
+        self.topic_prefix = topic_prefix
+        self.publish_timeout_s = publish_timeout_s
+        self.client_id = client_id or f"edgeloop-{source}"
+        self.topic_partitions = topic_partitions
+        self.topic_replication_factor = topic_replication_factor
+        self.create_topics = create_topics
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()  # hands records to the producer in call order
+        self._next_connect_at = 0.0
+        self._last_error = ""
+        self._suspect_down = False  # an ack timed out or a probe failed: check before handing over more
+        self._ready_cache: tuple[float, bool] | None = None
+
+        self._topics_lock = asyncio.Lock()
+        self._topics_created = False
+        self._groups: list[_GroupConsumer] = []
+        self._group_tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    # -- topics -------------------------------------------------------------------------------------------------
+
+    def topic_name(self, topic: str) -> str:
+        """The Kafka topic that carries the contract topic ``topic`` (with the bus's prefix)."""
+        return f"{self.topic_prefix}{topic}"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topic_name(topics.DEAD_LETTER)
+
+    async def ensure_topics(self) -> None:
+        """Create the contract's topics (prefixed) that are missing, so consumer groups start cleanly."""
+        if self._topics_created or not self.create_topics:
+            return
+        async with self._topics_lock:
+            if self._topics_created:
+                return
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin", request_timeout_ms=10_000
+            )
+            try:
+                async with asyncio.timeout(self.connect_timeout_s * 2 + TOPIC_VISIBLE_TIMEOUT_S):
+                    await admin.start()
+                    existing = set(await admin.list_topics())
+                    wanted = [self.topic_name(topic) for topic in topics.ALL_KAFKA_TOPICS]
+                    missing = [name for name in wanted if name not in existing]
+                    if missing:
+                        await self._create(admin, missing)
+            finally:
+                await admin.close()
+            self._topics_created = True
+
+    async def _create(self, admin: AIOKafkaAdminClient, names: list[str]) -> None:
+        new_topics = [NewTopic(name, self.topic_partitions, self.topic_replication_factor) for name in names]
+        response = await admin.create_topics(new_topics)
+        for entry in response.topic_errors:
+            name, error_code = entry[0], entry[1]
+            if error_code not in (0, _TOPIC_ALREADY_EXISTS):
+                log.warning("could not create topic %s: error %s %s", name, error_code, entry[2:] or "")
+        log.info("created topics %s", ", ".join(names))
+        await self._wait_until_visible(admin, names)
+
+    async def _wait_until_visible(self, admin: AIOKafkaAdminClient, names: list[str]) -> None:
+        """Created topics reach the brokers' metadata a moment later; a consumer that joins before would get no
+        partitions of them until its next metadata refresh."""
+        deadline = time.monotonic() + TOPIC_VISIBLE_TIMEOUT_S
+        while True:
+            described = await admin.describe_topics(names)
+            if all(entry["error_code"] == 0 and entry["partitions"] for entry in described):
+                return
+            if time.monotonic() > deadline:
+                log.warning("created topics not visible after %ss; going on", TOPIC_VISIBLE_TIMEOUT_S)
+                return
+            await asyncio.sleep(0.1)
+
+    # -- producer -----------------------------------------------------------------------------------------------
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        """The producer, started now if it is not yet (or was lost); BusUnavailableError while Kafka is away."""
+        producer = self._producer
+        if producer is not None and not _sender_died(producer):
+            return producer
+        async with self._producer_lock:
+            if self._producer is not None and _sender_died(self._producer):
+                log.warning("Kafka producer's sender stopped; starting a new producer")
+                await self._close_producer()
+            if self._producer is None:
+                self._producer = await self._start_producer()
+            return self._producer
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        if time.monotonic() < self._next_connect_at:
+            raise BusUnavailableError(f"Kafka at {self.bootstrap_servers} is unreachable: {self._last_error}")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,
+        )
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await producer.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await producer.stop()
+            self._next_connect_at = time.monotonic() + RECONNECT_BACKOFF_S
+            self._last_error = str(exc) or type(exc).__name__
+            raise BusUnavailableError(f"Kafka at {self.bootstrap_servers} is unreachable: {self._last_error}") from exc
+        except BaseException:
+            await producer.stop()  # cancelled (the caller's deadline) half-way: close its connections
+            raise
+        log.info("Kafka producer connected to %s", self.bootstrap_servers)
+        return producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(self.shutdown_timeout_s):
+                await producer.stop()  # flushes what was handed to it
+        except TimeoutError:
+            log.warning("Kafka producer did not flush in %ss; what it held is unacknowledged", self.shutdown_timeout_s)
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        event_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
+        ack = await self.enqueue(event, key=key, event_id=event_id, traceparent=traceparent)
+        return await ack
+
+    async def enqueue(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        event_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Awaitable[str]:
+        """Hand ``event`` to the producer in call order; the returned future resolves on Kafka's ack.
+
+        Raises :class:`BusUnavailableError` at once when the record could not even be handed over (Kafka known
+        to be away); the future raises it when the ack does not come within ``publish_timeout_s``. Such a record
+        may still land later (the idempotent producer keeps retrying it): a caller that publishes it again makes
+        a duplicate with the same event id, which consumers skip.
+        """
+        record = encode(event, source=self.source, key=key, event_id=event_id, traceparent=traceparent)
+        topic = self.topic_name(record.topic)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline), self._send_lock:
+                producer = await self._started_producer()
+                if self._suspect_down and not await self.ready():
+                    raise BusUnavailableError(f"Kafka at {self.bootstrap_servers} is unreachable: {self._last_error}")
+                delivery = await producer.send(topic, value=record.value, key=record.key, headers=record.headers)
+        except TimeoutError as exc:
+            self._suspect_down = True
+            raise BusUnavailableError(f"Kafka did not take {event.event_type} in {self.publish_timeout_s}s") from exc
+        except _REFUSED_RECORD_ERRORS as exc:
+            raise PermanentError(f"Kafka refuses {event.event_type} on {topic}: {exc}") from exc
+        except KafkaError as exc:
+            raise BusUnavailableError(f"Kafka could not take {event.event_type}: {exc}") from exc
+        return self._ack_future(delivery, topic=topic, event_id=record.event_id, deadline=deadline)
+
+    def _ack_future(
+        self, delivery: asyncio.Future[RecordMetadata], *, topic: str, event_id: str, deadline: float
+    ) -> asyncio.Future[str]:
+        """A future for ``event_id`` that resolves on the broker's ack or fails at ``deadline`` (no task per record)."""
+        loop = asyncio.get_running_loop()
+        ack: asyncio.Future[str] = loop.create_future()
+
+        def expire() -> None:
+            if not ack.done():
+                self._suspect_down = True
+                reason = f"Kafka did not acknowledge {event_id} on {topic} within {self.publish_timeout_s}s"
+                ack.set_exception(BusUnavailableError(reason))
+
+        timer = loop.call_at(deadline, expire)
+
+        def delivered(done: asyncio.Future[RecordMetadata]) -> None:
+            timer.cancel()
+            if ack.done():
+                return
+            error = BaseException("delivery cancelled") if done.cancelled() else done.exception()
+            if error is None:
+                self._suspect_down = False
+                self.stats.published += 1
+                self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + 1
+                ack.set_result(event_id)
+            elif isinstance(error, _REFUSED_RECORD_ERRORS):
+                ack.set_exception(PermanentError(f"Kafka refused {event_id} on {topic}: {error!r}"))
+            else:
+                ack.set_exception(BusUnavailableError(f"Kafka did not acknowledge {event_id} on {topic}: {error!r}"))
+
+        delivery.add_done_callback(delivered)
+        return ack
+
+    async def ready(self) -> bool:
+        """Whether Kafka answers a metadata request now (cached for a second, so /readyz stays cheap)."""
+        now = time.monotonic()
+        if self._ready_cache is not None and now - self._ready_cache[0] < READY_CACHE_S:
+            return self._ready_cache[1]
+        reachable = await self._probe()
+        self._ready_cache = (time.monotonic(), reachable)
+        self._suspect_down = not reachable
+        return reachable
+
+    async def _probe(self) -> bool:
+        try:
+            producer = await self._started_producer()
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await producer.client.fetch_all_metadata()
+        except (BusUnavailableError, KafkaError, TimeoutError) as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            return False
+        return True
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and start one consumer per group. Kafka being away is not an error: the bus connects when it
+        returns (``ready()`` says so meanwhile)."""
+        if self._group_tasks:
+            return
+        self._stopping.clear()
+        self._groups = [_GroupConsumer(self, group, subs) for group, subs in _by_group(self.subscriptions).items()]
+        try:
+            await self.ensure_topics()
+            await self._started_producer()
+        except (BusUnavailableError, KafkaError, OSError, TimeoutError) as exc:
+            log.warning("Kafka at %s is not reachable yet (%s); will keep trying", self.bootstrap_servers, exc)
+        self._group_tasks = [
+            asyncio.create_task(group.run(), name=f"kafka-bus:{group.group_id}") for group in self._groups
+        ]
+
+    async def stop(self) -> None:
+        """Stop fetching, let each handler in flight finish (bounded) and commit, leave the groups, flush."""
+        self._stopping.set()
+        if self._group_tasks:
+            _, late = await asyncio.wait(self._group_tasks, timeout=self.shutdown_timeout_s)
+            for task in late:
+                log.warning(
+                    "%s did not finish within %ss; its record in flight will be redelivered",
+                    task.get_name(),
+                    self.shutdown_timeout_s,
+                )
+                task.cancel()
+            await asyncio.gather(*self._group_tasks, return_exceptions=True)
+        self._group_tasks = []
+        self._groups = []
+        await self._close_producer()
+
+    async def wait_until_assigned(self, timeout_s: float = 30.0) -> None:
+        """Wait until every consumer group of this bus has partitions (tests, and for knowing it consumes)."""
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*(group.assigned.wait() for group in self._groups))
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            pass  # slept the whole time
+
+    # -- consuming ----------------------------------------------------------------------------------------------
+
+    async def _handle_record(self, group: _GroupConsumer, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Decode ``record`` and deliver it to the group's handler; dead-letter what cannot be decoded."""
+        headers = list(record.headers)
+        subscription = group.subscription_for(record.topic)
+        try:
+            event, context = decode(
+                topic=record.topic,
+                key=record.key,
+                value=record.value,
+                headers=headers,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            if not isinstance(event, subscription.event_cls):
+                raise PermanentError(f"{type(event).__name__} does not belong on {record.topic}")
+        except PermanentError as exc:
+            await self._dead_letter_undecodable(group, record, exc)
+            return
+        await deliver(
+            subscription,
+            event,
+            context,
+            retry=self.retry,
+            processed=self.processed,
+            stats=self.stats,
+            service=self.source,
+            raw_value=record.value or b"",
+            raw_headers=headers_dict(headers),
+            publish_dead_letter=self.publish_dead_letter,
+        )
+
+    async def _dead_letter_undecodable(
+        self, group: _GroupConsumer, record: ConsumerRecord[bytes, bytes], error: PermanentError
+    ) -> None:
+        key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
+        log.error("dead-lettering record %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
+        if record.topic == self.dead_letter_topic:
+            log.error("not dead-lettering a record of the dead-letter topic again; skipped")
+            return
+        await self.publish_dead_letter(
+            dead_letter_for(
+                reason=f"{group.group_id}: {error}",
+                error=error,
+                service=self.source,
+                attempts=1,
+                topic=record.topic,
+                key=key,
+                value=record.value or b"",
+                headers=headers_dict(list(record.headers)),
+            )
+        )
+        self.stats.dead_lettered += 1
+
+    def _new_consumer(self, group_id: str) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-{group_id}",
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            max_poll_records=MAX_POLL_RECORDS,
+        )
+
+
+class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+    """One consumer group of a bus: its consumer, its loop, and what a rebalance must wait for."""
+
+    def __init__(self, bus: KafkaBus, group_id: str, subscriptions: list[Subscription]) -> None:
+        self.bus = bus
+        self.group_id = group_id
+        self._by_topic = {bus.topic_name(s.event_cls.topic): s for s in subscriptions}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.generation = 0  # bumped when partitions are revoked: fetched records from before are stale
+        self.assigned = asyncio.Event()
+        self._in_flight = asyncio.Lock()  # held while one record is handled and committed
+
+    def subscription_for(self, topic: str) -> Subscription:
+        return self._by_topic[topic]
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before giving partitions away: start no more fetched records, let the one in flight finish and commit."""
+        self.generation += 1
+        self.assigned.clear()
+        try:
+            async with asyncio.timeout(self.bus.shutdown_timeout_s), self._in_flight:
+                pass
+        except TimeoutError:
+            log.warning(
+                "group %s: handler still running %ss into a rebalance; its record goes to the next owner too",
+                self.group_id,
+                self.bus.shutdown_timeout_s,
+            )
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("group %s assigned %s", self.group_id, sorted((tp.topic, tp.partition) for tp in assigned))
+        if assigned:
+            self.assigned.set()
+
+    async def run(self) -> None:
+        """Connect (again and again while Kafka is away), consume until the bus stops."""
+        backoff = RECONNECT_BACKOFF_S
+        while not self.bus._stopping.is_set():
+            consumer = self.bus._new_consumer(self.group_id)
+            try:
+                await self.bus.ensure_topics()
+                consumer.subscribe(sorted(self._by_topic), listener=self)
+                async with asyncio.timeout(self.bus.connect_timeout_s * 2):
+                    await consumer.start()
+                self.consumer = consumer
+                backoff = RECONNECT_BACKOFF_S
+                await self._consume(consumer)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("group %s: Kafka consumer failed (%s); reconnecting in %.1fs", self.group_id, exc, backoff)
+                await self.bus._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+            except Exception:  # not swallowed: logged, and the group consumes again from its commits
+                log.exception("group %s: consumer loop crashed; restarting it in %.1fs", self.group_id, backoff)
+                await self.bus._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+            finally:
+                self.consumer = None
+                self.assigned.clear()
+                await consumer.stop()  # leaves the group, so its partitions move on at once
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        backoff = self.bus.retry.initial_backoff_s
+        while not self.bus._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
+            # getmany only returns records of the current assignment; a rebalance from here on makes them stale.
+            generation = self.generation
+            failed = False
+            for tp, records in batches.items():
+                for record in records:
+                    if self.bus._stopping.is_set():
+                        return  # not committed: the next consumer of the group reads it
+                    outcome = await self._process(consumer, record, generation)
+                    if outcome is _Outcome.FAILED:
+                        failed = True
+                        _seek_back(consumer, tp, record.offset)
+                    if outcome is not _Outcome.COMMITTED:
+                        break  # the rest of this partition's batch is read again, in order
+            if failed:
+                await self.bus._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+            elif batches:
+                backoff = self.bus.retry.initial_backoff_s
+
+    async def _process(
+        self, consumer: AIOKafkaConsumer, record: ConsumerRecord[bytes, bytes], generation: int
+    ) -> _Outcome:
+        async with self._in_flight:
+            if generation != self.generation:
+                return _Outcome.STALE
+            try:
+                await self.bus._handle_record(self, record)
+            except Exception:  # not swallowed: logged, nothing committed, the record is read again
+                log.exception(
+                    "group %s: could not finish %s[%d]@%d; retrying it",
+                    self.group_id,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                return _Outcome.FAILED
+            await _commit(consumer, self.group_id, record)
+            return _Outcome.COMMITTED
+
+
+async def _commit(consumer: AIOKafkaConsumer, group_id: str, record: ConsumerRecord[bytes, bytes]) -> None:
+    """Commit past ``record``, whose effects are done. A lost partition is not an error: its new owner reads the
+    record again and the processed-event record makes that harmless."""
+    tp = TopicPartition(record.topic, record.partition)
+    try:
+        await consumer.commit({tp: record.offset + 1})
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("group %s: commit of %s@%d failed (%s); it will be redelivered", group_id, tp, record.offset, exc)
+
+
+def _seek_back(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    # IllegalStateError: the partition was revoked meanwhile; its new owner starts from the last commit.
+    with contextlib.suppress(IllegalStateError):
+        consumer.seek(tp, offset)
+
+
+def _sender_died(producer: AIOKafkaProducer) -> bool:
+    # aiokafka keeps no public flag; a sender task that ended (fatal error such as OutOfOrderSequenceNumber)
+    # means every later send would hang, so the bus replaces the producer.
+    task = producer._sender.sender_task
+    return task is not None and task.done()
+
+
+def _by_group(subscriptions: Iterable[Subscription]) -> dict[str, list[Subscription]]:
+    groups: dict[str, list[Subscription]] = {}
+    for subscription in subscriptions:
+        members = groups.setdefault(subscription.group, [])
+        if any(member.event_cls is subscription.event_cls for member in members):
+            raise ValueError(
+                f"group {subscription.group!r} subscribes {subscription.event_cls.__name__} twice; "
+                "use one handler per event class and group"
+            )
+        members.append(subscription)
+    return groups

@@ -1,0 +1,158 @@
+"""HTTP routes: classify, the TF Serving-compatible passthrough, and the site routes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from edgeloop_common.topics import ID_PATTERN
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
+from edgeloop_inference_gateway.routing import ModelRoute
+from edgeloop_inference_gateway.service import InferenceService, classification_result
+
+
+@dataclass
+class GatewayState:
+    """What the routes need, set on ``app.state.gateway`` in the lifespan."""
+
+    service: InferenceService
+    passthrough: TfServingRestClient
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState | None = getattr(request.app.state, "gateway", None)
+    if state is None:
+        raise HTTPException(status_code=503, detail="the gateway is starting")
+    return state
+
+
+Gateway = Annotated[GatewayState, Depends(gateway_state)]
+SiteId = Annotated[str | None, Query(pattern=f"^{ID_PATTERN}$", description="Site whose model route applies.")]
+DeviceId = Annotated[str | None, Query(pattern=f"^{ID_PATTERN}$", description="Echoed in the result.")]
+
+classify_router = APIRouter(prefix="/v1", tags=["classify"])
+tf_serving_router = APIRouter(prefix="/v1/models", tags=["tf-serving passthrough"])
+routes_router = APIRouter(prefix="/v1/routes", tags=["routing"])
+
+
+@classify_router.post("/classify")
+async def classify(request: Request, gateway: Gateway, site: SiteId = None, device: DeviceId = None) -> dict[str, Any]:
+    """Classify one image: the raw JPEG/PNG bytes as the body, or a multipart form with an ``image`` file.
+
+    Answers the same JSON a device receives on its result topic (docs/gateway.md).
+    """
+    image, site, device = await _image_from_request(request, site, device)
+    classification = await gateway.service.classify_bytes(image, site_id=site)
+    return classification_result(classification, site_id=site, device_id=device)
+
+
+async def _image_from_request(
+    request: Request, site: str | None, device: str | None
+) -> tuple[bytes, str | None, str | None]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("image") or next((value for value in form.values() if isinstance(value, UploadFile)), None)
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(status_code=400, detail="multipart form has no image file (field 'image')")
+        image = await upload.read()
+        site = site or _form_id(form.get("site"), "site")
+        device = device or _form_id(form.get("device"), "device")
+    else:
+        image = await request.body()
+    if not image:
+        raise HTTPException(
+            status_code=400, detail="no image: send JPEG or PNG bytes as the body or a multipart 'image'"
+        )
+    return image, site, device
+
+
+def _form_id(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise HTTPException(status_code=400, detail=f"form field {what!r} must be text")
+    if not re.fullmatch(ID_PATTERN, value):
+        raise HTTPException(status_code=422, detail=f"invalid {what} id {value!r}")
+    return value
+
+
+# -- TF Serving REST passthrough -------------------------------------------------
+
+
+async def _forward(request: Request, gateway: GatewayState) -> Response:
+    body = await request.body() if request.method == "POST" else None
+    answer = await gateway.passthrough.forward(request.method, request.url.path, body)
+    return Response(
+        content=answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
+
+
+@tf_serving_router.post("/{model}:predict")
+async def predict(model: str, request: Request, gateway: Gateway) -> Response:
+    """TF Serving ``:predict`` on the model's latest version, passed through to the model server."""
+    return await _forward(request, gateway)
+
+
+@tf_serving_router.post("/{model}/versions/{version}:predict")
+async def predict_version(model: str, version: int, request: Request, gateway: Gateway) -> Response:
+    return await _forward(request, gateway)
+
+
+@tf_serving_router.post("/{model}/labels/{label}:predict")
+async def predict_label(model: str, label: str, request: Request, gateway: Gateway) -> Response:
+    return await _forward(request, gateway)
+
+
+@tf_serving_router.get("/{model}")
+async def model_status(model: str, request: Request, gateway: Gateway) -> Response:
+    return await _forward(request, gateway)
+
+
+@tf_serving_router.get("/{model}/metadata")
+async def model_metadata(model: str, request: Request, gateway: Gateway) -> Response:
+    return await _forward(request, gateway)
+
+
+@tf_serving_router.get("/{model}/versions/{version}")
+async def version_status(model: str, version: int, request: Request, gateway: Gateway) -> Response:
+    return await _forward(request, gateway)
+
+
+@tf_serving_router.get("/{model}/versions/{version}/metadata")
+async def version_metadata(model: str, version: int, request: Request, gateway: Gateway) -> Response:
+    return await _forward(request, gateway)
+
+
+# -- routes ------------------------------------------------------------------------
+
+
+class RouteBody(BaseModel):
+    model: str
+    """``model``, ``model:3`` or ``model:stable``."""
+
+
+@routes_router.get("")
+async def list_routes(gateway: Gateway) -> dict[str, Any]:
+    router = gateway.service.router
+    return {"default": str(router.default), "sites": {site: str(route) for site, route in router.site_routes().items()}}
+
+
+@routes_router.put("/{site_id}")
+async def set_route(site_id: str, body: RouteBody, gateway: Gateway) -> dict[str, str]:
+    """Serve a site with another model or version from the next request on (the deployer drives this)."""
+    gateway.service.router.set_route(site_id, ModelRoute.parse(body.model))
+    return {"site": site_id, "route": str(gateway.service.router.route_for(site_id))}
+
+
+@routes_router.delete("/{site_id}")
+async def remove_route(site_id: str, gateway: Gateway) -> dict[str, str]:
+    gateway.service.router.remove_route(site_id)
+    return {"site": site_id, "route": str(gateway.service.router.route_for(site_id))}

@@ -1,0 +1,219 @@
+"""``create_app(settings, *, bus=None)``: the inference gateway as a FastAPI app.
+
+The ImageReceived subscription is registered here, when the app is created, so
+that a shared in-process bus (standalone mode) can be started after every
+service subscribed. The adapters are built in the lifespan; an event that
+arrives before they are ready fails and is retried by the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from edgeloop_common.bus import EventBus, EventContext, PermanentError
+from edgeloop_common.events import ImageReceived
+from edgeloop_common.health import health_router
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from edgeloop_inference_gateway import api
+from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
+from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
+from edgeloop_inference_gateway.handlers import ImageReceivedHandler
+from edgeloop_inference_gateway.metrics import GatewayMetrics
+from edgeloop_inference_gateway.ports import (
+    BlobFetcher,
+    ImageTooLargeError,
+    ModelClient,
+    ModelNotFoundError,
+    ModelResponseError,
+    ModelServerUnavailableError,
+    ResultPublisher,
+    SignatureFallback,
+)
+from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, RouteConfigError, parse_site_routes
+from edgeloop_inference_gateway.service import BatchingConfig, InferenceService
+from edgeloop_inference_gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference-gateway"
+
+
+def router_from_settings(settings: Settings) -> ModelRouter:
+    return ModelRouter(
+        ModelRoute.of(settings.model_name, settings.model_version), parse_site_routes(settings.site_routes)
+    )
+
+
+def model_client_from_settings(settings: Settings) -> ModelClient:
+    fallback = SignatureFallback(
+        signature_name=settings.signature_name,
+        input_name=settings.input_name,
+        scores_output=settings.scores_output,
+        classes_output=settings.classes_output,
+    )
+    if settings.model_server_protocol == "grpc":
+        from edgeloop_inference_gateway.adapters.tf_serving_grpc import TfServingGrpcClient  # imports TensorFlow
+
+        return TfServingGrpcClient(
+            settings.model_server_grpc_target,
+            timeout_s=settings.request_timeout_s,
+            retries=settings.model_retries,
+            backoff_s=settings.retry_backoff_s,
+            metadata_ttl_s=settings.metadata_refresh_s,
+            fallback=fallback,
+        )
+    return rest_client_from_settings(settings, fallback)
+
+
+def rest_client_from_settings(settings: Settings, fallback: SignatureFallback | None = None) -> TfServingRestClient:
+    return TfServingRestClient(
+        settings.model_server_rest_url,
+        timeout_s=settings.request_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        retries=settings.model_retries,
+        backoff_s=settings.retry_backoff_s,
+        metadata_ttl_s=settings.metadata_refresh_s,
+        fallback=fallback,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    bus: EventBus | None = None,
+    model_client: ModelClient | None = None,
+    blob_fetcher: BlobFetcher | None = None,
+    results: ResultPublisher | None = None,
+) -> FastAPI:
+    """The gateway. ``bus``: use this bus and leave starting/stopping it to the caller (standalone mode).
+
+    ``model_client``, ``blob_fetcher`` and ``results`` replace the adapters the settings would build (tests).
+    """
+    settings = settings or Settings()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per model call drowns the log
+    router = router_from_settings(settings)  # a bad route fails here, at start-up, with the reason
+    metrics = GatewayMetrics()
+    owns_bus = bus is None
+    if bus is None:
+        from edgeloop_common.bus.factory import create_bus
+
+        # No processed-event store of its own: a redelivered image is classified again, and the
+        # InferenceCompleted it yields has the same event id (handlers.inference_event_id), so consumers skip it.
+        bus = create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+    event_bus: EventBus = bus
+
+    async def on_image_received(event: ImageReceived, context: EventContext) -> None:
+        handler: ImageReceivedHandler | None = getattr(app.state, "image_handler", None)
+        if handler is None:
+            raise RuntimeError("the inference gateway is still starting")
+        await handler(event, context)
+
+    event_bus.subscribe(ImageReceived, on_image_received, group=settings.consumer_group)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            passthrough = rest_client_from_settings(settings)
+            stack.push_async_callback(passthrough.close)
+            client = model_client or model_client_from_settings(settings)
+            if model_client is None:
+                stack.push_async_callback(client.close)
+            fetcher = blob_fetcher
+            if fetcher is None:
+                uri_fetcher = UriBlobFetcher(
+                    max_bytes=settings.max_image_bytes, timeout_s=settings.blob_fetch_timeout_s
+                )
+                stack.push_async_callback(uri_fetcher.close)
+                fetcher = uri_fetcher
+            publisher = results
+            if publisher is None and settings.mqtt_results:
+                publisher = await _start_mqtt(settings, metrics, stack)
+            service = InferenceService(
+                model_client=client,
+                router=router,
+                blob_fetcher=fetcher,
+                batching=BatchingConfig(
+                    max_batch_size=settings.max_batch_size,
+                    max_wait_ms=settings.max_wait_ms,
+                    max_concurrent_batches=settings.max_concurrent_batches,
+                ),
+                metrics=metrics,
+                max_image_bytes=settings.max_image_bytes,
+            )
+            stack.push_async_callback(service.close)
+            app.state.gateway = api.GatewayState(service=service, passthrough=passthrough)
+            app.state.results = publisher
+            app.state.image_handler = ImageReceivedHandler(service, event_bus, publisher)
+            if owns_bus:
+                await event_bus.start()
+                stack.push_async_callback(event_bus.stop)
+            log.info(
+                "inference gateway up: %s model server, default route %s, batching %d/%.1fms",
+                settings.model_server_protocol,
+                router.default,
+                settings.max_batch_size,
+                settings.max_wait_ms,
+            )
+            yield
+            app.state.image_handler = None
+
+    app = FastAPI(title="EdgeLoop inference gateway", lifespan=lifespan)
+
+    async def bus_ready() -> bool:
+        return await event_bus.ready()
+
+    async def models_ready() -> bool:
+        state: api.GatewayState | None = getattr(app.state, "gateway", None)
+        return state is not None and await state.service.models_available()
+
+    async def mqtt_ready() -> bool:
+        publisher: ResultPublisher | None = getattr(app.state, "results", None)
+        return publisher is not None and await publisher.ready()
+
+    checks = {"bus": bus_ready, "model_server": models_ready}
+    if settings.mqtt_results or results is not None:
+        checks["mqtt"] = mqtt_ready
+    app.include_router(health_router(checks, registry=metrics.registry))
+    app.include_router(api.classify_router)
+    app.include_router(api.tf_serving_router)
+    app.include_router(api.routes_router)
+    _install_error_handlers(app)
+    app.state.metrics = metrics
+    app.state.bus = event_bus
+    return app
+
+
+async def _start_mqtt(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> ResultPublisher:
+    from edgeloop_inference_gateway.adapters.mqtt_results import MqttResultPublisher
+
+    publisher = MqttResultPublisher(
+        settings.common.mqtt_host,
+        settings.common.mqtt_port,
+        qos=settings.mqtt_qos,
+        ack_timeout_s=settings.mqtt_ack_timeout_s,
+        metrics=metrics,
+    )
+    await publisher.start()
+    stack.push_async_callback(publisher.close)
+    return publisher
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Domain errors -> HTTP status, in one place."""
+
+    def reply(status: int) -> object:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(ImageTooLargeError, reply(413))  # type: ignore[arg-type]
+    app.add_exception_handler(ModelResponseError, reply(502))  # type: ignore[arg-type]
+    app.add_exception_handler(PermanentError, reply(400))  # type: ignore[arg-type]
+    app.add_exception_handler(RouteConfigError, reply(422))  # type: ignore[arg-type]
+    app.add_exception_handler(ModelServerUnavailableError, reply(503))  # type: ignore[arg-type]
+    app.add_exception_handler(ModelNotFoundError, reply(503))  # type: ignore[arg-type]

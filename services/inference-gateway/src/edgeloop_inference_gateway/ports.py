@@ -1,0 +1,141 @@
+"""What the gateway's logic needs from the outside world, and the errors it speaks.
+
+The adapters (TF Serving REST and gRPC, blob fetchers, MQTT) implement these
+protocols; the unit tests use fakes of them. Errors that can never succeed on
+a retry are :class:`PermanentError` (an event goes straight to the dead-letter
+topic; HTTP answers 4xx); the others are transient (retried, then
+dead-lettered after the bound; HTTP answers 503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgeloop_common.bus import PermanentError
+from edgeloop_common.events import BlobRef
+
+from edgeloop_inference_gateway.routing import ModelRoute
+
+# -- errors -------------------------------------------------------------------
+
+
+class InvalidImageError(PermanentError):
+    """The bytes are not a JPEG or PNG image that can be decoded."""
+
+
+class ImageTooLargeError(PermanentError):
+    """The image is larger than ``max_image_bytes``."""
+
+
+class BlobIntegrityError(PermanentError):
+    """The fetched blob's SHA-256 (or size) is not the one the event names."""
+
+
+class BlobNotFoundError(PermanentError):
+    """The blob the event names does not exist where its URI points."""
+
+
+class UnsupportedBlobUriError(PermanentError):
+    """No fetcher handles the blob URI's scheme."""
+
+
+class BlobUnavailableError(Exception):
+    """The blob store could not be reached (transient)."""
+
+
+class ModelInputError(PermanentError):
+    """The model server rejected the input (TF Serving INVALID_ARGUMENT / HTTP 400)."""
+
+
+class ModelResponseError(PermanentError):
+    """The model's signature or response is not one the gateway understands (wrong model for classification)."""
+
+
+class ModelServerUnavailableError(Exception):
+    """The model server could not be reached or answered with a transient error (after the client's retries)."""
+
+
+class ModelNotFoundError(Exception):
+    """The model server does not serve this model or version (yet): transient, it may be loading."""
+
+
+# -- model server ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """Which tensors of the serving signature carry the image, the scores and the class names."""
+
+    input_name: str
+    scores_output: str
+    classes_output: str | None
+
+
+@dataclass(frozen=True)
+class SignatureFallback:
+    """Names to prefer, or to use where the model's metadata does not tell."""
+
+    signature_name: str = "serving_default"
+    input_name: str = "image_bytes"
+    scores_output: str = "scores"
+    classes_output: str = "classes"
+
+
+@dataclass(frozen=True)
+class BatchPrediction:
+    """One model call's answer: the version that actually served it and per-image scores by class name."""
+
+    model_name: str
+    model_version: int
+    scores: list[dict[str, float]]
+
+
+class ModelClient(Protocol):
+    async def classify(self, route: ModelRoute, images: Sequence[bytes]) -> BatchPrediction:
+        """Classify encoded images with one model call."""
+        ...
+
+    async def available(self, route: ModelRoute) -> bool:
+        """True when the model server serves the route with a version in state AVAILABLE."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# -- blobs and results ----------------------------------------------------------
+
+
+class BlobFetcher(Protocol):
+    async def fetch(self, ref: BlobRef) -> bytes:
+        """The blob's bytes, verified against ``ref.sha256``."""
+        ...
+
+
+class ResultPublisher(Protocol):
+    async def send(self, site_id: str, device_id: str, payload: bytes) -> None:
+        """Send a result to the device (MQTT ``dt/edgeloop/{site}/{device}/result``)."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+
+# -- hard-example mining (seam for a later issue) --------------------------------
+
+
+@dataclass(frozen=True)
+class HardExampleVerdict:
+    hard: bool
+    reason: str | None = None
+
+
+class HardExampleMiner(Protocol):
+    def assess(self, scores: dict[str, float], image_stats: dict[str, float]) -> HardExampleVerdict: ...
+
+
+class NoHardExamples:
+    """The default miner: nothing is a hard example until a real miner is plugged in."""
+
+    def assess(self, scores: dict[str, float], image_stats: dict[str, float]) -> HardExampleVerdict:
+        return HardExampleVerdict(hard=False)

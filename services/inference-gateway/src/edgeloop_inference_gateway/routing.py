@@ -1,0 +1,113 @@
+"""Which model, and which version of it, serves which site.
+
+Routes come from settings now; the deployer will call :meth:`ModelRouter.set_route`
+at run time when it rolls a version out to a site.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from edgeloop_common.topics import ID_PATTERN
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+_SITE = re.compile(rf"^{ID_PATTERN}$")
+
+
+class RouteConfigError(ValueError):
+    """A route in the configuration cannot be understood."""
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """A model and, optionally, a pinned version or a version label (neither: the latest)."""
+
+    model_name: str
+    version: int | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _MODEL_NAME.match(self.model_name):
+            raise RouteConfigError(f"invalid model name {self.model_name!r}")
+        if self.version is not None and self.label is not None:
+            raise RouteConfigError("a route pins a version or a label, not both")
+        if self.version is not None and self.version < 0:
+            raise RouteConfigError(f"invalid version {self.version}")
+        if self.label is not None and not _LABEL.match(self.label):
+            raise RouteConfigError(f"invalid version label {self.label!r}")
+
+    @classmethod
+    def parse(cls, spec: str) -> ModelRoute:
+        """``model``, ``model:3`` (version) or ``model:stable`` (label)."""
+        name, _, selector = spec.strip().partition(":")
+        return cls.of(name, selector)
+
+    @classmethod
+    def of(cls, model_name: str, selector: str = "") -> ModelRoute:
+        selector = selector.strip()
+        if not selector:
+            return cls(model_name.strip())
+        if selector.isdigit():
+            return cls(model_name.strip(), version=int(selector))
+        return cls(model_name.strip(), label=selector)
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.model_name}:{self.version}"
+        if self.label is not None:
+            return f"{self.model_name}:{self.label}"
+        return self.model_name
+
+
+def parse_site_routes(text: str) -> dict[str, ModelRoute]:
+    """``site-a=model:3,site-b=model:stable`` -> {site: route}; :class:`RouteConfigError` on nonsense."""
+    routes: dict[str, ModelRoute] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        site, sep, spec = item.partition("=")
+        site = site.strip()
+        if not sep or not spec.strip():
+            raise RouteConfigError(f"route {item!r} is not 'site=model[:version|label]'")
+        if not _SITE.match(site):
+            raise RouteConfigError(f"invalid site id {site!r} in route {item!r}")
+        if site in routes:
+            raise RouteConfigError(f"site {site!r} has two routes")
+        routes[site] = ModelRoute.parse(spec)
+    return routes
+
+
+class ModelRouter:
+    """The route of each site, with a default for sites that have none."""
+
+    def __init__(self, default: ModelRoute, site_routes: dict[str, ModelRoute] | None = None) -> None:
+        self._default = default
+        self._site_routes: dict[str, ModelRoute] = dict(site_routes or {})
+
+    @property
+    def default(self) -> ModelRoute:
+        return self._default
+
+    def route_for(self, site_id: str | None) -> ModelRoute:
+        if site_id is None:
+            return self._default
+        return self._site_routes.get(site_id, self._default)
+
+    def set_route(self, site_id: str, route: ModelRoute) -> None:
+        """Serve ``site_id`` with ``route`` from the next request on."""
+        if not _SITE.match(site_id):
+            raise RouteConfigError(f"invalid site id {site_id!r}")
+        self._site_routes[site_id] = route
+
+    def remove_route(self, site_id: str) -> None:
+        """Serve ``site_id`` with the default route again."""
+        self._site_routes.pop(site_id, None)
+
+    def set_default(self, route: ModelRoute) -> None:
+        self._default = route
+
+    def site_routes(self) -> dict[str, ModelRoute]:
+        return dict(self._site_routes)
+
+    def all_routes(self) -> set[ModelRoute]:
+        return {self._default, *self._site_routes.values()}

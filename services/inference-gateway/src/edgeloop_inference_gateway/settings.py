@@ -1,0 +1,64 @@
+"""The gateway's settings: ``EDGELOOP_INFERENCE_GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from edgeloop_common.settings import CommonSettings
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelServerProtocol = Literal["rest", "grpc"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_INFERENCE_GATEWAY_", extra="ignore")
+
+    http_host: str = "0.0.0.0"
+    http_port: int = 8082
+
+    # The model server (TF Serving or `edgeloop model-server`).
+    model_server_protocol: ModelServerProtocol = Field("rest", description="rest or grpc, for classification.")
+    model_server_rest_url: str = Field(
+        "http://127.0.0.1:8501", description="TF Serving REST base URL (also used by the :predict passthrough)."
+    )
+    model_server_grpc_target: str = Field("127.0.0.1:8500", description="TF Serving gRPC host:port.")
+    request_timeout_s: float = Field(10.0, description="Timeout of one model server call.")
+    connect_timeout_s: float = Field(2.0, description="Timeout to connect to the model server.")
+    model_retries: int = Field(2, ge=0, description="Retries of a transient model server failure, per call.")
+    retry_backoff_s: float = Field(0.2, description="First backoff between retries (doubles each time).")
+    metadata_refresh_s: float = Field(
+        5.0, description="How long a model's resolved version and signature are cached before asking again."
+    )
+
+    # Routing: which model and version serves which site.
+    model_name: str = Field("edgeloop-classifier", description="Model that serves sites without a route.")
+    model_version: str = Field("", description="Version number or label of model_name; empty: the latest.")
+    site_routes: str = Field(
+        "", description="Per-site routes: 'site-a=model:3,site-b=model:stable,site-c=model' (version or label)."
+    )
+
+    # Signature fallbacks, used only where the model's metadata does not tell.
+    signature_name: str = "serving_default"
+    input_name: str = Field("image_bytes", description="Fallback input name when the metadata has no string input.")
+    scores_output: str = Field("scores", description="Preferred name of the per-class scores output.")
+    classes_output: str = Field("classes", description="Preferred name of the class-names output.")
+
+    # Dynamic batching.
+    max_batch_size: int = Field(32, ge=1, description="Most images in one model call; 1 disables batching.")
+    max_wait_ms: float = Field(5.0, ge=0.0, description="Longest a request waits for others to join its batch.")
+    max_concurrent_batches: int = Field(2, ge=1, description="Model calls in flight at once, per model and version.")
+
+    # Inputs.
+    max_image_bytes: int = Field(20 * 1024 * 1024, description="Largest image accepted (HTTP 413 / dead letter).")
+    blob_fetch_timeout_s: float = 10.0
+
+    # Results to devices over MQTT.
+    mqtt_results: bool = Field(True, description="Send each result to dt/edgeloop/{site}/{device}/result.")
+    mqtt_qos: int = Field(1, ge=0, le=1)
+    mqtt_ack_timeout_s: float = Field(5.0, description="How long a handler waits for the broker's PUBACK.")
+
+    consumer_group: str = "inference-gateway"
+    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)

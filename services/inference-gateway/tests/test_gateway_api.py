@@ -1,0 +1,138 @@
+"""The HTTP API with a fake model client: classify, errors, routes, health, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from edgeloop_common.bus.inprocess import InProcessBus
+from edgeloop_inference_gateway.app import create_app
+from edgeloop_inference_gateway.settings import Settings
+from fastapi import FastAPI
+from gateway_fakes import FakeModelClient, FakeResults, jpeg_bytes, model_server_down, png_bytes
+
+
+@dataclass
+class Gateway:
+    app: FastAPI
+    http: httpx.AsyncClient
+    model: FakeModelClient
+    bus: InProcessBus
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    model = FakeModelClient(version=5)
+    bus = InProcessBus(source="inference-gateway")
+    settings = Settings(
+        model_name="edgeloop-classifier",
+        site_routes="site-b=edgeloop-classifier:3",
+        max_wait_ms=1.0,
+        model_server_rest_url="http://127.0.0.1:9",  # passthrough target: nothing listens there
+        connect_timeout_s=0.5,
+        model_retries=0,
+    )
+    app = create_app(settings, bus=bus, model_client=model, results=FakeResults())
+    async with app.router.lifespan_context(app):
+        await bus.start()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield Gateway(app, http, model, bus)
+        await bus.stop()
+
+
+async def test_classify_raw_bytes(gateway: Gateway) -> None:
+    image = jpeg_bytes()
+    response = await gateway.http.post(
+        "/v1/classify", content=image, headers={"content-type": "image/jpeg"}, params={"site": "site-a", "device": "d1"}
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()
+    expected = gateway.model.scores_for(image)
+    assert result["scores"] == pytest.approx(expected)
+    assert result["top_label"] == max(expected, key=expected.__getitem__)
+    assert result["confidence"] == pytest.approx(max(expected.values()))
+    assert (result["model_name"], result["model_version"]) == ("edgeloop-classifier", 5)
+    assert (result["site_id"], result["device_id"], result["served_by"]) == ("site-a", "d1", "edge")
+    assert len(result["image_sha256"]) == 64 and result["latency_ms"] > 0
+
+
+async def test_classify_multipart_uses_the_sites_route(gateway: Gateway) -> None:
+    response = await gateway.http.post(
+        "/v1/classify", files={"image": ("x.png", png_bytes(), "image/png")}, data={"site": "site-b"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == 3
+    assert response.json()["site_id"] == "site-b"
+
+
+async def test_classify_refuses_what_is_not_an_image(gateway: Gateway) -> None:
+    garbage = await gateway.http.post("/v1/classify", content=b"hello, not an image")
+    assert garbage.status_code == 400
+    assert "JPEG or PNG" in garbage.json()["error"]
+    empty = await gateway.http.post("/v1/classify", content=b"")
+    assert empty.status_code == 400 and "no image" in empty.json()["detail"]
+    bad_site = await gateway.http.post("/v1/classify", content=jpeg_bytes(), params={"site": "no/slash"})
+    assert bad_site.status_code == 422
+    assert gateway.model.calls == []
+
+
+async def test_model_server_down_answers_503_and_not_ready(gateway: Gateway) -> None:
+    ready = await gateway.http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    gateway.model.fail_with = model_server_down()
+    response = await gateway.http.post("/v1/classify", content=jpeg_bytes())
+    assert response.status_code == 503
+    assert "unreachable" in response.json()["error"]
+    ready = await gateway.http.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["model_server"] == "not ready"
+    assert ready.json()["checks"]["bus"] == "ok"
+
+
+async def test_not_ready_when_the_model_is_not_available(gateway: Gateway) -> None:
+    gateway.model.is_available = False
+    ready = await gateway.http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["model_server"] == "not ready"
+
+
+async def test_not_ready_when_the_bus_is_not(gateway: Gateway) -> None:
+    await gateway.bus.stop()
+    ready = await gateway.http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["bus"] == "not ready"
+
+
+async def test_metrics_count_inferences_and_batches(gateway: Gateway) -> None:
+    await gateway.http.post("/v1/classify", content=jpeg_bytes())
+    await gateway.http.post("/v1/classify", content=b"junk")
+    text = (await gateway.http.get("/metrics")).text
+    assert 'edgeloop_inferences_total{outcome="ok"} 1.0' in text
+    assert 'edgeloop_inferences_total{outcome="invalid_input"} 1.0' in text
+    assert "edgeloop_inference_batch_size_count 1.0" in text
+    assert "edgeloop_inference_duration_seconds_count 1.0" in text
+
+
+async def test_routes_can_be_read_and_changed(gateway: Gateway) -> None:
+    routes = (await gateway.http.get("/v1/routes")).json()
+    assert routes == {"default": "edgeloop-classifier", "sites": {"site-b": "edgeloop-classifier:3"}}
+    changed = await gateway.http.put("/v1/routes/site-b", json={"model": "edgeloop-classifier:9"})
+    assert changed.status_code == 200 and changed.json()["route"] == "edgeloop-classifier:9"
+    result = (await gateway.http.post("/v1/classify", content=jpeg_bytes(), params={"site": "site-b"})).json()
+    assert result["model_version"] == 9
+    bad = await gateway.http.put("/v1/routes/site-b", json={"model": "no good name"})
+    assert bad.status_code == 422
+    await gateway.http.delete("/v1/routes/site-b")
+    assert (await gateway.http.get("/v1/routes")).json()["sites"] == {}
+
+
+async def test_passthrough_reports_an_unreachable_model_server(gateway: Gateway) -> None:
+    response = await gateway.http.post("/v1/models/edgeloop-classifier:predict", json={"instances": []})
+    assert response.status_code == 503
+    assert "unreachable" in response.json()["error"]
+
+
+def test_a_bad_route_setting_stops_start_up_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="site-a"):
+        create_app(Settings(site_routes="site-a"), bus=InProcessBus(), model_client=FakeModelClient())

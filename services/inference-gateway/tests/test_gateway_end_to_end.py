@@ -1,0 +1,141 @@
+"""The distributed path, end to end, on the real brokers and the real lite model server.
+
+Simulated device --MQTT--> ingest --Kafka--> gateway --TF Serving REST--> edgeloop model-server
+                 <--MQTT result--   gateway --Kafka--> InferenceCompleted (read here as a consumer would)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig
+from edgeloop_common.bus import EventContext
+from edgeloop_common.bus.kafka import KafkaBus
+from edgeloop_common.events import InferenceCompleted
+from edgeloop_common.settings import CommonSettings
+from edgeloop_inference_gateway.app import create_app
+from edgeloop_inference_gateway.settings import Settings
+from edgeloop_ingest.app import create_app as create_ingest_app
+from edgeloop_ingest.settings import Settings as IngestSettings
+from edgeloop_model_server.embedded import RunningServer, serve_in_thread
+from edgeloop_model_server.settings import Settings as ModelServerSettings
+from test_gateway_model_server import free_port
+
+pytest_plugins = ["tests.model_fixtures"]
+pytestmark = [pytest.mark.kafka, pytest.mark.mqtt, pytest.mark.tf, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def model_server(trained_model_base: Path, trained_model_name: str) -> Iterator[RunningServer]:
+    settings = ModelServerSettings(
+        http_host="127.0.0.1",
+        http_port=free_port(),
+        grpc_host="127.0.0.1",
+        grpc_port=free_port(),
+        model_name=trained_model_name,
+        model_base_path=trained_model_base,
+        inference_threads=2,
+    )
+    with serve_in_thread(settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
+    yield topic_prefix
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [name for name in await admin.list_topics() if name.startswith(topic_prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
+async def test_eight_captures_come_back_classified_over_mqtt_and_kafka(
+    kafka_bootstrap: str,
+    kafka_topics: str,
+    mqtt_broker: tuple[str, int],
+    model_server: RunningServer,
+    trained_model_name: str,
+    catdog_captures_dir: Path,
+    tmp_path: Path,
+) -> None:
+    host, port = mqtt_broker
+    site = f"test-{uuid.uuid4().hex[:8]}"
+    common = CommonSettings(
+        mode="distributed",
+        kafka_bootstrap_servers=kafka_bootstrap,
+        mqtt_host=host,
+        mqtt_port=port,
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'ingest.sqlite3'}",
+    )
+    ingest = create_ingest_app(
+        IngestSettings(
+            common=common,
+            topic_prefix=kafka_topics,
+            mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+            mqtt_session_expiry_s=60,
+        )
+    )
+    gateway = create_app(
+        Settings(
+            common=common,
+            topic_prefix=kafka_topics,
+            model_server_rest_url=model_server.rest_url,
+            model_name=trained_model_name,
+        )
+    )
+    completed: list[InferenceCompleted] = []
+
+    async def observe(event: InferenceCompleted, context: EventContext) -> None:
+        completed.append(event)
+
+    observer = KafkaBus(bootstrap_servers=kafka_bootstrap, source="observer", topic_prefix=kafka_topics)
+    observer.subscribe(InferenceCompleted, observe, group="observer")
+    results: list[DeviceResult] = []
+    config = SimulatorConfig(catdog_captures_dir, site, "cam-1", rate=4.0, mqtt_host=host, mqtt_port=port, timeout_s=60)
+    async with AsyncExitStack() as stack:
+        for app in (ingest, gateway):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        await observer.start()
+        stack.push_async_callback(observer.stop)
+        summary = await DeviceSimulator(config, on_result=results.append).run()
+        await _until(lambda: len([e for e in completed if e.site_id == site]) >= 8)
+
+    assert (summary.sent, summary.acked, summary.results, summary.missing) == (8, 8, 8, 0), summary.describe()
+    ours = {event.image.sha256: event for event in completed if event.site_id == site}
+    assert len(ours) == 8
+    for result in results:
+        sha256 = hashlib.sha256((catdog_captures_dir / result.image_name).read_bytes()).hexdigest()
+        event = ours[sha256]
+        assert result.payload["sample_id"] == event.sample_id
+        assert (
+            (result.model_name, result.model_version)
+            == (trained_model_name, 1)
+            == (
+                event.model_name,
+                event.model_version,
+            )
+        )
+        assert set(event.scores) == {"cat", "dog"}
+        assert sum(event.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert result.top_label == event.top_label and result.confidence == pytest.approx(event.confidence)
+        assert event.image_stats["width"] > 0
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "InferenceCompleted events did not all arrive"
+        await asyncio.sleep(0.1)

@@ -1,0 +1,1 @@
+"""EdgeLoop ingest: the MQTT -> Kafka bridge and the sample store."""

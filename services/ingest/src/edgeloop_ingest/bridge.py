@@ -1,0 +1,398 @@
+"""The bridge: device messages in arrival order -> durable events -> acknowledgements in arrival order.
+
+Three tasks share one event loop:
+
+* the **pipeline** takes whatever messages have arrived (a batch), validates
+  and stores them in worker threads (results keep arrival order), records the
+  new samples in one transaction, then hands each message's event to the bus
+  with ``enqueue`` -- many events are in flight at once, their order kept;
+* the **acker** walks the pending messages oldest first and acknowledges each
+  (MQTT PUBACK, HTTP response) once its event is durable: acknowledged by
+  Kafka, or -- when Kafka did not acknowledge in time -- written to the disk
+  buffer. Acknowledgements therefore go out in arrival order, as MQTT requires;
+* the **drainer** re-publishes buffered events, oldest first, once Kafka is back.
+
+While the buffer holds anything, new events go to the buffer too (behind the
+older ones), so a device's events reach Kafka in the order the device sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError
+
+from edgeloop_ingest import metrics
+from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
+from edgeloop_ingest.service import (
+    DeviceMessage,
+    IngestService,
+    Outcome,
+    Publication,
+    Rejected,
+    refusal_publication,
+)
+
+log = logging.getLogger(__name__)
+
+OnDurable = Callable[[Outcome], None]
+
+
+@dataclass
+class _Pending:
+    message: DeviceMessage
+    outcome: Outcome
+    publication: Publication
+    on_durable: OnDurable
+    kafka_ack: asyncio.Future[Any] | None = None  # None: the event goes to the disk buffer
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    batch_max_messages: int = 256
+    validation_threads: int = 4
+    drain_batch_messages: int = 500
+    drain_retry_s: float = 1.0
+    store_retry_s: float = 1.0
+    shutdown_grace_s: float = 5.0
+
+
+class Bridge:
+    def __init__(
+        self, service: IngestService, bus: EventBus, buffer: DiskBuffer, config: BridgeConfig | None = None
+    ) -> None:
+        self.service = service
+        self.bus = bus
+        self.buffer = buffer
+        self.config = config or BridgeConfig()
+        self._inbox: deque[tuple[DeviceMessage, OnDurable]] = deque()
+        self._inbox_ready = asyncio.Event()
+        self._pending: deque[_Pending] = deque()
+        self._pending_ready = asyncio.Event()
+        self._drain_wanted = asyncio.Event()
+        self._buffer_lock = asyncio.Lock()
+        self._buffering = False
+        self._buffered_count = 0
+        self._to_buffer = 0  # pending entries bound for the buffer, not written yet
+        self._direct_in_flight = 0  # pending entries waiting for a Kafka acknowledgement
+        self._executor = ThreadPoolExecutor(self.config.validation_threads, thread_name_prefix="ingest-validate")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unfinished = 0  # taken and not yet acknowledged
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    @property
+    def buffered_count(self) -> int:
+        return self._buffered_count
+
+    @property
+    def buffering(self) -> bool:
+        return self._buffering
+
+    @property
+    def in_flight(self) -> int:
+        return self._unfinished
+
+    async def start(self) -> None:
+        self._buffered_count = await asyncio.to_thread(self.buffer.count)
+        metrics.BUFFERED.set(self._buffered_count)
+        if self._buffered_count:
+            log.info("disk buffer holds %d event(s) from before; draining them first", self._buffered_count)
+            self._buffering = True
+            self._drain_wanted.set()
+        self._tasks = [
+            asyncio.create_task(_supervised(self._run_pipeline), name="ingest-pipeline"),
+            asyncio.create_task(_supervised(self._run_acker), name="ingest-acker"),
+            asyncio.create_task(_supervised(self._run_drainer), name="ingest-drainer"),
+        ]
+
+    async def stop(self) -> None:
+        """Let what was taken become durable (bounded by ``shutdown_grace_s``), then stop. A message still
+        unacknowledged then is redelivered by the broker later, so stopping loses nothing."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.shutdown_grace_s):
+                await self._idle.wait()
+        if self._unfinished:
+            log.warning("stopping with %d message(s) unacknowledged; the broker redelivers them", self.in_flight)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, message: DeviceMessage, on_durable: OnDurable) -> None:
+        """Take a message (from the event loop's thread); ``on_durable`` is called when its outcome is durable."""
+        self._inbox.append((message, on_durable))
+        self._unfinished += 1
+        self._idle.clear()
+        metrics.IN_FLIGHT.inc()
+        self._inbox_ready.set()
+
+    async def handle(self, message: DeviceMessage) -> Outcome:
+        """Submit and wait until the outcome is durable (HTTP uploads)."""
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def resolve(outcome: Outcome) -> None:
+            if not done.done():
+                done.set_result(outcome)
+
+        self.submit(message, resolve)
+        return await done
+
+    # -- pipeline: prepare in order, hand to the bus in order -----------------------------------------------------
+
+    async def _run_pipeline(self) -> None:
+        while True:
+            await self._inbox_ready.wait()
+            batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.config.batch_max_messages))]
+            if not self._inbox:
+                self._inbox_ready.clear()
+            if not batch:
+                continue
+            outcomes = await self._prepare(batch)
+            for (message, on_durable), outcome in zip(batch, outcomes, strict=True):
+                await self._dispatch(message, outcome, on_durable)
+
+    async def _prepare(self, batch: list[tuple[DeviceMessage, OnDurable]]) -> list[Outcome]:
+        """Validate, store and record; retried while the store fails (nothing is acknowledged meanwhile)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = time.perf_counter()
+            try:
+                outcomes = await asyncio.gather(
+                    *(loop.run_in_executor(self._executor, self.service.prepare, message) for message, _ in batch)
+                )
+                await loop.run_in_executor(self._executor, self.service.record, outcomes)
+            except Exception as exc:  # noqa: BLE001 - storage trouble (disk, database): retried, never dropped
+                # Not the device's fault (bad input is a Rejected outcome, not an exception): keep the messages.
+                log.error("storing a batch of %d message(s) failed, retrying: %r", len(batch), exc)
+                await asyncio.sleep(self.config.store_retry_s)
+                continue
+            metrics.PREPARE_DURATION.observe(time.perf_counter() - started)
+            return list(outcomes)
+
+    async def _dispatch(self, message: DeviceMessage, outcome: Outcome, on_durable: OnDurable) -> None:
+        publication = outcome.publication
+        if publication is None:  # an HTTP rejection: the client gets the reason, nothing to publish
+            self._complete(message, outcome, on_durable, "rejected")
+            return
+        entry = _Pending(message=message, outcome=outcome, publication=publication, on_durable=on_durable)
+        if not self._buffering:
+            try:
+                ack = await self.bus.enqueue(
+                    publication.event,
+                    key=publication.key,
+                    event_id=publication.event_id,
+                    traceparent=publication.traceparent,
+                )
+            except BusUnavailableError as exc:
+                log.warning("Kafka unavailable (%s); buffering events on disk", exc)
+                self._buffering = True
+            except Exception as exc:  # noqa: BLE001 - e.g. PermanentError: kept on disk, the drainer settles it
+                log.error("the bus did not take %s: %r; buffering it", publication.event_id, exc)
+                self._buffering = True
+            else:
+                entry.kafka_ack = asyncio.ensure_future(ack)
+                self._direct_in_flight += 1
+        if entry.kafka_ack is None:
+            self._to_buffer += 1
+        self._pending.append(entry)
+        self._pending_ready.set()
+
+    # -- acker: acknowledge in arrival order once durable ---------------------------------------------------------
+
+    async def _run_acker(self) -> None:
+        while True:
+            if not self._pending:
+                self._pending_ready.clear()
+                await self._pending_ready.wait()
+                continue
+            head = self._pending[0]
+            if head.kafka_ack is not None and await self._kafka_acknowledged(head):
+                self._pending.popleft()
+                self._complete(head.message, head.outcome, head.on_durable, "published")
+                continue
+            await self._buffer_run()
+
+    async def _kafka_acknowledged(self, entry: _Pending) -> bool:
+        """Wait for Kafka's answer; on failure the entry is re-routed to the disk buffer."""
+        assert entry.kafka_ack is not None
+        try:
+            await entry.kafka_ack
+        except BusUnavailableError as exc:
+            self._reroute_to_buffer(entry, exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - any publish failure: keep the event on disk and retry later
+            log.error("publishing %s failed unexpectedly: %r", entry.publication.event_id, exc)
+            self._reroute_to_buffer(entry, exc)
+            return False
+        self._direct_in_flight -= 1
+        metrics.PUBLISH_DURATION.observe(time.perf_counter() - entry.enqueued_at)
+        return True
+
+    def _reroute_to_buffer(self, entry: _Pending, exc: BaseException) -> None:
+        if not self._buffering:
+            log.warning("Kafka did not acknowledge in time (%r); buffering events on disk", exc)
+        self._buffering = True
+        entry.kafka_ack = None
+        self._direct_in_flight -= 1
+        self._to_buffer += 1
+
+    async def _buffer_run(self) -> None:
+        """Write the run of oldest entries bound for the buffer in one durable transaction, then ack them."""
+        run: list[_Pending] = []
+        for entry in self._pending:
+            if entry.kafka_ack is None:
+                run.append(entry)
+            elif entry.kafka_ack.done() and entry.kafka_ack.exception() is not None:
+                self._reroute_to_buffer(entry, entry.kafka_ack.exception() or RuntimeError())
+                run.append(entry)
+            else:
+                break
+        async with self._buffer_lock:
+            await self._append_to_buffer([entry.publication for entry in run])
+            self._buffered_count += len(run)
+            self._to_buffer -= len(run)
+        metrics.BUFFERED.set(self._buffered_count)
+        for _ in run:
+            self._pending.popleft()
+        for entry in run:
+            self._complete(entry.message, entry.outcome, entry.on_durable, "buffered")
+        self._drain_wanted.set()
+
+    async def _append_to_buffer(self, publications: list[Publication]) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.buffer.append, publications)
+                return
+            except Exception as exc:  # noqa: BLE001 - disk full, sqlite3.Error, ...: retry, never drop
+                log.error("disk buffer write failed, retrying: %r", exc)
+            await asyncio.sleep(self.config.store_retry_s)
+
+    def _complete(self, message: DeviceMessage, outcome: Outcome, on_durable: OnDurable, path: str) -> None:
+        if isinstance(outcome, Rejected):
+            metrics.REJECTIONS.labels(message.ingress, message.kind, outcome.code.value).inc()
+            label = "dead_lettered" if outcome.publication else "rejected"
+        else:
+            label = path
+            if outcome.redelivery:
+                metrics.BRIDGE_REDELIVERIES.inc()
+        if message.ingress == "mqtt":
+            metrics.BRIDGE_MESSAGES.labels(message.kind, label).inc()
+        else:
+            metrics.HTTP_UPLOADS.labels("rejected" if isinstance(outcome, Rejected) else "accepted").inc()
+        metrics.IN_FLIGHT.dec()
+        self._unfinished -= 1
+        if not self._unfinished:
+            self._idle.set()
+        try:
+            on_durable(outcome)
+        except Exception:
+            log.exception("acknowledging %s failed", message.mqtt_topic or message.ingress)
+
+    # -- drainer: buffered events back to Kafka, oldest first -----------------------------------------------------
+
+    async def _run_drainer(self) -> None:
+        while True:
+            await self._drain_wanted.wait()
+            if self._buffered_count == 0:
+                async with self._buffer_lock:
+                    if self._buffered_count == 0 and self._to_buffer == 0:
+                        if self._buffering:
+                            log.info("disk buffer drained; publishing to Kafka directly again")
+                        self._buffering = False
+                        self._drain_wanted.clear()
+                        continue
+                await asyncio.sleep(0.01)
+                continue
+            if self._direct_in_flight:
+                # Newer events still wait for Kafka's answer; let them settle so nothing overtakes them.
+                await asyncio.sleep(0.01)
+                continue
+            if not await self._drain_round():
+                await asyncio.sleep(self.config.drain_retry_s)
+
+    async def _publish_refusal(self, publication: Publication, error: PermanentError) -> bool:
+        """Kafka refuses this event for good: publish a DeadLetter for it instead, so the buffer moves on."""
+        log.error("Kafka refuses buffered event %s for good (%s); dead-lettering it", publication.event_id, error)
+        refusal = refusal_publication(publication, error)
+        try:
+            await self.bus.publish(
+                refusal.event, key=refusal.key, event_id=refusal.event_id, traceparent=refusal.traceparent
+            )
+        except (BusUnavailableError, PermanentError) as exc:
+            log.error("could not dead-letter refused event %s: %r", publication.event_id, exc)
+            return False
+        return True
+
+    async def _drain_round(self) -> bool:
+        """Publish the oldest buffered events; delete those acknowledged. False when Kafka is still away."""
+        batch = await asyncio.to_thread(self.buffer.head, self.config.drain_batch_messages)
+        if not batch:
+            async with self._buffer_lock:
+                self._buffered_count = await asyncio.to_thread(self.buffer.count)
+            return True
+        acks: list[Awaitable[Any]] = []
+        unavailable: BaseException | None = None
+        for buffered in batch:
+            publication = buffered.publication
+            try:
+                acks.append(
+                    await self.bus.enqueue(
+                        publication.event,
+                        key=publication.key,
+                        event_id=publication.event_id,
+                        traceparent=publication.traceparent,
+                    )
+                )
+            except BusUnavailableError as exc:
+                unavailable = exc
+                break
+            except PermanentError as exc:
+                refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                refused.set_exception(exc)
+                acks.append(refused)
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        acknowledged = 0
+        for buffered, result in zip(batch, results, strict=False):
+            if isinstance(result, PermanentError) and await self._publish_refusal(buffered.publication, result):
+                acknowledged += 1
+                continue
+            if isinstance(result, BaseException):
+                unavailable = result
+                break
+            acknowledged += 1
+        if acknowledged:
+            async with self._buffer_lock:
+                await asyncio.to_thread(self.buffer.remove_through, batch[acknowledged - 1].sequence)
+                self._buffered_count -= acknowledged
+            metrics.BUFFERED.set(self._buffered_count)
+            metrics.DRAINED.inc(acknowledged)
+            log.info("drained %d buffered event(s) to Kafka; %d left", acknowledged, self._buffered_count)
+        if unavailable is not None:
+            log.warning("Kafka still unavailable while draining the disk buffer: %r", unavailable)
+            return False
+        return True
+
+
+async def _supervised(run: Callable[[], Awaitable[None]]) -> None:
+    """Run a bridge task forever: a bug in one round is logged loudly and the task goes on."""
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("bridge task %s failed; restarting it", getattr(run, "__name__", run))
+            await asyncio.sleep(1.0)

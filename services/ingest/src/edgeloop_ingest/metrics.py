@@ -1,0 +1,39 @@
+"""Prometheus metrics of the ingest service (no device-id labels: their number is unbounded)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+BRIDGE_MESSAGES = Counter(
+    "edgeloop_bridge_messages_total",
+    "Device messages acknowledged by the bridge, by kind (image, telemetry, unknown) and outcome: "
+    "published (Kafka acknowledged the event), buffered (durable in the disk buffer), "
+    "dead_lettered (rejected; its DeadLetter is durable).",
+    ["kind", "outcome"],
+)
+REJECTIONS = Counter(
+    "edgeloop_ingest_rejections_total",
+    "Rejected device messages and uploads, by ingress (mqtt, http), kind and reason code.",
+    ["ingress", "kind", "reason"],
+)
+HTTP_UPLOADS = Counter(
+    "edgeloop_ingest_http_uploads_total", "HTTP sample uploads by outcome (accepted, rejected).", ["outcome"]
+)
+BUFFERED = Gauge("edgeloop_bridge_buffered_messages", "Events in the disk buffer, waiting for Kafka.")
+IN_FLIGHT = Gauge("edgeloop_bridge_in_flight_messages", "Device messages received and not yet acknowledged.")
+BRIDGE_REDELIVERIES = Counter(
+    "edgeloop_bridge_redeliveries_total",
+    "Redelivered MQTT messages (DUP flag) matched to a stored sample: its event is re-published, no new sample.",
+)
+DRAINED = Counter("edgeloop_bridge_drained_total", "Events re-published from the disk buffer to Kafka.")
+PUBLISH_DURATION = Histogram(
+    "edgeloop_ingest_publish_duration_seconds",
+    "From handing an event to the bus until Kafka acknowledged it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+PREPARE_DURATION = Histogram(
+    "edgeloop_ingest_prepare_duration_seconds",
+    "Validating, storing and recording one batch of device messages.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+MQTT_CONNECTED = Gauge("edgeloop_bridge_mqtt_connected", "1 while the bridge is connected to the MQTT broker.")

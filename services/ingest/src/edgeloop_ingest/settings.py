@@ -1,0 +1,69 @@
+"""Settings of the ingest service: ``EDGELOOP_INGEST_*`` plus the shared ``EDGELOOP_*`` ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeloop_common.settings import CommonSettings
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_INGEST_", extra="ignore")
+
+    http_host: str = Field("127.0.0.1", description="HTTP bind address.")
+    http_port: int = Field(8081, description="HTTP port.")
+
+    mqtt_enabled: bool = Field(True, description="Run the MQTT bridge (off: HTTP uploads only).")
+    mqtt_client_id: str = Field(
+        "edgeloop-ingest",
+        description="Fixed MQTT client id: the broker keeps this persistent session's subscriptions "
+        "and unacknowledged messages across restarts.",
+    )
+    mqtt_receive_maximum: int = Field(
+        1000, ge=1, le=65535, description="QoS 1 messages the broker may have in flight to the bridge."
+    )
+    mqtt_session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=1, description="How long the broker keeps the session while the bridge is away."
+    )
+    mqtt_keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
+
+    max_image_bytes: int = Field(10 * MIB, ge=1, description="Largest accepted image, in bytes.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image, width x height.")
+    max_telemetry_bytes: int = Field(64 * 1024, ge=1, description="Largest accepted telemetry message.")
+    dead_letter_max_payload_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Original bytes kept in a dead letter; larger payloads keep this prefix "
+        "(a Kafka record is limited to about 1 MiB).",
+    )
+    redelivery_window_s: float = Field(
+        600.0,
+        ge=0,
+        description="A redelivered MQTT message (DUP flag) with the same device and sha256 as a sample "
+        "stored this recently reuses that sample and its event id.",
+    )
+
+    batch_max_messages: int = Field(256, ge=1, description="Messages validated and stored together.")
+    validation_threads: int = Field(4, ge=1, description="Threads validating and storing images.")
+    drain_batch_messages: int = Field(500, ge=1, description="Buffered events re-published per round.")
+    drain_retry_s: float = Field(1.0, gt=0, description="Pause before retrying Kafka while it is unreachable.")
+
+    blob_dir: Path | None = Field(None, description="Blob store folder (default: <data_dir>/blobs).")
+    buffer_path: Path | None = Field(
+        None,
+        description="Disk buffer for events while Kafka is unreachable (default: <data_dir>/ingest-buffer.sqlite3).",
+    )
+
+    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.common.data_dir / "blobs").resolve()
+
+    def resolved_buffer_path(self) -> Path:
+        return (self.buffer_path or self.common.data_dir / "ingest-buffer.sqlite3").resolve()

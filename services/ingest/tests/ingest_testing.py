@@ -1,0 +1,187 @@
+"""Payloads and helpers for the ingest tests: real photos re-encoded, and hostile payloads built here."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import zlib
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from edgeloop_common.bus.base import BusUnavailableError
+from edgeloop_common.bus.inprocess import InProcessBus
+from edgeloop_common.events import Event
+from edgeloop_ingest.validation import PNG_MAGIC
+from PIL import Image
+
+
+def catdog_photos(catdog_train_dir: Path, count: int = 6) -> list[Path]:
+    cats = sorted((catdog_train_dir / "cat").glob("*.jpg"))[: count // 2]
+    dogs = sorted((catdog_train_dir / "dog").glob("*.jpg"))[: count - count // 2]
+    return cats + dogs
+
+
+def tagged_jpeg(photo: Path, tag: str, *, size: tuple[int, int] = (96, 80)) -> bytes:
+    """A small real JPEG from ``photo`` whose bytes (and so sha256) are unique to ``tag``."""
+    with Image.open(photo) as image:
+        small = image.convert("RGB").resize(size)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=80, comment=tag.encode())
+    return out.getvalue()
+
+
+def as_png(photo: Path) -> bytes:
+    with Image.open(photo) as image:
+        out = io.BytesIO()
+        image.convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny, well-formed PNG whose header declares ``width`` x ``height`` (a decompression bomb's shape)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 4096, 9)
+    return PNG_MAGIC + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b"")
+
+
+def jpeg_declaring(jpeg: bytes, width: int, height: int) -> bytes:
+    """``jpeg`` with the dimensions in its SOF0/SOF2 header rewritten (the scan data unchanged)."""
+    data = bytearray(jpeg)
+    position = 2
+    while position < len(data):
+        marker = data[position + 1]
+        length = struct.unpack(">H", data[position + 2 : position + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            data[position + 5 : position + 9] = struct.pack(">HH", height, width)
+            return bytes(data)
+        position += 2 + length
+    raise ValueError("no SOF marker found")
+
+
+def gif_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(out, "GIF")
+    return out.getvalue()
+
+
+def png_with_bad_crc(png: bytes) -> bytes:
+    data = bytearray(png)
+    idat = data.index(b"IDAT")
+    data[idat + 8] ^= 0xFF  # a byte of the compressed pixels: the chunk's CRC no longer matches
+    return bytes(data)
+
+
+class SwitchableBus(InProcessBus):
+    """An in-process bus that can play "Kafka unreachable" (BusUnavailableError) and hold acknowledgements."""
+
+    def __init__(self) -> None:
+        super().__init__(source="ingest")
+        self.down = False
+        self.hold_acks = False
+        self._held: list[tuple[asyncio.Future[str], Event, dict[str, Any]]] = []
+
+    async def publish(self, event: Event, **kwargs: Any) -> str:
+        if self.down:
+            raise BusUnavailableError("Kafka is down (test)")
+        return await super().publish(event, **kwargs)
+
+    async def enqueue(self, event: Event, **kwargs: Any) -> Awaitable[str]:
+        if self.down:
+            raise BusUnavailableError("Kafka is down (test)")
+        if self.hold_acks:
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._held.append((future, event, kwargs))
+            return future
+        return await super().enqueue(event, **kwargs)
+
+    async def release_acks(self) -> None:
+        """Kafka acknowledges what it held, in order."""
+        held, self._held = self._held, []
+        for future, event, kwargs in held:
+            future.set_result(await super().publish(event, **kwargs))
+
+    def fail_held(self) -> None:
+        """What was held times out, as when Kafka goes away with records in flight."""
+        held, self._held = self._held, []
+        for future, _event, _kwargs in held:
+            future.set_exception(BusUnavailableError("Kafka did not acknowledge in time (test)"))
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def ready(self) -> bool:
+        return not self.down
+
+
+async def wait_for(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail the test saying what did not happen."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# -- real brokers -------------------------------------------------------------------------------------------------
+
+
+async def read_records(
+    bootstrap: str, topic: str, *, count: int, timeout_s: float = 30.0, where: Any = None
+) -> list[Any]:
+    """Records of ``topic`` from the beginning until ``count`` match ``where`` (all when None) or time runs out."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    matching: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(matching) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                matching.extend(record for record in records if where is None or where(record))
+    finally:
+        await consumer.stop()
+    return matching
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def publish_qos1(host: str, port: int, messages: list[tuple[str, bytes]], *, timeout_s: float = 30.0) -> None:
+    """Publish at QoS 1 and return once the broker acknowledged every message (blocking; run it in a thread)."""
+    import time
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ingest-test-pub-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(100)
+    client.connect(host, port)
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    deadline = time.monotonic() + timeout_s
+    while not all(info.is_published() for info in infos):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the broker acknowledged {sum(i.is_published() for i in infos)}/{len(infos)}")
+        client.loop(0.05)
+    client.disconnect()
+    client.loop(0.05)

@@ -1,0 +1,89 @@
+"""pytest plugin: a small real model, trained once per session on the cat/dog photos and cached on disk.
+
+Load it from a conftest with ``pytest_plugins = ["tests.model_fixtures"]``.
+
+* ``trained_model_base``: the model base path holding ``<TEST_MODEL_NAME>/1/``
+  (a SavedModel in TF Serving layout with its ``assets.extra/edgeloop.json``).
+  Treat it as read-only; a test that adds or breaks versions copies it first
+  (``copy_model_base(trained_model_base, tmp_path)``).
+* ``trained_model_name``: the model's name.
+
+The model is tiny (32 px, 2 epochs: a few seconds of CPU), so its scores are
+real but its accuracy is not the point. It is cached under
+``<repo>/.edgeloop/test-cache/`` keyed by the training parameters, the
+trainer's source code, the TensorFlow version and the photos, so it is
+retrained only when one of those changes. A file lock keeps parallel test
+processes from training it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = REPO_ROOT / ".edgeloop" / "test-cache"
+TEST_MODEL_NAME = "catdog"
+TRAINING_PARAMETERS = {"epochs": 2, "image_size": 32, "batch_size": 32, "eval_fraction": 0.2, "seed": 7}
+
+
+def _cache_key(data_dir: Path) -> str:
+    import edgeloop_trainer
+
+    digest = hashlib.sha256(json.dumps(TRAINING_PARAMETERS, sort_keys=True).encode())
+    digest.update(TEST_MODEL_NAME.encode())
+    for source in sorted(Path(edgeloop_trainer.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    from importlib.metadata import version
+
+    digest.update(version("tensorflow").encode())
+    for image in sorted(data_dir.rglob("*")):
+        if image.is_file():
+            digest.update(f"{image.relative_to(data_dir)}:{image.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _train_into(model_base: Path, data_dir: Path) -> None:
+    from edgeloop_trainer.training import train_classifier
+
+    train_classifier(data_dir, TEST_MODEL_NAME, model_base, version=1, progress=False, **TRAINING_PARAMETERS)
+
+
+def copy_model_base(model_base: Path, destination: Path) -> Path:
+    """A writable copy of a model base (for tests that add, remove or corrupt versions)."""
+    target = destination / "models"
+    shutil.copytree(model_base, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_model_name() -> str:
+    return TEST_MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def trained_model_base(catdog_train_dir: Path) -> Path:
+    key = _cache_key(catdog_train_dir)
+    cached = CACHE_DIR / f"model-{key}"
+    if (cached / TEST_MODEL_NAME / "1" / "saved_model.pb").exists():
+        return cached
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / f"model-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be training the same model
+        if not (cached / TEST_MODEL_NAME / "1" / "saved_model.pb").exists():
+            staging = CACHE_DIR / f".staging-{key}-{uuid.uuid4().hex[:8]}"
+            try:
+                _train_into(staging, catdog_train_dir)
+                if cached.exists():
+                    shutil.rmtree(cached)  # an incomplete entry left by an interrupted run
+                os.rename(staging, cached)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return cached
