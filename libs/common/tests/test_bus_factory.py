@@ -25,6 +25,7 @@ def test_distributed_mode_gets_a_kafka_bus_on_the_configured_brokers() -> None:
     assert bus.source == "drift"
     assert bus.topic_name("edgeloop.images.received.v1") == "staging.edgeloop.images.received.v1"
     assert bus.dead_letter_topic == "staging.edgeloop.deadletter.v1"
+    assert bus.group_name("drift") == "staging.drift"
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -354,3 +354,32 @@ async def test_kafka_away_at_start_then_back(make_bus: BusFactory, kafka_bootstr
         await eventually(lambda: handled == ["s-back"], timeout_s=30, what="consumer handled after Kafka returned")
     finally:
         await gate.close()
+
+
+async def test_a_poison_record_too_big_to_copy_is_dead_lettered_without_its_value(
+    make_bus: BusFactory, kafka_bootstrap: str, kafka_topics: str
+) -> None:
+    topic = f"{kafka_topics}{topics.IMAGES_RECEIVED}"
+    handled: list[str] = []
+
+    async def handle(event: ImageReceived, context: EventContext) -> None:
+        handled.append(event.sample_id)
+
+    bus = make_bus(source="gateway")
+    bus.subscribe(ImageReceived, handle, group="gateway")
+    await bus.start()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:  # fits in a record, but not once base64-encoded inside a DeadLetter
+        await producer.send_and_wait(topic, b"\xff" * 900_000, key=b"cam-6")
+    finally:
+        await producer.stop()
+    await bus.publish(image_received("cam-6", sample_id="s-after-big"))
+
+    await eventually(lambda: handled == ["s-after-big"], what="the event after the big poison handled")
+    [record] = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=1)
+    letter = decode(topic=record.topic, key=record.key, value=record.value, headers=list(record.headers))[0]
+    assert isinstance(letter, DeadLetter)
+    assert letter.original_value_b64 == ""
+    assert letter.original_size_bytes == 900_000
+    assert "missing header" in letter.reason and "900000 bytes not kept" in letter.reason

@@ -136,3 +136,14 @@ async def test_passthrough_reports_an_unreachable_model_server(gateway: Gateway)
 def test_a_bad_route_setting_stops_start_up_with_the_reason() -> None:
     with pytest.raises(ValueError, match="site-a"):
         create_app(Settings(site_routes="site-a"), bus=InProcessBus(), model_client=FakeModelClient())
+
+
+async def test_images_over_the_limit_are_refused_with_413(gateway: Gateway) -> None:
+    gateway.app.state.gateway.service.max_image_bytes = 1000
+    image = jpeg_bytes(size=(200, 200))
+    assert len(image) > 1000
+    over = await gateway.http.post("/v1/classify", content=image)
+    assert over.status_code == 413 and "limit of 1000" in over.json()["error"]
+    huge = await gateway.http.post("/v1/classify", content=b"\xff" * 200_000)
+    assert huge.status_code == 413 and "over the limit" in huge.json()["detail"]
+    assert gateway.model.calls == []

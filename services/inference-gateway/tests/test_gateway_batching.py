@@ -41,15 +41,30 @@ async def test_batches_never_exceed_max_size() -> None:
     assert sizes == [4, 4, 2]
 
 
-async def test_a_lone_request_waits_at_most_max_wait() -> None:
+async def test_a_lone_request_on_an_idle_model_goes_at_once() -> None:
     model = RecordingModel(delay_s=0.0)
-    batcher = DynamicBatcher(model, max_batch_size=32, max_wait_s=0.05, max_concurrent_batches=1)
+    batcher = DynamicBatcher(model, max_batch_size=32, max_wait_s=0.5, max_concurrent_batches=1)
     started = time.perf_counter()
     assert await batcher.submit("m", 3) == 30
     waited = time.perf_counter() - started
     await batcher.close()
-    assert 0.04 <= waited < 0.5
+    assert waited < 0.1
     assert [len(items) for _, items in model.batches] == [1]
+
+
+async def test_while_a_batch_is_in_flight_a_request_waits_at_most_max_wait() -> None:
+    model = RecordingModel(delay_s=1.0)
+    batcher = DynamicBatcher(model, max_batch_size=32, max_wait_s=0.05, max_concurrent_batches=2)
+    slow = asyncio.create_task(batcher.submit("m", 0))
+    await asyncio.sleep(0.01)  # the first call is in flight, one slot is free
+    model.delay_s = 0.0
+    started = time.perf_counter()
+    assert await batcher.submit("m", 1) == 10
+    waited = time.perf_counter() - started
+    assert 0.04 <= waited < 0.5  # it waited for company, but not for the slow call
+    await batcher.close()
+    slow.cancel()
+    assert [items for _, items in model.batches] == [[0], [1]]
 
 
 async def test_batch_size_one_sends_every_request_alone() -> None:
@@ -108,18 +123,27 @@ async def test_a_failing_model_call_fails_every_caller_in_the_batch() -> None:
 
 
 async def test_a_caller_that_gave_up_is_not_sent_to_the_model() -> None:
-    model = RecordingModel(delay_s=0.05)
-    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.0, max_concurrent_batches=1)
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def gated_model(key: str, items: list[int]) -> list[int]:
+        batches.append(items)
+        await gate.wait()  # the first call stays in flight until the test opens the gate
+        return [item * 10 for item in items]
+
+    batcher = DynamicBatcher(gated_model, max_batch_size=8, max_wait_s=0.0, max_concurrent_batches=1)
     busy = asyncio.create_task(batcher.submit("m", 0))
     await asyncio.sleep(0.01)
     quitter = asyncio.create_task(batcher.submit("m", 1))
     stayer = asyncio.create_task(batcher.submit("m", 2))
     await asyncio.sleep(0.01)
     quitter.cancel()
+    await asyncio.sleep(0)
+    gate.set()
     assert await stayer == 20
-    await busy
+    assert await busy == 0
     await batcher.close()
-    assert [items for _, items in model.batches] == [[0], [2]]
+    assert batches == [[0], [2]]
 
 
 def test_invalid_settings_are_refused() -> None:

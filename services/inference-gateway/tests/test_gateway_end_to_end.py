@@ -27,7 +27,7 @@ from edgeloop_ingest.app import create_app as create_ingest_app
 from edgeloop_ingest.settings import Settings as IngestSettings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
 from edgeloop_model_server.settings import Settings as ModelServerSettings
-from test_gateway_model_server import free_port
+from gateway_fakes import free_port
 
 pytest_plugins = ["tests.model_fixtures"]
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt, pytest.mark.tf, pytest.mark.slow]

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,16 +27,10 @@ from edgeloop_inference_gateway.routing import ModelRoute
 from edgeloop_inference_gateway.settings import Settings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
 from edgeloop_model_server.settings import Settings as ModelServerSettings
-from gateway_fakes import FakeResults
+from gateway_fakes import FakeResults, free_port
 
 pytest_plugins = ["tests.model_fixtures"]
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_server(model_base: Path, model_name: str, **overrides: Any) -> Any:

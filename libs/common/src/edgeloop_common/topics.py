@@ -46,7 +46,9 @@ MQTT_TELEMETRY_SUBSCRIPTION = "dt/edgeloop/+/+/telemetry"
 
 # An id is what may stand in one MQTT topic level and in a file name.
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
-_DEVICE_TOPIC = re.compile(rf"^dt/edgeloop/(?P<site>{ID_PATTERN})/(?P<device>{ID_PATTERN})/(?P<kind>image|telemetry|result)$")
+_DEVICE_TOPIC = re.compile(
+    rf"^dt/edgeloop/(?P<site>{ID_PATTERN})/(?P<device>{ID_PATTERN})/(?P<kind>image|telemetry|result)$"
+)
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,17 @@ async def classify(request: Request, gateway: Gateway, site: SiteId = None, devi
 
     Answers the same JSON a device receives on its result topic (docs/gateway.md).
     """
-    image, site, device = await _image_from_request(request, site, device)
+    image, site, device = await _image_from_request(request, site, device, gateway.service.max_image_bytes)
     classification = await gateway.service.classify_bytes(image, site_id=site)
     return classification_result(classification, site_id=site, device_id=device)
 
 
 async def _image_from_request(
-    request: Request, site: str | None, device: str | None
+    request: Request, site: str | None, device: str | None, max_bytes: int
 ) -> tuple[bytes, str | None, str | None]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + 64 * 1024:  # room for multipart framing
+        raise HTTPException(status_code=413, detail=f"request of {declared} bytes is over the limit of {max_bytes}")
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form()

@@ -109,7 +109,7 @@ def create_app(
     async def on_image_received(event: ImageReceived, context: EventContext) -> None:
         handler: ImageReceivedHandler | None = getattr(app.state, "image_handler", None)
         if handler is None:
-            raise RuntimeError("the inference gateway is still starting")
+            raise RuntimeError("the inference gateway is not running (starting or stopping)")
         await handler(event, context)
 
     event_bus.subscribe(ImageReceived, on_image_received, group=settings.consumer_group)

@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests for the same model and version become one model call.
 
 Each key (model route) has a lane: a queue of pending requests and a collector
-task. The collector starts a batch when ``max_batch_size`` requests wait or
-when the oldest has waited ``max_wait``; it then needs one of
-``max_concurrent_batches`` slots. While every slot is busy, requests keep
-queueing, so under load batches fill up by themselves and under light load a
-request waits at most ``max_wait``. ``max_batch_size=1`` means no batching.
+task. When no batch of the lane is in flight, the collector sends what is
+pending at once (requests that arrived together still go together), so light
+load pays no batching delay. While a batch is in flight, it starts the next
+one when ``max_batch_size`` requests wait or the oldest has waited
+``max_wait``, and it needs one of ``max_concurrent_batches`` slots; while
+every slot is busy requests keep queueing, so under load batches fill up by
+themselves. ``max_batch_size=1`` means no batching.
 
 A batch function returns one result per item, in order; an item's result may
 be an exception, which only that item's caller sees.
@@ -111,7 +113,8 @@ class DynamicBatcher(Generic[K, T, R]):
             while not lane.pending:
                 lane.arrived.clear()
                 await lane.arrived.wait()
-            deadline = lane.pending[0].enqueued_at + self.max_wait_s
+            # An idle lane sends what is there at once (no wait at light load); a busy one lets a batch fill.
+            deadline = lane.pending[0].enqueued_at + (self.max_wait_s if lane.running else 0.0)
             while len(lane.pending) < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
                 lane.arrived.clear()
                 try:

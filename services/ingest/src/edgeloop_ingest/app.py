@@ -76,7 +76,8 @@ def build_service(settings: Settings, engine: Engine) -> IngestService:
 def bridge_config(settings: Settings) -> BridgeConfig:
     return BridgeConfig(
         batch_max_messages=settings.batch_max_messages,
-        validation_threads=settings.validation_threads,
+        batches_in_flight=settings.batches_in_flight,
+        worker_threads=settings.worker_threads,
         drain_batch_messages=settings.drain_batch_messages,
         drain_retry_s=settings.drain_retry_s,
     )

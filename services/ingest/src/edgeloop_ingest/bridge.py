@@ -59,7 +59,8 @@ class _Pending:
 @dataclass(frozen=True)
 class BridgeConfig:
     batch_max_messages: int = 256
-    validation_threads: int = 4
+    batches_in_flight: int = 4
+    worker_threads: int = 32
     drain_batch_messages: int = 500
     drain_retry_s: float = 1.0
     store_retry_s: float = 1.0
@@ -76,6 +77,8 @@ class Bridge:
         self.config = config or BridgeConfig()
         self._inbox: deque[tuple[DeviceMessage, OnDurable]] = deque()
         self._inbox_ready = asyncio.Event()
+        _Prepared = tuple[list[tuple[DeviceMessage, OnDurable]], asyncio.Future[list[Outcome]]]
+        self._prepared: asyncio.Queue[_Prepared] = asyncio.Queue(maxsize=self.config.batches_in_flight)
         self._pending: deque[_Pending] = deque()
         self._pending_ready = asyncio.Event()
         self._drain_wanted = asyncio.Event()
@@ -84,7 +87,7 @@ class Bridge:
         self._buffered_count = 0
         self._to_buffer = 0  # pending entries bound for the buffer, not written yet
         self._direct_in_flight = 0  # pending entries waiting for a Kafka acknowledgement
-        self._executor = ThreadPoolExecutor(self.config.validation_threads, thread_name_prefix="ingest-validate")
+        self._executor = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="ingest-worker")
         self._tasks: list[asyncio.Task[None]] = []
         self._unfinished = 0  # taken and not yet acknowledged
         self._idle = asyncio.Event()
@@ -113,6 +116,7 @@ class Bridge:
             self._drain_wanted.set()
         self._tasks = [
             asyncio.create_task(_supervised(self._run_pipeline), name="ingest-pipeline"),
+            asyncio.create_task(_supervised(self._run_dispatcher), name="ingest-dispatcher"),
             asyncio.create_task(_supervised(self._run_acker), name="ingest-acker"),
             asyncio.create_task(_supervised(self._run_drainer), name="ingest-drainer"),
         ]
@@ -153,14 +157,20 @@ class Bridge:
     # -- pipeline: prepare in order, hand to the bus in order -----------------------------------------------------
 
     async def _run_pipeline(self) -> None:
+        """Start preparing each batch as it forms (several overlap: storage waits on fsync), in order."""
         while True:
             await self._inbox_ready.wait()
             batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), self.config.batch_max_messages))]
             if not self._inbox:
                 self._inbox_ready.clear()
-            if not batch:
-                continue
-            outcomes = await self._prepare(batch)
+            if batch:
+                await self._prepared.put((batch, asyncio.ensure_future(self._prepare(batch))))
+
+    async def _run_dispatcher(self) -> None:
+        """Hand the prepared batches' events to the bus strictly in arrival order."""
+        while True:
+            batch, prepared = await self._prepared.get()
+            outcomes = await prepared
             for (message, on_durable), outcome in zip(batch, outcomes, strict=True):
                 await self._dispatch(message, outcome, on_durable)
 

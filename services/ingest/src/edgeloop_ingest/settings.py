@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     )
 
     batch_max_messages: int = Field(256, ge=1, description="Messages validated and stored together.")
-    validation_threads: int = Field(4, ge=1, description="Threads validating and storing images.")
+    batches_in_flight: int = Field(4, ge=1, description="Batches being validated and stored at once.")
+    worker_threads: int = Field(
+        32, ge=1, description="Threads validating and storing images (storing waits on fsync: more than the CPUs)."
+    )
     drain_batch_messages: int = Field(500, ge=1, description="Buffered events re-published per round.")
     drain_retry_s: float = Field(1.0, gt=0, description="Pause before retrying Kafka while it is unreachable.")
 

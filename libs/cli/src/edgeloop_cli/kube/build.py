@@ -47,12 +47,12 @@ class GoTarget:
 def targets(versions: PinnedVersions) -> tuple[GoTarget, ...]:
     # Ordered so shared Kubernetes packages are compiled once, by the first binary needing them.
     return (
-        GoTarget("etcd", "go.etcd.io/etcd/server/v3", cold_minutes=4),
-        GoTarget("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", cold_minutes=20),
-        GoTarget("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", cold_minutes=6),
-        GoTarget("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", cold_minutes=2),
-        GoTarget("kwok", f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}", cold_minutes=6, installed=True),
-        GoTarget("helm", f"helm.sh/helm/v3/cmd/helm@{versions.helm}", cold_minutes=6, installed=True),
+        GoTarget("etcd", "go.etcd.io/etcd/server/v3", cold_minutes=2),
+        GoTarget("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", cold_minutes=5),
+        GoTarget("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", cold_minutes=2),
+        GoTarget("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", cold_minutes=1),
+        GoTarget("kwok", f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}", cold_minutes=5, installed=True),
+        GoTarget("helm", f"helm.sh/helm/v3/cmd/helm@{versions.helm}", cold_minutes=3, installed=True),
     )
 
 

@@ -325,7 +325,9 @@ def _apply_cluster_objects(api: ApiClient, topology: edge.Topology, echo: Echo) 
     _apply(api, crds)
     _wait_crds_established(api, [crd["metadata"]["name"] for crd in crds])
     wanted = topology.all_nodes()
-    _apply(api, [edge.edge_node(name, group) for name, group in wanted.items()])
+    ips = topology.internal_ips()
+    kubelet_version = read_versions().kubernetes
+    _apply(api, [edge.edge_node(name, group, ips[name], kubelet_version) for name, group in wanted.items()])
     _apply(api, [edge.node_group(group, topology.node_names(group)) for group in topology.groups])
     _delete_unwanted(api, topology)
     echo(

@@ -20,6 +20,7 @@ from edgeloop_cli.kube.pki import Pki
 
 HOST = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.1/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # KWOK manages the nodes carrying this annotation (and only those).
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
@@ -133,6 +134,13 @@ def apiserver_argv(binaries: Binaries, paths: Paths, ports: Ports) -> list[str]:
         f"--service-account-signing-key-file={pki.service_account_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
+        f"--requestheader-client-ca-file={pki.ca_cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
+        f"--proxy-client-key-file={pki.key('front-proxy-client')}",
         # A loopback address may not be an Endpoints address; no pod here needs to reach the API
         # through the `kubernetes` Service, so its endpoints are not reconciled.
         "--endpoint-reconciler-type=none",
@@ -188,6 +196,8 @@ def kwok_argv(binaries: Binaries, paths: Paths, ports: Ports) -> list[str]:
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={key}={value}",
         f"--server-address={HOST}:{ports.kwok}",
+        # Simulated edge nodes have no pod network: pods get addresses from this range.
+        f"--cidr={POD_CIDR}",
         f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
     ]
 

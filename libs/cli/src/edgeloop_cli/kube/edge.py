@@ -53,8 +53,20 @@ class Topology:
         """Node name -> its group."""
         return {name: group for group in self.groups for name in self.node_names(group)}
 
+    def internal_ips(self) -> dict[str, str]:
+        """Node name -> the InternalIP it reports: 10.200.<group index>.<node index + 1>."""
+        return {
+            name: f"10.200.{group_index}.{node_index + 1}"
+            for group_index, group in enumerate(self.groups)
+            for node_index, name in enumerate(self.node_names(group))
+        }
 
-def edge_node(name: str, group: str) -> dict[str, Any]:
+
+# What a simulated node reports about itself when it registers, as edged does (KWOK keeps it).
+NODE_CAPACITY = {"cpu": "4", "memory": "8Gi", "pods": "110"}
+
+
+def edge_node(name: str, group: str, internal_ip: str, kubelet_version: str) -> dict[str, Any]:
     kwok_key, kwok_value = KWOK_NODE_ANNOTATION
     managed_key, managed_value = MANAGED_BY_LABEL
     return {
@@ -74,6 +86,18 @@ def edge_node(name: str, group: str) -> dict[str, Any]:
             "annotations": {kwok_key: kwok_value, "node.alpha.kubernetes.io/ttl": "0"},
         },
         "spec": {"taints": [{"key": EDGE_TAINT_KEY, "effect": "NoSchedule"}]},
+        # Status is taken from a create (a kubelet registers this way) and ignored on later applies.
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}],
+            "capacity": NODE_CAPACITY,
+            "allocatable": NODE_CAPACITY,
+            "nodeInfo": {
+                "kubeletVersion": kubelet_version,
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "osImage": "EdgeLoop simulated KubeEdge edge node (KWOK)",
+            },
+        },
     }
 
 

@@ -63,6 +63,9 @@ CERTS: tuple[CertSpec, ...] = (
     # KWOK acts for every simulated node, so it gets its own user and ClusterRole (see objects.py),
     # not a system:node:<name> identity that the Node authorizer would confine to one node.
     CertSpec("kwok", "edgeloop:kwok-controller", client=True),
+    # The API server's identity towards aggregated API servers (metrics-server, if a chart installs one);
+    # only this CN may assert a user in the X-Remote-* headers (--requestheader-allowed-names).
+    CertSpec("front-proxy-client", "front-proxy-client", client=True),
 )
 
 

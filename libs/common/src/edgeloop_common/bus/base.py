@@ -91,7 +91,9 @@ class EventBus(abc.ABC):
         self.subscriptions: list[Subscription] = []
         self.stats = BusStats()
 
-    def subscribe(self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str) -> None:
+    def subscribe(
+        self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str
+    ) -> None:
         """Register ``handler`` for ``event_cls`` in consumer group ``group``. Call before ``start``."""
         self.subscriptions.append(Subscription(event_cls=event_cls, handler=handler, group=group))
 

@@ -98,7 +98,9 @@ async def deliver(
                 stats.dead_lettered += 1
                 await processed.mark(subscription.group, context.event_id)
                 return "dead_lettered"
-            log.error("dead-lettering %s from %s after %d attempt(s): %s", context.event_id, context.topic, attempt, reason)
+            log.error(
+                "dead-lettering %s from %s after %d attempt(s): %s", context.event_id, context.topic, attempt, reason
+            )
             await publish_dead_letter(
                 dead_letter_for(
                     reason=f"{subscription.group}: {reason}",

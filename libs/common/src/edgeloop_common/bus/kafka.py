@@ -46,7 +46,7 @@ from edgeloop_common import topics
 from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError, RetryPolicy, Subscription
 from edgeloop_common.bus.dispatch import dead_letter_for, deliver
 from edgeloop_common.codec import decode, encode, headers_dict
-from edgeloop_common.events import Event
+from edgeloop_common.events import DeadLetter, Event
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, ProcessedEventStore
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class _Outcome(enum.Enum):
 
 
 class KafkaBus(EventBus):
+    """:class:`EventBus` over Kafka. ``topic_prefix`` namespaces its topics and consumer groups (tests, staging);
+    the group timeouts, partitions and bounds are options so tests can make rebalances quick."""
+
     def __init__(
         self,
         *,
@@ -128,6 +131,10 @@ class KafkaBus(EventBus):
     def topic_name(self, topic: str) -> str:
         """The Kafka topic that carries the contract topic ``topic`` (with the bus's prefix)."""
         return f"{self.topic_prefix}{topic}"
+
+    def group_name(self, group: str) -> str:
+        """The Kafka consumer group of the bus's group ``group``: the prefix namespaces groups as well as topics."""
+        return f"{self.topic_prefix}{group}"
 
     @property
     def dead_letter_topic(self) -> str:
@@ -304,6 +311,22 @@ class KafkaBus(EventBus):
         delivery.add_done_callback(delivered)
         return ack
 
+    async def publish_dead_letter(self, dead_letter: DeadLetter) -> str:
+        """Publish ``dead_letter``; one Kafka refuses (an original near the size limit) goes without its value, so a
+        consumer is never stuck on a record it cannot even dead-letter."""
+        try:
+            return await super().publish_dead_letter(dead_letter)
+        except PermanentError as exc:
+            log.error("dead letter refused (%s); publishing it without the original value", exc)
+            slim = dead_letter.model_copy(
+                update={
+                    "original_value_b64": "",
+                    "reason": f"{dead_letter.reason} (original value of {dead_letter.original_size_bytes} bytes "
+                    "not kept: too large for the dead-letter topic)",
+                }
+            )
+            return await super().publish_dead_letter(slim)
+
     async def ready(self) -> bool:
         """Whether Kafka answers a metadata request now (cached for a second, so /readyz stays cheap)."""
         now = time.monotonic()
@@ -430,7 +453,7 @@ class KafkaBus(EventBus):
         return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             client_id=f"{self.client_id}-{group_id}",
-            group_id=group_id,
+            group_id=self.group_name(group_id),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=self.session_timeout_ms,

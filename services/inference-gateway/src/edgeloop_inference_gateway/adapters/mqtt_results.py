@@ -60,6 +60,10 @@ class MqttResultPublisher:
         topic = topics.mqtt_topic(topics.MQTT_RESULT, site=site_id, device=device_id)
         acked = self.client.publish(topic, payload, qos=self.qos)
         acked.add_done_callback(_consume_error)
+        if not self.client.connected and not acked.done():
+            # Queued until the reconnect: waiting for it here would hold up every event behind this one.
+            self.metrics.device_results.labels(outcome="unacknowledged").inc()
+            return
         try:
             async with asyncio.timeout(self.ack_timeout_s):
                 await asyncio.shield(acked)

@@ -2,15 +2,16 @@
 
 :class:`BlobStore` is the interface: a blob's name is the sha256 of its bytes,
 so ``put`` is idempotent and a blob never changes. :class:`LocalBlobStore`
-keeps them in a folder; an S3-compatible store implements the same four
-methods (``put`` with the sha256 as object key, ``uri`` as ``s3://bucket/key``).
+keeps them in a folder; an S3-compatible store implements the same methods
+(``put`` with the sha256 as object key, ``uri`` as ``s3://bucket/key``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Protocol
 
@@ -53,30 +54,40 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
 
     def path(self, sha256: str) -> Path:
+        return Path(self._location(sha256))
+
+    def _location(self, sha256: str) -> str:
         _check_sha256(sha256)
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return os.path.join(self._root, sha256[:2], sha256[2:4], sha256)
 
     def put(self, data: bytes, *, sha256: str | None = None) -> str:
+        # Plain os calls on strings: this runs once per image, and pathlib objects cost more than the write.
         sha256 = sha256 or sha256_hex(data)
-        target = self.path(sha256)
-        if target.exists():
+        target = self._location(sha256)
+        if os.path.exists(target):
             return sha256  # same name, same bytes: already stored
-        folder = target.parent
-        if not folder.is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(folder.parent)
-            _fsync_dir(folder.parent.parent)
-        descriptor, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{sha256[:16]}.", suffix=".tmp")
+        folder = os.path.dirname(target)
+        temp = os.path.join(folder, f".{sha256[:16]}.{secrets.token_hex(6)}.tmp")
         try:
-            with os.fdopen(descriptor, "wb") as temp:
-                temp.write(data)
-                temp.flush()
-                os.fsync(temp.fileno())
-            os.replace(temp_name, target)
+            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            _make_folder(folder)
+            descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(temp, target)
         except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
         _fsync_dir(folder)  # the rename itself must survive a crash
         return sha256
@@ -88,7 +99,7 @@ class LocalBlobStore:
             raise BlobNotFoundError(sha256) from exc
 
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        return os.path.isfile(self._location(sha256))
 
     def uri(self, sha256: str) -> str:
         return self.path(sha256).as_uri()
@@ -97,7 +108,17 @@ class LocalBlobStore:
         return self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
 
 
-def _fsync_dir(folder: Path) -> None:
+def _make_folder(folder: str) -> None:
+    """Create ``folder`` (and its parent) durably: a new directory entry needs its parent fsynced."""
+    parent = os.path.dirname(folder)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+        _fsync_dir(os.path.dirname(parent))
+    os.makedirs(folder, exist_ok=True)
+    _fsync_dir(parent)
+
+
+def _fsync_dir(folder: str | Path) -> None:
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)

@@ -1,0 +1,82 @@
+"""Helpers for the Kubernetes tests: polling, the edge Deployment the deployer writes, pod state."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from edgeloop_cli.kube import edge
+from kubernetes import client
+
+T = TypeVar("T")
+
+# On 2 shared cores a controller may lag a few seconds behind; nothing here should take longer.
+WAIT_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    """What tests need of the running control plane."""
+
+    kubeconfig: Path
+    bin_dir: Path
+    groups: dict[str, list[str]]  # node group -> its simulated edge nodes
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": f"{self.bin_dir}:{os.environ['PATH']}"}
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = WAIT_SECONDS, interval: float = 0.5) -> T:
+    """Poll probe until it returns something truthy; fail naming ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last seen: {last!r})", pytrace=False)
+
+
+def edge_deployment(
+    name: str,
+    *,
+    group: str | None,
+    replicas: int = 2,
+    image: str = "tensorflow/serving:2.19.0",
+    tolerate_edge: bool = True,
+    annotations: dict[str, str] | None = None,
+    progress_deadline_seconds: int | None = None,
+) -> dict[str, Any]:
+    """A Deployment bound for the edge nodes of ``group`` (or any edge node), as the deployer writes them."""
+    pod_spec: dict[str, Any] = {
+        "nodeSelector": edge.node_selector(group),
+        "containers": [{"name": "serving", "image": image, "ports": [{"containerPort": 8501, "name": "http"}]}],
+    }
+    if tolerate_edge:
+        pod_spec["tolerations"] = [edge.EDGE_TOLERATION]
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec},
+    }
+    if annotations:
+        spec["template"]["metadata"]["annotations"] = annotations
+    if progress_deadline_seconds is not None:
+        spec["progressDeadlineSeconds"] = progress_deadline_seconds
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+
+def pods_of(api: client.ApiClient, namespace: str, app: str) -> list[client.V1Pod]:
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=f"app={app}").items
+    return [pod for pod in pods if pod.metadata.deletion_timestamp is None]
+
+
+def pod_ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
