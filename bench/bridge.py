@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bridge.py --messages 10000 --devices 8 --kafka 127.0.0.1:9092 --mqtt-port 1883
 
-In one run:
+In one run, ``--rounds`` times (alternating, so both see the same machine; the median ratio is the figure):
 
 1. **bare**: one aiokafka producer (acks=all, idempotent -- the bus's settings) sends the N payloads
    (20 KiB JPEGs) to a fresh topic, pipelined; rate = N / (first send .. last ack).
@@ -31,11 +31,14 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import struct
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +92,7 @@ def split(total: int, devices: int) -> list[int]:
 # -- bare producer ------------------------------------------------------------------------------------------------
 
 
-async def bare_producer_rate(bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], window: int) -> float:
+async def bare_producer_phase(bootstrap: str, topic: str, payloads: list[tuple[str, bytes]], window: int) -> Phase:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
@@ -106,25 +109,22 @@ async def bare_producer_rate(bootstrap: str, topic: str, payloads: list[tuple[st
                 pending.clear()
         await asyncio.gather(*pending)
         elapsed = time.perf_counter() - started
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        user_us = (usage.ru_utime - usage_before.ru_utime) / len(payloads) * 1e6
-        system_us = (usage.ru_stime - usage_before.ru_stime) / len(payloads) * 1e6
-        print(f"  producer process CPU per message: {user_us:.0f} us user + {system_us:.0f} us system")
+        user_us, system_us = cpu_per_message(usage_before, len(payloads))
     finally:
         await producer.stop()
-    return len(payloads) / elapsed
+    return Phase(rate=len(payloads) / elapsed, user_us=user_us, system_us=system_us)
 
 
 # -- MQTT publishers (one process each) ---------------------------------------------------------------------------
 
 
 def publisher_process(
-    host: str, port: int, base: bytes, run: str, device: int, count: int, inflight: int, start: Any, results: Any
+    host: str, port: int, base: bytes, tag: str, device: int, count: int, inflight: int, start: Any, results: Any
 ) -> None:
     """One device: its own paho client and network loop, at most ``inflight`` unacknowledged messages."""
     import paho.mqtt.client as mqtt
 
-    payloads = device_messages(base, run, device, count)
+    payloads = device_messages(base, tag, device, count)
     topic = f"dt/edgeloop/bench-site/{device_name(device)}/image"
     acked = 0
 
@@ -132,7 +132,7 @@ def publisher_process(
         nonlocal acked
         acked += 1
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{run}-{device_name(device)}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tag}-{device_name(device)}")
     client.on_publish = on_publish
     client.max_inflight_messages_set(inflight)
     client.connect(host, port, keepalive=60)
@@ -157,19 +157,27 @@ def publisher_process(
 
 
 @dataclass
-class BridgeRun:
+class Phase:
     rate: float
-    acked_by_broker: dict[int, int]
-    publish_seconds: float
+    user_us: float  # this process's CPU per message
+    system_us: float
+    loop_us: float = 0.0  # of it, on the event loop's thread
+    acked_by_broker: dict[int, int] | None = None
 
 
-async def bridge_rate(args: argparse.Namespace, base: bytes, run: str, prefix: str, data_dir: Path) -> BridgeRun:
+def cpu_per_message(before: resource.struct_rusage, count: float) -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    count = max(count, 1)
+    return (usage.ru_utime - before.ru_utime) / count * 1e6, (usage.ru_stime - before.ru_stime) / count * 1e6
+
+
+@asynccontextmanager
+async def running_bridge(args: argparse.Namespace, run: str, prefix: str, data_dir: Path) -> AsyncIterator[Any]:
+    """The ingest service in this process: KafkaBus, SQLite and blobs in ``data_dir``, MQTT subscriber."""
     from edgeloop_common.bus.kafka import KafkaBus
     from edgeloop_common.settings import CommonSettings
-    from edgeloop_ingest import metrics
     from edgeloop_ingest.app import create_app
     from edgeloop_ingest.settings import Settings
-    from prometheus_client import REGISTRY
 
     settings = Settings(
         mqtt_client_id=f"{run}-ingest",
@@ -186,74 +194,75 @@ async def bridge_rate(args: argparse.Namespace, base: bytes, run: str, prefix: s
     bus = KafkaBus(bootstrap_servers=args.kafka, source="ingest", topic_prefix=prefix)
     await bus.start()
     app = create_app(settings, bus=bus)
+    try:
+        async with app.router.lifespan_context(app):
+            if not await app.state.runtime.subscriber.wait_connected(30):
+                raise SystemExit("the bridge did not connect to Mosquitto")
+            yield app.state.runtime
+    finally:
+        await bus.stop()
 
-    def acknowledged() -> float:
-        # The counter's own samples: REGISTRY.get_sample_value would collect every metric (process stats too).
-        return sum(
-            sample.value
-            for metric in metrics.BRIDGE_MESSAGES.collect()
-            for sample in metric.samples
-            if sample.name.endswith("_total") and sample.labels.get("kind") == "image"
-        )
 
+def acknowledged_by_bridge() -> float:
+    """Image messages the bridge acknowledged (the counter's own samples: REGISTRY.get_sample_value would
+    collect every metric, process statistics included, and cost more than the bridge)."""
+    from edgeloop_ingest import metrics
+
+    return sum(
+        sample.value
+        for metric in metrics.BRIDGE_MESSAGES.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("kind") == "image"
+    )
+
+
+async def bridge_phase(args: argparse.Namespace, base: bytes, tag: str) -> Phase:
+    """``--devices`` publisher processes send ``--messages`` through the running bridge; rate = N / (first publish
+    .. the bridge's last acknowledgement, sent only once Kafka acknowledged the event)."""
     context = mp.get_context("spawn")  # the children must not inherit this process's threads and locks
     start, results = context.Event(), context.Queue()
     counts = split(args.messages, args.devices)
     processes = [
         context.Process(
             target=publisher_process,
-            args=(args.mqtt_host, args.mqtt_port, base, run, device, counts[device], args.inflight, start, results),
+            args=(args.mqtt_host, args.mqtt_port, base, tag, device, counts[device], args.inflight, start, results),
             daemon=True,
         )
         for device in range(args.devices)
     ]
+    for process in processes:
+        process.start()
     try:
-        async with app.router.lifespan_context(app):
-            runtime = app.state.runtime
-            if not await runtime.subscriber.wait_connected(30):
-                raise SystemExit("the bridge did not connect to Mosquitto")
-            for process in processes:
-                process.start()
-            await asyncio.sleep(1.0)  # publishers connect and build their payloads
-            before = acknowledged()
-            usage_before = resource.getrusage(resource.RUSAGE_SELF)
-            main_thread_before = time.thread_time()
-            started = time.perf_counter()
-            start.set()
-            last_progress, last_count = time.monotonic(), before
-            while acknowledged() - before < args.messages:
-                await asyncio.sleep(0.02)
-                if acknowledged() != last_count:
-                    last_progress, last_count = time.monotonic(), acknowledged()
-                elif time.monotonic() - last_progress > 30:
-                    print(f"  bridge stalled at {acknowledged() - before:.0f}/{args.messages}", file=sys.stderr)
-                    break
-            elapsed = time.perf_counter() - started
-            done = acknowledged() - before
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            user_us = (usage.ru_utime - usage_before.ru_utime) / max(done, 1) * 1e6
-            system_us = (usage.ru_stime - usage_before.ru_stime) / max(done, 1) * 1e6
-            loop_us = (time.thread_time() - main_thread_before) / max(done, 1) * 1e6
-            print(
-                f"  bridge process CPU per message: {user_us:.0f} us user + {system_us:.0f} us system "
-                f"({loop_us:.0f} us of it on the event loop's thread)"
-            )
-            reports = [await asyncio.to_thread(results.get, True, 60) for _ in processes]
-            dead = REGISTRY.get_sample_value(
-                "edgeloop_bridge_messages_total", {"kind": "image", "outcome": "dead_lettered"}
-            )  # once, at the end
-            if dead:
-                print(f"  warning: {dead:.0f} message(s) dead-lettered", file=sys.stderr)
+        await asyncio.sleep(1.5)  # publishers start, connect and build their payloads
+        before = acknowledged_by_bridge()
+        usage_before = resource.getrusage(resource.RUSAGE_SELF)
+        loop_before = time.thread_time()
+        started = time.perf_counter()
+        start.set()
+        last_progress, last_count = time.monotonic(), before
+        while (count := acknowledged_by_bridge()) - before < args.messages:
+            await asyncio.sleep(0.02)
+            if count != last_count:
+                last_progress, last_count = time.monotonic(), count
+            elif time.monotonic() - last_progress > 30:
+                print(f"  bridge stalled at {count - before:.0f}/{args.messages}", file=sys.stderr)
+                break
+        elapsed = time.perf_counter() - started
+        done = acknowledged_by_bridge() - before
+        user_us, system_us = cpu_per_message(usage_before, done)
+        loop_us = (time.thread_time() - loop_before) / max(done, 1) * 1e6
+        reports = [await asyncio.to_thread(results.get, True, 60) for _ in processes]
     finally:
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
-        await bus.stop()
-    return BridgeRun(
+    return Phase(
         rate=done / elapsed,
+        user_us=user_us,
+        system_us=system_us,
+        loop_us=loop_us,
         acked_by_broker={report["device"]: report["acked"] for report in reports},
-        publish_seconds=max(report["seconds"] for report in reports),
     )
 
 
@@ -261,16 +270,17 @@ async def bridge_rate(args: argparse.Namespace, base: bytes, run: str, prefix: s
 
 
 async def check_in_kafka(
-    bootstrap: str, topic: str, base: bytes, run: str, acked_by_broker: dict[int, int]
+    bootstrap: str, topic: str, base: bytes, acked: dict[str, dict[int, int]]
 ) -> tuple[bool, list[str]]:
-    """Every message each device saw acknowledged must be an ImageReceived record (by its sha256)."""
+    """Every message each device saw acknowledged (per round) must be an ImageReceived record (by sha256)."""
     from aiokafka import AIOKafkaConsumer
 
     expected: dict[str, set[str]] = {}
-    for device, acked in acked_by_broker.items():
-        expected[device_name(device)] = {
-            hashlib.sha256(payload).hexdigest() for payload in device_messages(base, run, device, acked)
-        }
+    for tag, by_device in acked.items():
+        for device, count in by_device.items():
+            expected.setdefault(device_name(device), set()).update(
+                hashlib.sha256(payload).hexdigest() for payload in device_messages(base, tag, device, count)
+            )
     total = sum(len(hashes) for hashes in expected.values())
     found: dict[str, set[str]] = {name: set() for name in expected}
     consumer = AIOKafkaConsumer(
@@ -279,7 +289,7 @@ async def check_in_kafka(
     await consumer.start()
     try:
         deadline = time.monotonic() + 60
-        while sum(len(hashes) for hashes in found.values()) < total and time.monotonic() < deadline:
+        while sum(len(found[name] & expected[name]) for name in found) < total and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
                 for record in records:
                     body = json.loads(record.value)
@@ -292,8 +302,8 @@ async def check_in_kafka(
         missing = len(expected[name] - found[name])
         complete &= missing == 0
         lines.append(
-            f"  {name}: {len(expected[name])} acknowledged by the broker, {len(found[name])} in Kafka, "
-            f"{missing} missing"
+            f"  {name}: {len(expected[name])} acknowledged by the broker, "
+            f"{len(found[name] & expected[name])} in Kafka, {missing} missing"
         )
     return complete, lines
 
@@ -322,29 +332,38 @@ async def main(args: argparse.Namespace) -> int:
     base, how = base_jpeg(args.payload_kib * 1024)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     print(f"payload: {len(base)} bytes JPEG ({how}) + a unique comment per message")
-    print(f"messages: {args.messages} from {args.devices} devices (QoS 1, {args.inflight} in flight each)")
-    print(f"kafka {args.kafka}, mosquitto {args.mqtt_host}:{args.mqtt_port}")
+    print(f"messages: {args.messages} per phase from {args.devices} devices (QoS 1, {args.inflight} in flight each)")
+    print(f"kafka {args.kafka}, mosquitto {args.mqtt_host}:{args.mqtt_port}, {args.rounds} round(s)")
 
     counts = split(args.messages, args.devices)
-    bare_payloads = [
-        (device_name(device), payload)
-        for device in range(args.devices)
-        for payload in device_messages(base, f"{run}-bare", device, counts[device])
-    ]
     data_dir = Path(tempfile.mkdtemp(prefix=f"{run}-", dir=args.data_dir))
+    ratios: list[float] = []
+    acked: dict[str, dict[int, int]] = {}
     try:
-        bare = await bare_producer_rate(args.kafka, f"{prefix}bare", bare_payloads, args.bare_window)
-        print(f"bare aiokafka producer: {bare:,.0f} msg/s ({bare * len(base) / 2**20:,.1f} MiB/s)")
-        bridged = await bridge_rate(args, base, run, prefix, data_dir)
-        print(
-            f"MQTT -> bridge -> Kafka: {bridged.rate:,.0f} msg/s (publishers done in {bridged.publish_seconds:.1f} s)"
-        )
-        ratio = bridged.rate / bare
+        async with running_bridge(args, run, prefix, data_dir):
+            for round_number in range(1, args.rounds + 1):
+                tag = f"{run}-r{round_number}"
+                bare_payloads = [
+                    (device_name(device), payload)
+                    for device in range(args.devices)
+                    for payload in device_messages(base, f"{tag}-bare", device, counts[device])
+                ]
+                bare = await bare_producer_phase(args.kafka, f"{prefix}bare", bare_payloads, args.bare_window)
+                bridged = await bridge_phase(args, base, tag)
+                assert bridged.acked_by_broker is not None
+                acked[tag] = bridged.acked_by_broker
+                ratios.append(bridged.rate / bare.rate)
+                print(
+                    f"round {round_number}: bare aiokafka producer {bare.rate:,.0f} msg/s "
+                    f"({bare.rate * len(base) / 2**20:,.1f} MiB/s; {bare.user_us + bare.system_us:.0f} us CPU/msg "
+                    f"here), MQTT -> bridge -> Kafka {bridged.rate:,.0f} msg/s "
+                    f"({bridged.user_us + bridged.system_us:.0f} us CPU/msg here, {bridged.loop_us:.0f} us on the "
+                    f"event loop), ratio {ratios[-1]:.2f}"
+                )
+        ratio = statistics.median(ratios)
         verdict = "stretch met" if ratio >= 0.8 else "target met" if ratio >= 0.5 else "below target"
-        print(f"ratio bridge / bare: {ratio:.2f} (target >= 0.5, stretch >= 0.8: {verdict})")
-        complete, lines = await check_in_kafka(
-            args.kafka, f"{prefix}{topics.IMAGES_RECEIVED}", base, run, bridged.acked_by_broker
-        )
+        print(f"ratio bridge / bare, median of {len(ratios)}: {ratio:.2f} (target >= 0.5, stretch >= 0.8: {verdict})")
+        complete, lines = await check_in_kafka(args.kafka, f"{prefix}{topics.IMAGES_RECEIVED}", base, acked)
         print("check: every message a device saw acknowledged is in Kafka" if complete else "check: GAPS FOUND")
         for line in lines:
             print(line)
@@ -364,6 +383,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mqtt-port", type=int, default=int(os.environ.get("EDGELOOP_MQTT_PORT", "1883")))
     parser.add_argument("--inflight", type=int, default=100, help="unacknowledged messages per publisher")
     parser.add_argument("--payload-kib", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="bare + bridge phases, alternated (median ratio)")
     parser.add_argument("--bare-window", type=int, default=2000, help="sends in flight for the bare producer")
     parser.add_argument("--data-dir", default=None, help="where the bridge's temporary data folder goes")
     parser.add_argument("--keep-topics", action="store_true")

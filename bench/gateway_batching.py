@@ -3,6 +3,9 @@
 One run measures both modes against the same real lite model server (``edgeloop model-server``,
 started here as its own process) serving a really trained model:
 
+Both modes run in alternating rounds (``--rounds``), so that other load on a shared machine
+falls on both alike.
+
 1. saturation: ``--clients`` concurrent callers classify photos back to back through the
    gateway's classify path (:meth:`InferenceService.classify_bytes`: image checks and statistics,
    dynamic batcher, TF Serving REST or gRPC client) for ``--duration`` seconds; images/s.
@@ -234,27 +237,59 @@ async def warm_up(gateway: Gateway, images: list[bytes]) -> None:
 
 
 async def run(args: argparse.Namespace, rest_url: str, grpc_target: str, images: list[bytes]) -> list[ModeResult]:
-    results: dict[str, ModeResult] = {}
-    for mode, batched in (("batched", True), ("unbatched", False)):
-        gateway = Gateway(args, rest_url, grpc_target, batched=batched)
+    """Both modes, in alternating rounds, so that the load of a shared machine falls on both alike."""
+    gateways = {
+        "batched": Gateway(args, rest_url, grpc_target, batched=True),
+        "unbatched": Gateway(args, rest_url, grpc_target, batched=False),
+    }
+    for gateway in gateways.values():
         await warm_up(gateway, images)
-        throughput, mean_batch, errors = await saturate(gateway, images, args.clients, args.duration)
-        print(f"{mode:>9} (max batch {gateway.max_batch_size:>2}): {throughput:7.1f} images/s at saturation, "
-              f"mean batch {mean_batch:5.1f}, {errors} errors")  # fmt: skip
-        results[mode] = ModeResult(mode, gateway.max_batch_size, throughput, mean_batch, errors)
-        await gateway.close()
+    rounds = [list(gateways) if index % 2 == 0 else list(reversed(gateways)) for index in range(args.rounds)]
+
+    saturation = {mode: [0.0, 0.0, 0] for mode in gateways}  # images, seconds, errors
+    batch_means: dict[str, list[float]] = {mode: [] for mode in gateways}
+    for order in rounds:
+        for mode in order:
+            throughput, mean_batch, errors = await saturate(
+                gateways[mode], images, args.clients, args.duration / args.rounds
+            )
+            saturation[mode][0] += throughput * args.duration / args.rounds
+            saturation[mode][1] += args.duration / args.rounds
+            saturation[mode][2] += errors
+            batch_means[mode].append(mean_batch)
+    results = {
+        mode: ModeResult(
+            mode,
+            gateways[mode].max_batch_size,
+            saturation[mode][0] / saturation[mode][1],
+            sum(batch_means[mode]) / len(batch_means[mode]),
+            int(saturation[mode][2]),
+        )
+        for mode in gateways
+    }
+    for result in results.values():
+        print(f"{result.mode:>9} (max batch {result.max_batch_size:>2}): {result.saturation_images_per_s:7.1f} "
+              f"images/s at saturation, mean batch {result.saturation_mean_batch:5.1f}, "
+              f"{result.saturation_errors} errors")  # fmt: skip
 
     rate = args.rate_fraction * min(result.saturation_images_per_s for result in results.values())
-    count = max(50, int(rate * args.rate_duration))
-    for mode, batched in (("batched", True), ("unbatched", False)):
-        gateway = Gateway(args, rest_url, grpc_target, batched=batched)
-        await warm_up(gateway, images)
-        latencies, mean_batch, errors = await at_rate(gateway, images, rate, count)
-        result = results[mode]
-        result.rate_per_s, result.rate_mean_batch, result.rate_errors = rate, mean_batch, errors
-        result.p50_ms, result.p99_ms = percentile(latencies, 50), percentile(latencies, 99)
-        print(f"{mode:>9} at {rate:6.1f} images/s ({count} requests): p50 {result.p50_ms:7.1f} ms, "
-              f"p99 {result.p99_ms:7.1f} ms, mean batch {mean_batch:4.1f}, {errors} errors")  # fmt: skip
+    per_round = max(25, int(rate * args.rate_duration / args.rounds))
+    latencies: dict[str, list[float]] = {mode: [] for mode in gateways}
+    rate_batches: dict[str, list[float]] = {mode: [] for mode in gateways}
+    for order in rounds:
+        for mode in order:
+            measured, mean_batch, errors = await at_rate(gateways[mode], images, rate, per_round)
+            latencies[mode].extend(measured)
+            rate_batches[mode].append(mean_batch)
+            results[mode].rate_errors += errors
+    for mode, result in results.items():
+        result.rate_per_s = rate
+        result.rate_mean_batch = sum(rate_batches[mode]) / len(rate_batches[mode])
+        result.p50_ms, result.p99_ms = percentile(latencies[mode], 50), percentile(latencies[mode], 99)
+        print(f"{mode:>9} at {rate:6.1f} images/s ({len(latencies[mode])} requests): p50 {result.p50_ms:7.1f} ms, "
+              f"p99 {result.p99_ms:7.1f} ms, mean batch {result.rate_mean_batch:4.1f}, "
+              f"{result.rate_errors} errors")  # fmt: skip
+    for gateway in gateways.values():
         await gateway.close()
     return list(results.values())
 
@@ -273,6 +308,7 @@ def main() -> None:
     parser.add_argument("--rate-fraction", type=float, default=0.5, help="Below-saturation rate / slower saturation")
     parser.add_argument("--rate-duration", type=float, default=20.0, help="Seconds of fixed-rate load per mode")
     parser.add_argument("--server-threads", type=int, default=4, help="Model server inference threads")
+    parser.add_argument("--rounds", type=int, default=4, help="Alternating rounds per phase (fairness under load)")
     parser.add_argument("--images", type=int, default=120, help="Training photos to cycle through (plus captures)")
     args = parser.parse_args()
 

@@ -141,10 +141,11 @@ def main() -> None:
                 "gRPC": lambda: tf.make_ndarray(stub.Predict(request, 30.0).outputs["scores"]),
             }
             in_process = methods["in-process"]()
-            over_rest = np.asarray(rest.post(f"/v1/models/{args.model}:predict", json=body).json()["predictions"][0]["scores"])
+            answer = rest.post(f"/v1/models/{args.model}:predict", json=body).json()
+            over_rest = np.asarray(answer["predictions"][0]["scores"])
             assert np.allclose(in_process[0], over_rest, atol=1e-5), "the server answers differently from the model"
             samples: dict[str, list[float]] = {name: [] for name in methods}
-            for name, call in methods.items():
+            for call in methods.values():
                 timed(call, args.warmup)
             per_round = max(1, args.requests // args.rounds)
             for _ in range(args.rounds):
@@ -174,7 +175,8 @@ def report(samples: dict[str, list[float]], image_path: Path, version_dir: Path,
     for name in ("REST", "gRPC"):
         p50, p99 = ms(samples[name], 50), ms(samples[name], 99)
         print(
-            f"  {name:5} p50 +{p50 - base50:.2f} ms (x{p50 / base50:.2f})   p99 +{p99 - base99:.2f} ms (x{p99 / base99:.2f})"
+            f"  {name:5} p50 +{p50 - base50:.2f} ms (x{p50 / base50:.2f})"
+            f"   p99 +{p99 - base99:.2f} ms (x{p99 / base99:.2f})"
         )
 
 

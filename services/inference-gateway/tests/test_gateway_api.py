@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -147,3 +148,26 @@ async def test_images_over_the_limit_are_refused_with_413(gateway: Gateway) -> N
     huge = await gateway.http.post("/v1/classify", content=b"\xff" * 200_000)
     assert huge.status_code == 413 and "over the limit" in huge.json()["detail"]
     assert gateway.model.calls == []
+
+
+async def test_an_unreachable_mqtt_broker_is_reported_not_fatal() -> None:
+    from edgeloop_common.settings import CommonSettings
+
+    model = FakeModelClient()
+    bus = InProcessBus(source="inference-gateway")
+    settings = Settings(common=CommonSettings(mqtt_host="127.0.0.1", mqtt_port=1), mqtt_ack_timeout_s=0.2)
+    app = create_app(settings, bus=bus, model_client=model)
+    async with app.router.lifespan_context(app):
+        await bus.start()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+            ready = await http.get("/readyz")
+            classified = await http.post("/v1/classify", content=jpeg_bytes())
+        publisher = app.state.results
+        await asyncio.wait_for(publisher.send("site-a", "cam-1", b"{}"), timeout=2)  # queued, not waited for
+        await bus.stop()
+    assert ready.status_code == 503 and ready.json()["checks"]["mqtt"] == "not ready"
+    assert classified.status_code == 200
+    unacknowledged = app.state.metrics.registry.get_sample_value(
+        "edgeloop_device_results_total", {"outcome": "unacknowledged"}
+    )
+    assert unacknowledged == 1.0

@@ -86,7 +86,7 @@ def _input_arrays(request: predict_pb2.PredictRequest, signature: Any) -> dict[s
     return arrays
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
     def __init__(self, service: ModelService, metrics: ServerMetrics) -> None:
         self.service = service
         self.metrics = metrics
@@ -124,7 +124,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return protocol.metadata_response(request.model_spec.name, servable)
 
 
-class ModelStatusService(model_service_pb2_grpc.ModelServiceServicer):
+class ModelStatusService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, service: ModelService, metrics: ServerMetrics) -> None:
         self.service = service
         self.metrics = metrics

@@ -46,7 +46,8 @@ def metadata_response(name: str, servable: Servable) -> get_model_metadata_pb2.G
 
 
 def status_json(response: get_model_status_pb2.GetModelStatusResponse) -> dict[str, Any]:
-    return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    status: dict[str, Any] = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    return status
 
 
 def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def build_serving_function(model: keras.Model, class_names: Sequence[str], image
     """The ``serving_default`` function: encoded image bytes in, per-class scores and class names out."""
     names = tf.constant(list(class_names), dtype=tf.string)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])  # type: ignore[untyped-decorator]
     def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(
             lambda one: decode_and_resize(one, image_size),
@@ -112,7 +112,8 @@ def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
 
 
 def read_metadata(version_dir: Path) -> dict[str, Any]:
-    return json.loads((version_dir / METADATA_FILE).read_text())
+    metadata: dict[str, Any] = json.loads((version_dir / METADATA_FILE).read_text())
+    return metadata
 
 
 @contextmanager

@@ -88,7 +88,7 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {index: float(len(labels) / (num_classes * count)) if count else 0.0 for index, count in enumerate(counts)}
 
 
-class _ProgressBar(keras.callbacks.Callback):
+class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
     """One progress bar over every training step, with the latest loss and accuracy."""
 
     def __init__(self, epochs: int, steps_per_epoch: int) -> None:

@@ -77,7 +77,7 @@ def down(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Components (pid, port, memory), the kubeconfig and the edge nodes. Exit code 1 unless all are running."""
+    """Components (pid, port, memory), the kubeconfig and the edge nodes. Exit status 0 when all run, 3 otherwise."""
     from edgeloop_cli.kube import cluster
 
     status_ = cluster.status()
@@ -86,7 +86,7 @@ def status(
     else:
         _print_status(status_)
     if not status_.running:
-        raise typer.Exit(1)
+        raise typer.Exit(3)  # as `edgeloop infra status`: LSB's "not running"
 
 
 @app.command()

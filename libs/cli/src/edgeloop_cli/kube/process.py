@@ -68,7 +68,7 @@ def exited(pid: int) -> bool:
     if pid in _children:
         return _children[pid].poll() is not None
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

@@ -7,6 +7,7 @@ not hold up a publisher, and handlers see events in publication order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,30 +40,36 @@ class InProcessBus(EventBus):
         self._workers: list[asyncio.Task[None]] = []
         self._started = False
 
-    def subscribe(self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str) -> None:
-        """Register a handler; unlike Kafka, also allowed after ``start`` (services sharing one bus start in any order)."""
+    def subscribe(
+        self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str
+    ) -> None:
+        """Register a handler. Unlike Kafka, also allowed after ``start``: services sharing one bus start in
+        any order. Events published before a subscription exists are not replayed to it (no retained log)."""
         super().subscribe(event_cls, handler, group=group)
+        queue: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._queues.append((self.subscriptions[-1], queue))
         if self._started:
-            self._start_worker(self.subscriptions[-1])
+            self._start_worker(self.subscriptions[-1], queue)
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        for subscription in self.subscriptions:
-            self._start_worker(subscription)
+        for subscription, queue in self._queues:
+            self._start_worker(subscription, queue)
 
-    def _start_worker(self, subscription: Subscription) -> None:
-        queue: asyncio.Queue[_Delivery] = asyncio.Queue()
-        self._queues.append((subscription, queue))
+    def _start_worker(self, subscription: Subscription, queue: asyncio.Queue[_Delivery]) -> None:
         self._workers.append(asyncio.create_task(self._work(subscription, queue), name=f"bus:{subscription.group}"))
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Let queued events be handled (bounded), then stop the workers."""
+        if self._started:
+            with contextlib.suppress(TimeoutError):
+                await self.drain(drain_timeout_s)
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
-        self._queues.clear()
         self._started = False
 
     async def ready(self) -> bool:
@@ -116,7 +123,7 @@ class InProcessBus(EventBus):
                     raw_headers={"ce_id": context.event_id, "ce_type": context.event_type},
                     publish_dead_letter=self.publish_dead_letter,
                 )
-            except Exception:  # noqa: BLE001 - a failing dead-letter publish must not kill the worker
+            except Exception:  # a failing dead-letter publish must not kill the worker
                 log.exception("in-process delivery of %s failed", context.event_id)
             finally:
                 queue.task_done()

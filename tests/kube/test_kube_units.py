@@ -1,0 +1,100 @@
+"""Unit tests of `edgeloop kube`'s pure parts (no control plane needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from edgeloop_cli.kube import edge, kubeconfig
+from edgeloop_cli.kube.build import _kubernetes_ldflags
+from edgeloop_cli.kube.cluster import _choose_ports
+from edgeloop_cli.kube.layout import PinnedVersions, read_versions
+from edgeloop_cli.kube.pki import Pki
+
+
+def test_the_default_topology_is_two_groups_of_two_kubeedge_nodes() -> None:
+    topology = edge.Topology()
+
+    nodes = topology.all_nodes()
+
+    assert nodes == {
+        "edge-site-a-0": "site-a",
+        "edge-site-a-1": "site-a",
+        "edge-site-b-0": "site-b",
+        "edge-site-b-1": "site-b",
+    }
+    assert len(set(topology.internal_ips().values())) == 4
+    node = edge.edge_node("edge-site-a-0", "site-a", "10.200.0.1", "v1.33.13")
+    assert node["metadata"]["labels"][edge.NODE_GROUP_LABEL] == "site-a"
+    assert node["metadata"]["labels"]["node-role.kubernetes.io/edge"] == ""
+    assert node["spec"]["taints"] == [{"key": "node-role.kubernetes.io/edge", "effect": "NoSchedule"}]
+
+
+def test_a_pod_bound_for_a_group_selects_its_label_and_tolerates_the_edge_taint() -> None:
+    selector = edge.node_selector("site-b")
+
+    assert selector == {"node-role.kubernetes.io/edge": "", "apps.kubeedge.io/belonging-to": "site-b"}
+    assert edge.EDGE_TOLERATION == {"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def test_the_built_servers_report_the_pinned_kubernetes_version() -> None:
+    flags = _kubernetes_ldflags(PinnedVersions(kubernetes="v1.33.13", etcd="v3.5.21", kwok="v0.8.0", helm="v3.22.0"))
+
+    assert "-X k8s.io/component-base/version.gitVersion=v1.33.13" in flags
+    assert "-X k8s.io/component-base/version.gitMinor=33" in flags
+
+
+def test_versions_toml_agrees_with_the_build_module() -> None:
+    versions = read_versions()
+    go_mod = (Path(__file__).resolve().parents[2] / "infra" / "kube" / "go.mod").read_text()
+
+    assert f"k8s.io/kubernetes {versions.kubernetes}" in go_mod
+    assert f"go.etcd.io/etcd/server/v3 {versions.etcd}" in go_mod
+    major, minor = versions.kubernetes_minor
+    assert f"k8s.io/client-go => k8s.io/client-go v0.{minor}." in go_mod
+    assert major == 1
+
+
+def test_ports_prefer_the_last_ones_and_never_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken_by_others = {6443, 12379}
+    monkeypatch.setattr("edgeloop_cli.kube.process.port_free", lambda port, host="": port not in taken_by_others)
+
+    ports = _choose_ports({"kwok": 20247}, running=set())
+
+    assert ports.kwok == 20247
+    assert ports.apiserver not in taken_by_others
+    assert ports.etcd not in taken_by_others
+    chosen = [ports.etcd, ports.etcd_peer, ports.apiserver, ports.controller_manager, ports.scheduler, ports.kwok]
+    assert len(set(chosen)) == len(chosen)
+
+
+def test_the_user_kubeconfig_gains_and_loses_only_the_edgeloop_context(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    pki.ensure()
+    user_config = tmp_path / "config"
+    other = {"name": "prod", "cluster": {"server": "https://prod.example:6443"}}
+    user_config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [other],
+                "users": [{"name": "prod-admin", "user": {"token": "t"}}],
+                "contexts": [{"name": "prod", "context": {"cluster": "prod", "user": "prod-admin"}}],
+                "current-context": "prod",
+            }
+        )
+    )
+
+    kubeconfig.merge_context(user_config, kubeconfig.kubeconfig("https://127.0.0.1:6443", pki, "admin"))
+    merged = yaml.safe_load(user_config.read_text())
+    removed = kubeconfig.remove_context(user_config)
+    restored = yaml.safe_load(user_config.read_text())
+
+    assert merged["current-context"] == "edgeloop"
+    assert {c["name"] for c in merged["contexts"]} == {"prod", "edgeloop"}
+    assert removed
+    assert restored["clusters"] == [other]
+    assert [c["name"] for c in restored["contexts"]] == ["prod"]
+    assert user_config.stat().st_mode & 0o077 == 0  # it holds a private key
