@@ -123,6 +123,7 @@ def publisher_process(
 ) -> None:
     """One device: its own paho client and network loop, at most ``inflight`` unacknowledged messages."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     payloads = device_messages(base, tag, device, count)
     topic = f"dt/edgeloop/bench-site/{device_name(device)}/image"
@@ -132,7 +133,7 @@ def publisher_process(
         nonlocal acked
         acked += 1
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tag}-{device_name(device)}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{tag}-{device_name(device)}")
     client.on_publish = on_publish
     client.max_inflight_messages_set(inflight)
     client.connect(host, port, keepalive=60)

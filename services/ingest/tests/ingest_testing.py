@@ -173,8 +173,9 @@ def publish_qos1(host: str, port: int, messages: list[tuple[str, bytes]], *, tim
     import uuid
 
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ingest-test-pub-{uuid.uuid4().hex[:8]}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ingest-test-pub-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(100)
     client.connect(host, port)
     infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]

@@ -88,6 +88,7 @@ class Bridge:
         self._to_buffer = 0  # pending entries bound for the buffer, not written yet
         self._direct_in_flight = 0  # pending entries waiting for a Kafka acknowledgement
         self._executor = ThreadPoolExecutor(self.config.worker_threads, thread_name_prefix="ingest-worker")
+        self._chunks_per_batch = max(1, self.config.worker_threads // self.config.batches_in_flight)
         self._tasks: list[asyncio.Task[None]] = []
         self._unfinished = 0  # taken and not yet acknowledged
         self._idle = asyncio.Event()
@@ -180,9 +181,12 @@ class Bridge:
         while True:
             started = time.perf_counter()
             try:
-                outcomes = await asyncio.gather(
-                    *(loop.run_in_executor(self._executor, self.service.prepare, message) for message, _ in batch)
+                # A few jobs per batch, not one per message: each completion wakes the event loop.
+                chunks = _chunks([message for message, _ in batch], self._chunks_per_batch)
+                prepared = await asyncio.gather(
+                    *(loop.run_in_executor(self._executor, self._prepare_chunk, chunk) for chunk in chunks)
                 )
+                outcomes = [outcome for chunk_outcomes in prepared for outcome in chunk_outcomes]
                 await loop.run_in_executor(self._executor, self.service.record, outcomes)
             except Exception as exc:  # noqa: BLE001 - storage trouble (disk, database): retried, never dropped
                 # Not the device's fault (bad input is a Rejected outcome, not an exception): keep the messages.
@@ -191,6 +195,9 @@ class Bridge:
                 continue
             metrics.PREPARE_DURATION.observe(time.perf_counter() - started)
             return list(outcomes)
+
+    def _prepare_chunk(self, messages: list[DeviceMessage]) -> list[Outcome]:
+        return [self.service.prepare(message) for message in messages]
 
     async def _dispatch(self, message: DeviceMessage, outcome: Outcome, on_durable: OnDurable) -> None:
         publication = outcome.publication
@@ -394,6 +401,18 @@ class Bridge:
             log.warning("Kafka still unavailable while draining the disk buffer: %r", unavailable)
             return False
         return True
+
+
+def _chunks(items: list[DeviceMessage], count: int) -> list[list[DeviceMessage]]:
+    """``items`` in at most ``count`` contiguous chunks of near-equal size, in order."""
+    count = min(count, len(items))
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
 
 
 async def _supervised(run: Callable[[], Awaitable[None]]) -> None:

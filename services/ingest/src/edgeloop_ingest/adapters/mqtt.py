@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -79,7 +79,7 @@ class AsyncioMqttSubscriber:
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
@@ -154,7 +154,7 @@ class AsyncioMqttSubscriber:
         async with asyncio.timeout(self.config.connect_timeout_s):
             _, writer = await asyncio.open_connection(self.config.host, self.config.port)
         writer.close()
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.config.session_expiry_s
         properties.ReceiveMaximum = self.config.receive_maximum
         self._client.connect(
@@ -215,11 +215,13 @@ class AsyncioMqttSubscriber:
             topic = message.topic
         except UnicodeDecodeError:
             topic = repr(message._topic)  # shown in the dead letter's reason
-        self.on_message(ReceivedMessage(topic=topic, payload=message.payload, dup=bool(message.dup), qos=qos, ack=ack))
+        self.on_message(
+            ReceivedMessage(topic=topic, payload=bytes(message.payload), dup=bool(message.dup), qos=qos, ack=ack)
+        )
 
     # -- the socket, driven by the event loop ---------------------------------------------------------------------
 
-    def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         assert self._loop is not None
         if not self._paused:
             self._loop.add_reader(sock, self._read)
@@ -230,16 +232,16 @@ class AsyncioMqttSubscriber:
             if self._client.loop_read() != mqtt.MQTT_ERR_SUCCESS or self.received == before:
                 return
 
-    def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         assert self._loop is not None
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 
-    def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         assert self._loop is not None
         self._loop.add_writer(sock, client.loop_write)
 
-    def _on_socket_unregister_write(self, _client: mqtt.Client, _userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_unregister_write(self, _client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         assert self._loop is not None
         self._loop.remove_writer(sock)
 
