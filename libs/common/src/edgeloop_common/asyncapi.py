@@ -16,58 +16,25 @@ import difflib
 import json
 import re
 import sys
-from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from edgeloop_common import topics
 from edgeloop_common.bus.kafka import DEFAULT_TOPIC_PARTITIONS
 from edgeloop_common.codec import CONTENT_TYPE, SPEC_VERSION
-from edgeloop_common.events import ALL_EVENTS, DeadLetter, Event, JsonScalar
+from edgeloop_common.device_messages import DEVICE_MODELS
+from edgeloop_common.events import ALL_EVENTS, DeadLetter, Event
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 MQTT_BINDING_VERSION = "0.2.0"
 SCHEMA_REF = "#/components/schemas/{model}"
 TRACEPARENT_PATTERN = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
-
-
-class DeviceTelemetry(BaseModel):
-    """JSON a device publishes on its telemetry topic: named scalar readings, optionally when it measured them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    readings: dict[str, JsonScalar] = Field(description="reading name -> value (number, string, boolean or null)")
-    measured_at: datetime | None = Field(default=None, description="when the device measured; default: received time")
-
-
-class DeviceResult(BaseModel):
-    """JSON EdgeLoop sends back to a device after classifying its image (the gist of InferenceCompleted)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    sample_id: str
-    top_label: str
-    confidence: float = Field(ge=0.0, le=1.0)
-    scores: dict[str, float] = Field(default_factory=dict)
-    model_name: str | None = None
-    model_version: int | None = None
-
-
-class CaptureCommand(BaseModel):
-    """JSON asking a device to take a picture now; it answers by publishing on its image topic."""
-
-    model_config = ConfigDict(extra="allow")
-
-    request_id: str | None = Field(default=None, description="echoed in the logs of the image it leads to")
-
-
-DEVICE_MODELS: tuple[type[BaseModel], ...] = (DeviceTelemetry, DeviceResult, CaptureCommand)
 
 
 def build_document() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from edgeloop_common.bus import PermanentError
+from edgeloop_common.device_messages import DeviceResult
 from edgeloop_common.events import ImageReceived, InferenceCompleted, ServedBy
 
 from edgeloop_inference_gateway.batching import DynamicBatcher
@@ -224,44 +225,40 @@ def top_of(scores: dict[str, float]) -> tuple[str, float]:
 
 
 def device_result(completed: InferenceCompleted) -> dict[str, Any]:
-    """The JSON a device receives on ``dt/edgeloop/{site}/{device}/result`` (schema in docs/gateway.md)."""
-    return {
-        "sample_id": completed.sample_id,
-        "site_id": completed.site_id,
-        "device_id": completed.device_id,
-        "image_sha256": completed.image.sha256,
-        "model_name": completed.model_name,
-        "model_version": completed.model_version,
-        "top_label": completed.top_label,
-        "confidence": completed.confidence,
-        "scores": completed.scores,
-        "latency_ms": round(completed.latency_ms, 3),
-        "served_by": completed.served_by,
-        "hard_example": completed.hard_example,
-        "completed_at": _iso(completed.completed_at),
-    }
+    """The JSON a device receives on ``dt/edgeloop/{site}/{device}/result`` (``DeviceResult`` of the contract)."""
+    return DeviceResult(
+        sample_id=completed.sample_id,
+        site_id=completed.site_id,
+        device_id=completed.device_id,
+        image_sha256=completed.image.sha256,
+        model_name=completed.model_name,
+        model_version=completed.model_version,
+        top_label=completed.top_label,
+        confidence=completed.confidence,
+        scores=completed.scores,
+        latency_ms=round(completed.latency_ms, 3),
+        served_by=completed.served_by,
+        hard_example=completed.hard_example,
+        completed_at=completed.completed_at,
+    ).model_dump(mode="json")
 
 
 def classification_result(
     classification: Classification, *, site_id: str | None, device_id: str | None, sample_id: str | None = None
 ) -> dict[str, Any]:
     """The same JSON shape for ``POST /v1/classify`` (no sample: the image is not stored)."""
-    return {
-        "sample_id": sample_id,
-        "site_id": site_id,
-        "device_id": device_id,
-        "image_sha256": classification.image_sha256,
-        "model_name": classification.model_name,
-        "model_version": classification.model_version,
-        "top_label": classification.top_label,
-        "confidence": classification.confidence,
-        "scores": classification.scores,
-        "latency_ms": round(classification.latency_ms, 3),
-        "served_by": classification.served_by,
-        "hard_example": False,
-        "completed_at": _iso(classification.completed_at or datetime.now(UTC)),
-    }
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+    return DeviceResult(
+        sample_id=sample_id,
+        site_id=site_id,
+        device_id=device_id,
+        image_sha256=classification.image_sha256,
+        model_name=classification.model_name,
+        model_version=classification.model_version,
+        top_label=classification.top_label,
+        confidence=classification.confidence,
+        scores=classification.scores,
+        latency_ms=round(classification.latency_ms, 3),
+        served_by=classification.served_by,
+        hard_example=False,
+        completed_at=classification.completed_at or datetime.now(UTC),
+    ).model_dump(mode="json")

@@ -1,0 +1,55 @@
+"""JSON messages exchanged with devices over MQTT (the device side of the contract).
+
+Images travel as raw JPEG/PNG bytes on ``dt/edgeloop/{site}/{device}/image``;
+these models describe the JSON channels. ``docs/asyncapi.yaml`` is generated
+from them, the gateway builds its results with :class:`DeviceResult`, and the
+simulator reads results with it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeloop_common.events import JsonScalar
+
+
+class DeviceTelemetry(BaseModel):
+    """JSON a device publishes on its telemetry topic: named scalar readings, optionally when it measured them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    readings: dict[str, JsonScalar] = Field(description="reading name -> value (number, string, boolean or null)")
+    measured_at: datetime | None = Field(default=None, description="when the device measured; default: received time")
+
+
+class DeviceResult(BaseModel):
+    """JSON EdgeLoop sends back to a device after classifying its image (the gist of InferenceCompleted)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sample_id: str | None = Field(default=None, description="the stored sample; null for POST /v1/classify")
+    site_id: str | None = None
+    device_id: str | None = None
+    image_sha256: str | None = Field(default=None, description="sha256 of the image bytes the device sent")
+    model_name: str | None = None
+    model_version: int | None = None
+    top_label: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    scores: dict[str, float] = Field(default_factory=dict, description="class name -> probability; they sum to 1")
+    latency_ms: float | None = Field(default=None, description="time spent in the gateway")
+    served_by: str | None = Field(default=None, description="edge or cloud")
+    hard_example: bool = False
+    completed_at: datetime | None = None
+
+
+class CaptureCommand(BaseModel):
+    """JSON asking a device to take a picture now; it answers by publishing on its image topic."""
+
+    model_config = ConfigDict(extra="allow")
+
+    request_id: str | None = Field(default=None, description="echoed in the logs of the image it leads to")
+
+
+DEVICE_MODELS: tuple[type[BaseModel], ...] = (DeviceTelemetry, DeviceResult, CaptureCommand)
