@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.model_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parent
 SHARED_DATASETS = Path(os.environ.get("EDGELOOP_SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
 

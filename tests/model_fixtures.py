@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".edgeloop" / "test-cache"
 TEST_MODEL_NAME = "catdog"
 TRAINING_PARAMETERS = {"epochs": 2, "image_size": 32, "batch_size": 32, "eval_fraction": 0.2, "seed": 7}
+STALE_AFTER_S = 24 * 3600  # cache entries of older code or data, untouched this long, are removed
 
 
 def _cache_key(data_dir: Path) -> str:
@@ -54,6 +56,14 @@ def _train_into(model_base: Path, data_dir: Path) -> None:
     from edgeloop_trainer.training import train_classifier
 
     train_classifier(data_dir, TEST_MODEL_NAME, model_base, version=1, progress=False, **TRAINING_PARAMETERS)
+
+
+def _remove_stale_entries(current: Path) -> None:
+    cutoff = time.time() - STALE_AFTER_S
+    for entry in CACHE_DIR.glob("model-*"):
+        if entry.is_dir() and entry != current and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.with_name(entry.name + ".lock").unlink(missing_ok=True)
 
 
 def copy_model_base(model_base: Path, destination: Path) -> Path:
@@ -86,4 +96,5 @@ def trained_model_base(catdog_train_dir: Path) -> Path:
                 os.rename(staging, cached)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+            _remove_stale_entries(cached)
     return cached

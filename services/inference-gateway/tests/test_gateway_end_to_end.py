@@ -29,7 +29,6 @@ from edgeloop_model_server.embedded import RunningServer, serve_in_thread
 from edgeloop_model_server.settings import Settings as ModelServerSettings
 from gateway_fakes import free_port
 
-pytest_plugins = ["tests.model_fixtures"]
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt, pytest.mark.tf, pytest.mark.slow]
 
 
