@@ -420,17 +420,8 @@ async def device_block(
         ),
         on_result=on_result,
     )
-    spy_seen: list[float] = []
-    if os.environ.get("E2E_DEBUG"):
-        from edgeloop_common.mqtt_asyncio import AsyncMqttClient
-
-        spy = AsyncMqttClient("127.0.0.1", 1883, on_message=lambda t, p: spy_seen.append(time.time()))
-        await spy.connect()
-        await spy.subscribe(f"dt/edgeloop/{site_of(dep)}/+/image", 1)
     summary = await simulator.run()
     block.missing = summary.missing
-    if os.environ.get("E2E_DEBUG"):
-        await spy.close()
     await asyncio.to_thread(shutil.rmtree, folder, True)
     # After the block, not during it: when ingest had each message (its sample's received_at).
     received = await received_times(dep.ingest_url, [timeline.sample_id for timeline in timelines])
@@ -440,10 +431,6 @@ async def device_block(
         block.stages["ingest_to_gateway"].append((handler_started - received[timeline.sample_id]) * 1000.0)
         block.stages["gateway"].append(timeline.gateway_ms)
         block.stages["after_gateway"].append((timeline.arrived - timeline.completed) * 1000.0)
-    if os.environ.get("E2E_DEBUG"):
-        for timeline, seen in zip(timelines, spy_seen):
-            print("DBG", round(timeline.published % 100, 4), round((seen - timeline.published) * 1000, 1),
-                  round((received[timeline.sample_id] - timeline.published) * 1000, 1))
     return block
 
 
@@ -657,19 +644,7 @@ async def serve_standalone() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with standalone_services():
-        lags: list[float] = []
-
-        async def monitor() -> None:
-            while True:
-                before = loop.time()
-                await asyncio.sleep(0.001)
-                lags.append((loop.time() - before - 0.001) * 1000)
-
-        task = asyncio.create_task(monitor())
         await stop.wait()
-        task.cancel()
-        lags.sort()
-        print("LAG", len(lags), lags[len(lags) // 2], lags[int(len(lags) * 0.99)], lags[-10:], flush=True)
 
 
 # -- main -----------------------------------------------------------------------------------------------------------

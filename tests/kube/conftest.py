@@ -26,7 +26,8 @@ from kubernetes import client
 
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
-    already_running = cluster.status(with_nodes=False).running
+    # Anything already running is the developer's: reuse it and leave it running afterwards.
+    started_here = cluster.status(with_nodes=False).stopped
     try:
         status = cluster.up(echo=_progress)
     except KubeError as exc:
@@ -42,7 +43,7 @@ def kube_cluster() -> Iterator[KubeCluster]:
     patch.setenv("PATH", f"{status.bin_dir}:{os.environ['PATH']}")
     yield KubeCluster(kubeconfig=kubeconfig_path(), bin_dir=status.bin_dir, groups=groups)
     patch.undo()
-    if not already_running:
+    if started_here:
         cluster.down(echo=_progress)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -70,8 +71,8 @@ def demo(
     count: int = typer.Option(None, help="Images to send (default: each image in --images once)."),
     rate: float = typer.Option(2.0, help="Images per second the camera sends."),
     loop: bool = typer.Option(False, help="Cycle through the images until Ctrl-C."),
-    epochs: int = typer.Option(12, help="Epochs for the first model (when one is trained)."),
-    image_size: int = typer.Option(96, help="Input size of the first model, in pixels."),
+    epochs: int = typer.Option(15, help="Epochs for the first model (when one is trained)."),
+    image_size: int = typer.Option(128, help="Input size of the first model, in pixels."),
     broker: str = typer.Option("auto", help="MQTT broker: auto (Mosquitto if installed), mosquitto, embedded."),
     retrain: bool = typer.Option(False, help="Train a new model version even if one exists."),
     keep_running: bool = typer.Option(
@@ -79,10 +80,17 @@ def demo(
     ),
     site: str = typer.Option("site-a", help="Site id of the simulated camera."),
     device: str = typer.Option("cam-1", help="Device id of the simulated camera."),
+    state: Path = typer.Option(
+        None, help="Folder for the demo's models, blobs and databases. Default: .edgeloop/demo."
+    ),
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    images = images or _shared_dataset("captures") or _fail(
-        "no photos to send: pass --images DIR (a folder of JPEG/PNG files)"
+    # TensorFlow's C++ start-up chatter (no GPU here, dataset buffer notes) is noise in a demo.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    images = (
+        images
+        or _shared_dataset("captures")
+        or _fail("no photos to send: pass --images DIR (a folder of JPEG/PNG files)")
     )
     if not images.is_dir():
         _fail(f"--images {images} is not a folder")
@@ -101,7 +109,7 @@ def demo(
         site=site,
         device=device,
     )
-    home = state_dir() / "demo"
+    home = (state or state_dir() / "demo").resolve()
     model_base = home / "models"
     _ensure_model(options, model_base)
     try:
@@ -211,9 +219,7 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
 
     broker: LocalBroker = await start_local_broker(1883, prefer=options.broker)
     typer.echo(f"mqtt:  {broker.kind} broker on {broker.host}:{broker.port}")
-    common = CommonSettings(
-        mode="standalone", data_dir=home / "data", mqtt_host=broker.host, mqtt_port=broker.port
-    )
+    common = CommonSettings(mode="standalone", data_dir=home / "data", mqtt_host=broker.host, mqtt_port=broker.port)
     bus = InProcessBus(source="edgeloop-demo")
     rest_port, grpc_port = free_port(8501), free_port(8500)
     model_server = _EmbeddedServer(
@@ -235,7 +241,16 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
     ingest_port, gateway_port = free_port(8081), free_port(8082)
     ingest = _EmbeddedServer(
         "ingest",
-        create_ingest(IngestSettings(http_host="127.0.0.1", http_port=ingest_port, common=common), bus=bus),
+        create_ingest(
+            IngestSettings(
+                http_host="127.0.0.1",
+                http_port=ingest_port,
+                # the embedded broker speaks MQTT 3.1.1 only
+                mqtt_protocol="5" if broker.kind == "mosquitto" else "3.1.1",
+                common=common,
+            ),
+            bus=bus,
+        ),
         "127.0.0.1",
         ingest_port,
     )
@@ -289,7 +304,7 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
         summary = await camera
         typer.echo(f"camera: {summary.describe()}")
         if options.keep_running and not stop.is_set():
-            typer.echo("services keep running; try e.g. " f"curl {ingest.url}/v1/samples/<id> — Ctrl-C stops")
+            typer.echo(f"services keep running; try e.g. curl {ingest.url}/v1/samples/<id> — Ctrl-C stops")
             await stop.wait()
         stopper.cancel()
         if summary.missing:

@@ -104,7 +104,7 @@ async def start_local_broker(port: int = 1883, *, prefer: str = "auto") -> Local
     from amqtt.broker import Broker
 
     config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}", "max-connections": 1000}},
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
         "sys_interval": 0,
         "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
         "topic-check": {"enabled": False},

@@ -92,6 +92,7 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         receive_maximum=settings.mqtt_receive_maximum,
         session_expiry_s=settings.mqtt_session_expiry_s,
         keepalive_s=settings.mqtt_keepalive_s,
+        protocol=settings.mqtt_protocol,
     )
 
 

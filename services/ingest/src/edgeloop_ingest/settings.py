@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from edgeloop_common.settings import CommonSettings
 from pydantic import Field
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=1, description="How long the broker keeps the session while the bridge is away."
     )
     mqtt_keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT protocol version: 5, or 3.1.1 for brokers without MQTT 5 (the embedded one)."
+    )
 
     max_image_bytes: int = Field(10 * MIB, ge=1, description="Largest accepted image, in bytes.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image, width x height.")

@@ -22,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeloop_cli.kube.errors import KubeError
@@ -36,7 +36,7 @@ Echo = Callable[[str], None]
 
 @dataclass(frozen=True)
 class GoTarget:
-    """One binary: what to build and roughly how long a first (cold-cache) build takes on 2 cores."""
+    """One binary: what to build and how long a first (cold-cache) build took on our 2 busy cores."""
 
     name: str
     package: str
@@ -47,11 +47,11 @@ class GoTarget:
 def targets(versions: PinnedVersions) -> tuple[GoTarget, ...]:
     # Ordered so shared Kubernetes packages are compiled once, by the first binary needing them.
     return (
-        GoTarget("etcd", "go.etcd.io/etcd/server/v3", cold_minutes=2),
-        GoTarget("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", cold_minutes=5),
+        GoTarget("etcd", "go.etcd.io/etcd/server/v3", cold_minutes=3),
+        GoTarget("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", cold_minutes=8),
         GoTarget("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", cold_minutes=2),
         GoTarget("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", cold_minutes=1),
-        GoTarget("kwok", f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}", cold_minutes=5, installed=True),
+        GoTarget("kwok", f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}", cold_minutes=4, installed=True),
         GoTarget("helm", f"helm.sh/helm/v3/cmd/helm@{versions.helm}", cold_minutes=3, installed=True),
     )
 
@@ -87,9 +87,12 @@ def go_version(go: Path) -> str:
 
 
 def cache_key(go_release: str) -> str:
+    """Hash of what the binaries depend on: the build module, the pinned versions (not the comments around
+    them in versions.toml), the Go release and the build recipe."""
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "versions.toml"):
+    for name in ("go.mod", "go.sum"):
         digest.update((infra_dir() / name).read_bytes())
+    digest.update(json.dumps(asdict(read_versions()), sort_keys=True).encode())
     digest.update(f"{go_release}\n{BUILD_RECIPE}".encode())
     return digest.hexdigest()[:12]
 

@@ -65,6 +65,9 @@ def remove_context(target: Path, name: str = CONTEXT) -> bool:
     merged["users"] = [e for e in merged.get("users") or [] if e.get("name") != ours.get("user")]
     if merged.get("current-context") == name:
         merged["current-context"] = ""
+    if not (merged["contexts"] or merged["clusters"] or merged["users"]):
+        target.unlink()  # nothing but ours was ever in it (`up` created it)
+        return True
     write(target, merged)
     return True
 

@@ -49,6 +49,9 @@ class MqttConfig:
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
     connect_timeout_s: float = 5.0
+    # "5" (default: session expiry and Receive Maximum) or "3.1.1" for brokers without MQTT 5, such as the
+    # embedded broker of standalone mode; there the session is kept with clean_session=False instead.
+    protocol: str = "5"
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,18 @@ class AsyncioMqttSubscriber:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
+        if self.config.protocol == "5":
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.config.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         client.connect_timeout = self.config.connect_timeout_s
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -154,6 +163,9 @@ class AsyncioMqttSubscriber:
         async with asyncio.timeout(self.config.connect_timeout_s):
             _, writer = await asyncio.open_connection(self.config.host, self.config.port)
         writer.close()
+        if self.config.protocol != "5":
+            self._client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+            return
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.config.session_expiry_s
         properties.ReceiveMaximum = self.config.receive_maximum
@@ -181,8 +193,11 @@ class AsyncioMqttSubscriber:
             self.config.client_id,
             flags.session_present,
         )
-        options = SubscribeOptions(qos=1)
-        client.subscribe([(topic, options) for topic in self.config.subscriptions])
+        if self.config.protocol == "5":
+            options = SubscribeOptions(qos=1)
+            client.subscribe([(topic, options) for topic in self.config.subscriptions])
+        else:
+            client.subscribe([(topic, 1) for topic in self.config.subscriptions])
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _p: Any
