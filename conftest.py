@@ -31,7 +31,9 @@ def _require_listening(what: str, host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=2):
             return
     except OSError as exc:
-        pytest.fail(f"{what} is not reachable at {host}:{port} ({exc}); start it with `edgeloop infra up`", pytrace=False)
+        pytest.fail(
+            f"{what} is not reachable at {host}:{port} ({exc}); start it with `edgeloop infra up`", pytrace=False
+        )
 
 
 @pytest.fixture(scope="session")

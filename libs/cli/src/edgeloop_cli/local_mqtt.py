@@ -62,16 +62,16 @@ class LocalBroker:
     kind: str
     host: str
     port: int
-    _process: subprocess.Popen[bytes] | None = None
+    _process: asyncio.subprocess.Process | None = None
     _embedded: Any = None
     _workdir: Path | None = field(default=None, repr=False)
 
     async def stop(self) -> None:
-        if self._process is not None:
+        if self._process is not None and self._process.returncode is None:
             self._process.terminate()
             try:
-                await asyncio.to_thread(self._process.wait, 5)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(self._process.wait(), 5)
+            except TimeoutError:
                 self._process.kill()
         if self._embedded is not None:
             with contextlib.suppress(Exception):  # shutting down a broker whose clients vanished
@@ -83,9 +83,7 @@ class LocalBroker:
 async def start_local_broker(port: int = 1883, *, prefer: str = "auto") -> LocalBroker:
     """Start Mosquitto (``prefer`` = auto|mosquitto) or the embedded broker (auto without mosquitto|embedded)."""
     port = free_port(port)
-    mosquitto = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
     if prefer in ("auto", "mosquitto") and mosquitto:
         workdir = Path(tempfile.mkdtemp(prefix="edgeloop-mqtt-"))
         config = workdir / "mosquitto.conf"
@@ -93,8 +91,8 @@ async def start_local_broker(port: int = 1883, *, prefer: str = "auto") -> Local
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 100000\nmax_inflight_messages 1000\n"
         )
-        process = subprocess.Popen(
-            [mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        process = await asyncio.create_subprocess_exec(
+            mosquitto, "-c", str(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         await wait_for_port(port)
         return LocalBroker("mosquitto", "127.0.0.1", port, _process=process, _workdir=workdir)

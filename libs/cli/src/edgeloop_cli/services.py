@@ -27,8 +27,12 @@ class ServiceSpec:
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("ingest", "edgeloop_ingest", "MQTT -> Kafka bridge and sample store (HTTP :8081)."),
-    ServiceSpec("inference-gateway", "edgeloop_inference_gateway", "Classifies images through the TF Serving API (HTTP :8082)."),
-    ServiceSpec("model-server", "edgeloop_model_server", "TF Serving-compatible lite model server (REST :8501, gRPC :8500)."),
+    ServiceSpec(
+        "inference-gateway", "edgeloop_inference_gateway", "Classifies images through the TF Serving API (HTTP :8082)."
+    ),
+    ServiceSpec(
+        "model-server", "edgeloop_model_server", "TF Serving-compatible lite model server (REST :8501, gRPC :8500)."
+    ),
 )
 
 
@@ -58,9 +62,7 @@ def _runner(spec: ServiceSpec) -> Callable[..., None]:
         settings_module = importlib.import_module(f"{spec.package}.settings")
         app_module = importlib.import_module(f"{spec.package}.app")
         settings = settings_module.Settings()
-        logging.basicConfig(
-            level=settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         uvicorn.run(
             app_module.create_app(settings),
             host=host or settings.http_host,

@@ -81,7 +81,11 @@ async def deliver(
                 stats.retried += 1
                 log.warning(
                     "handler %s failed on %s (attempt %d/%d), retrying: %s",
-                    subscription.group, context.event_id, attempt, retry.max_attempts, exc,
+                    subscription.group,
+                    context.event_id,
+                    attempt,
+                    retry.max_attempts,
+                    exc,
                 )
                 await asyncio.sleep(retry.backoff_s(attempt))
                 attempt += 1
