@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest
 
 test-unit: install
-	$(BIN)/python -m pytest -m "not kafka and not mqtt and not postgres"
+	$(BIN)/python -m pytest -m "not kafka and not mqtt and not postgres and not kube"
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[str, bytes], None]
+
+
+def disable_nagle(sock: Any) -> None:
+    """Send every MQTT packet at once. paho leaves Nagle's algorithm on, so a PUBLISH written while an earlier
+    small packet (a PUBACK) waits for the broker's delayed TCP ACK is held back for up to 40 ms."""
+    with contextlib.suppress(AttributeError, OSError):  # not a TCP socket (WebSocket wrapper, Unix socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttUnavailableError(Exception):
@@ -205,6 +213,7 @@ class AsyncMqttClient:
             self.on_message(message.topic, bytes(message.payload))
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        disable_nagle(sock)
         fd = sock.fileno()
         self._in_loop(lambda: self._require_loop().add_reader(fd, self._read))
 

@@ -104,7 +104,7 @@ def up(topology: edge.Topology | None = None, *, echo: Echo = print, export_kube
         topology = topology or _saved_topology(saved) or edge.Topology()
         ports = _start_components(binaries, state, saved, echo)
         _save_state(state, ports, topology, binaries)
-        with _api_client() as api:
+        with _api_client() as api, _api_errors("setting up the edge nodes and CRDs"):
             _apply_cluster_objects(api, topology, echo)
             ready = _wait_nodes_ready(api, topology, echo)
             _write_node_group_status(api, topology, ready)
@@ -213,7 +213,7 @@ def _start_components(binaries: Binaries, state: Paths, saved: dict[str, Any], e
             _start_one(component, binaries, state, ports, echo)
             started.append(component.name)
             if component.name == "kube-apiserver":
-                with _api_client() as api:
+                with _api_client() as api, _api_errors("granting KWOK its RBAC role"):
                     _apply(api, edge.kwok_rbac())  # before KWOK starts, so it is never refused
     except KubeError:
         for name in reversed(started):
@@ -288,6 +288,20 @@ def _write_kubeconfigs(state: Paths, ports: Ports) -> None:
 
 
 # --- API objects --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _api_errors(doing: str) -> Iterator[None]:
+    """An API call that fails becomes a KubeError saying what was being done, with the server's reason."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        raise KubeError(f"{doing} failed: {exc.status} {exc.reason}: {exc.body}") from exc
+    except HTTPError as exc:
+        raise KubeError(f"{doing} failed: the API server did not answer ({exc})") from exc
 
 
 @contextmanager

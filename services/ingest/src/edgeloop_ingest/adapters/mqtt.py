@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from edgeloop_common.mqtt_asyncio import disable_nagle
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -238,6 +239,7 @@ class AsyncioMqttSubscriber:
 
     def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: mqtt.SocketLike) -> None:
         assert self._loop is not None
+        disable_nagle(sock)  # PUBACKs go out as soon as a message is durable, not after a delayed TCP ACK
         if not self._paused:
             self._loop.add_reader(sock, self._read)
 
