@@ -1,0 +1,1 @@
+"""The drift service's outside world: the model registry."""

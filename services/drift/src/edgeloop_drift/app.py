@@ -1,0 +1,142 @@
+"""``create_app(settings, *, bus=None)``: the drift service as a FastAPI app.
+
+The subscriptions (InferenceCompleted and SampleLabeled, one consumer group)
+are registered when the app is created, so that a shared in-process bus
+(standalone mode) can be started after every service subscribed. An event that
+arrives before the lifespan built the service fails and is retried by the bus.
+
+No database: windows, ADWIN detectors and the alarm history live in memory
+(docs/drift.md, "State"), and so do the handled event ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+
+from edgeloop_common.bus import EventBus, EventContext
+from edgeloop_common.events import InferenceCompleted, SampleLabeled
+from edgeloop_common.health import health_router
+from fastapi import FastAPI
+
+from edgeloop_drift import api
+from edgeloop_drift.adapters.registry import NoReferences, RegistryReferences
+from edgeloop_drift.handlers import DriftHandlers
+from edgeloop_drift.metrics import DriftMetrics
+from edgeloop_drift.service import SERVICE_NAME, DriftPolicy, DriftService, ReferenceLookup
+from edgeloop_drift.settings import Settings
+from edgeloop_drift.windows import WindowConfig, parse_features
+
+log = logging.getLogger(__name__)
+
+
+def window_config(settings: Settings) -> WindowConfig:
+    return WindowConfig(
+        window_size=settings.window_size,
+        check_every=settings.check_every,
+        min_reference_samples=settings.min_reference_samples,
+        psi_threshold=settings.psi_threshold,
+        psi_bins=settings.psi_bins,
+        psi_epsilon=settings.psi_epsilon,
+        psi_noise_alpha=settings.psi_noise_alpha,
+        ks_alpha=settings.ks_alpha,
+        features=parse_features(settings.features),
+    )
+
+
+def drift_policy(settings: Settings) -> DriftPolicy:
+    return DriftPolicy(
+        debounce=timedelta(seconds=settings.debounce_s),
+        request_training=settings.request_training,
+        reference_retry=timedelta(seconds=settings.reference_retry_s),
+        adwin_delta=settings.adwin_delta,
+        adwin_clock=settings.adwin_clock,
+        alarm_history=settings.alarm_history,
+        max_streams=settings.max_streams,
+        prediction_memory=settings.prediction_memory,
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, bus: EventBus | None = None, references: ReferenceLookup | None = None
+) -> FastAPI:
+    """The drift service. ``bus``: use it and leave starting/stopping it to the caller (standalone mode).
+
+    ``references`` replaces the registry client the settings would build (tests).
+    """
+    settings = settings or Settings()
+    config = window_config(settings)  # bad settings fail here, at start-up, with the reason
+    metrics = DriftMetrics(site_limit=settings.metric_site_limit)
+    owns_bus = bus is None
+    if bus is None:
+        from edgeloop_common.bus.factory import create_bus
+
+        bus = create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+    event_bus: EventBus = bus
+
+    def running() -> DriftHandlers:
+        handlers: DriftHandlers | None = getattr(app.state, "handlers", None)
+        if handlers is None:
+            raise RuntimeError("the drift service is not running (starting or stopping)")
+        return handlers
+
+    async def on_inference_completed(event: InferenceCompleted, context: EventContext) -> None:
+        await running().on_inference_completed(event, context)
+
+    async def on_sample_labeled(event: SampleLabeled, context: EventContext) -> None:
+        await running().on_sample_labeled(event, context)
+
+    event_bus.subscribe(InferenceCompleted, on_inference_completed, group=settings.consumer_group)
+    event_bus.subscribe(SampleLabeled, on_sample_labeled, group=settings.consumer_group)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            lookup = references
+            if lookup is None:
+                client = (
+                    RegistryReferences(settings.registry_url, timeout_s=settings.registry_timeout_s)
+                    if settings.registry_url
+                    else NoReferences()
+                )
+                stack.push_async_callback(client.close)
+                lookup = client
+            service = DriftService(config, lookup, policy=drift_policy(settings), metrics=metrics)
+            app.state.drift = service
+            app.state.handlers = DriftHandlers(service, event_bus)
+            stack.callback(_forget_service, app)  # after the bus stopped (callbacks run last-in, first-out)
+            if owns_bus:
+                await event_bus.start()
+                stack.push_async_callback(event_bus.stop)
+            log.info(
+                "drift up: window %d, check every %d, PSI > %.3g, KS p < %.1e, ADWIN delta %.3g, registry %s",
+                config.window_size,
+                config.check_every,
+                config.psi_threshold,
+                config.ks_alpha,
+                settings.adwin_delta,
+                settings.registry_url or "off",
+            )
+            yield
+
+    app = FastAPI(title="EdgeLoop drift", version="1", lifespan=lifespan)
+
+    async def bus_ready() -> bool:
+        ready: bool = await event_bus.ready()
+        return ready
+
+    async def started() -> bool:
+        return getattr(app.state, "drift", None) is not None
+
+    app.include_router(api.router)
+    app.include_router(health_router({"bus": bus_ready, "started": started}, registry=metrics.registry))
+    app.state.metrics = metrics
+    app.state.bus = event_bus
+    return app
+
+
+def _forget_service(app: FastAPI) -> None:
+    app.state.handlers = None
+    app.state.drift = None
