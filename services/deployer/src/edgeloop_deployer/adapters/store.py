@@ -1,0 +1,222 @@
+"""Desired vs actual versions and the rollout history in SQL (PostgreSQL distributed, SQLite standalone).
+
+Two tables of the deployer's own (``deployer_`` prefix) in the shared database:
+``deployer_deployments`` (one row per model and node group) and ``deployer_rollouts``
+(one row per rollout, rollback or deletion, with its pod annotations so a rollback
+re-applies exactly what served). Blocking SQLAlchemy calls run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    RowMapping,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+
+from edgeloop_deployer.service import DeploymentState, RolloutPhase, RolloutRecord
+
+metadata = MetaData()
+
+deployments = Table(
+    "deployer_deployments",
+    metadata,
+    Column("model_name", String(128), primary_key=True),
+    Column("node_group", String(64), primary_key=True),
+    Column("desired_version", Integer, nullable=True),
+    Column("actual_version", Integer, nullable=True),
+    Column("previous_version", Integer, nullable=True),
+    Column("phase", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+rollouts = Table(
+    "deployer_rollouts",
+    metadata,
+    Column("rollout_id", String(32), primary_key=True),
+    Column("model_name", String(128), nullable=False),
+    Column("node_group", String(64), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("action", String(16), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("pod_annotations", JSON, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_deployer_rollouts_key_started", "model_name", "node_group", "started_at"),
+)
+
+
+def create_sql_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=3, max_overflow=2)
+
+
+def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+class SqlDeploymentStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    # --- deployments ---
+
+    async def get(self, model_name: str, node_group: str) -> DeploymentState | None:
+        return await asyncio.to_thread(self._get, model_name, node_group)
+
+    async def all(self) -> list[DeploymentState]:
+        return await asyncio.to_thread(self._all)
+
+    async def save(self, state: DeploymentState) -> None:
+        await asyncio.to_thread(self._save, state)
+
+    def _get(self, model_name: str, node_group: str) -> DeploymentState | None:
+        query = select(deployments).where(
+            deployments.c.model_name == model_name, deployments.c.node_group == node_group
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return _state(row) if row else None
+
+    def _all(self) -> list[DeploymentState]:
+        query = select(deployments).order_by(deployments.c.model_name, deployments.c.node_group)
+        with self.engine.connect() as connection:
+            return [_state(row) for row in connection.execute(query).mappings()]
+
+    def _save(self, state: DeploymentState) -> None:
+        values = {
+            "desired_version": state.desired_version,
+            "actual_version": state.actual_version,
+            "previous_version": state.previous_version,
+            "phase": state.phase,
+            "reason": state.reason,
+            "updated_at": state.updated_at,
+        }
+        key = (deployments.c.model_name == state.model_name, deployments.c.node_group == state.node_group)
+        with self.engine.begin() as connection:
+            if connection.execute(update(deployments).where(*key).values(**values)).rowcount == 0:
+                connection.execute(
+                    insert(deployments).values(model_name=state.model_name, node_group=state.node_group, **values)
+                )
+
+    # --- rollouts ---
+
+    async def save_rollout(self, record: RolloutRecord) -> None:
+        await asyncio.to_thread(self._save_rollout, record)
+
+    async def rollouts(self, model_name: str, node_group: str, *, limit: int = 20) -> list[RolloutRecord]:
+        return await asyncio.to_thread(self._rollouts, model_name, node_group, limit)
+
+    async def last_rollout_of(
+        self, model_name: str, node_group: str, version: int, *, phase: RolloutPhase | None = None
+    ) -> RolloutRecord | None:
+        return await asyncio.to_thread(self._last_rollout_of, model_name, node_group, version, phase)
+
+    def _save_rollout(self, record: RolloutRecord) -> None:
+        values = {
+            "model_name": record.model_name,
+            "node_group": record.node_group,
+            "version": record.version,
+            "action": record.action,
+            "trigger": record.trigger,
+            "phase": record.phase,
+            "detail": record.detail,
+            "pod_annotations": dict(record.pod_annotations),
+            "started_at": record.started_at,
+            "finished_at": record.finished_at,
+        }
+        with self.engine.begin() as connection:
+            changed = connection.execute(
+                update(rollouts).where(rollouts.c.rollout_id == record.rollout_id).values(**values)
+            ).rowcount
+            if changed == 0:
+                connection.execute(insert(rollouts).values(rollout_id=record.rollout_id, **values))
+
+    def _rollouts(self, model_name: str, node_group: str, limit: int) -> list[RolloutRecord]:
+        query = (
+            select(rollouts)
+            .where(rollouts.c.model_name == model_name, rollouts.c.node_group == node_group)
+            .order_by(rollouts.c.started_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [_rollout(row) for row in connection.execute(query).mappings()]
+
+    def _last_rollout_of(
+        self, model_name: str, node_group: str, version: int, phase: RolloutPhase | None
+    ) -> RolloutRecord | None:
+        query = select(rollouts).where(
+            rollouts.c.model_name == model_name, rollouts.c.node_group == node_group, rollouts.c.version == version
+        )
+        if phase is not None:
+            query = query.where(rollouts.c.phase == phase)
+        with self.engine.connect() as connection:
+            row = connection.execute(query.order_by(rollouts.c.started_at.desc()).limit(1)).mappings().first()
+        return _rollout(row) if row else None
+
+    def reachable(self) -> bool:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back: they were stored in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _state(row: RowMapping) -> DeploymentState:
+    return DeploymentState(
+        model_name=row["model_name"],
+        node_group=row["node_group"],
+        desired_version=row["desired_version"],
+        actual_version=row["actual_version"],
+        previous_version=row["previous_version"],
+        phase=row["phase"],
+        reason=row["reason"],
+        updated_at=_aware(row["updated_at"]) or datetime.now(UTC),
+    )
+
+
+def _rollout(row: RowMapping) -> RolloutRecord:
+    return RolloutRecord(
+        rollout_id=row["rollout_id"],
+        model_name=row["model_name"],
+        node_group=row["node_group"],
+        version=row["version"],
+        action=row["action"],
+        trigger=row["trigger"],
+        phase=row["phase"],
+        detail=row["detail"],
+        pod_annotations=dict(row["pod_annotations"] or {}),
+        started_at=_aware(row["started_at"]) or datetime.now(UTC),
+        finished_at=_aware(row["finished_at"]),
+    )

@@ -1,0 +1,173 @@
+"""HTTP: deploy, delete and roll back a model version per node group (the console's Deploy and Delete buttons).
+
+A deploy or rollback answers 202 at once with the rollout it started; ``GET`` shows its progress.
+Domain errors are mapped to status codes in app.py (unknown node group 404, nothing to roll back 409, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgeloop_deployer.service import DeploymentState, RolloutRecord, RolloutService
+
+router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
+
+# A Kubernetes annotation key: an optional DNS-subdomain prefix and a name of at most 63 characters.
+_ANNOTATION_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+
+def get_service(request: Request) -> RolloutService:
+    service: RolloutService = request.app.state.service
+    return service
+
+
+Service = Annotated[RolloutService, Depends(get_service)]
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(min_length=1, max_length=128)
+    version: int = Field(ge=0)
+    node_group: str = Field(min_length=1, max_length=64)
+    reason: str = Field("", max_length=1000)
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod-template annotations for this rollout (tests, debugging)."
+    )
+
+    @field_validator("pod_annotations")
+    @classmethod
+    def _valid_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ANNOTATION_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid Kubernetes annotation key")
+        return value
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=1000)
+
+
+class RolloutOut(BaseModel):
+    rollout_id: str
+    version: int | None
+    action: str
+    trigger: str
+    phase: str
+    detail: str
+    pod_annotations: dict[str, str]
+    started_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: RolloutRecord) -> RolloutOut:
+        return cls(
+            rollout_id=record.rollout_id,
+            version=record.version,
+            action=record.action,
+            trigger=record.trigger,
+            phase=record.phase,
+            detail=record.detail,
+            pod_annotations=dict(record.pod_annotations),
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+        )
+
+
+class DeploymentOut(BaseModel):
+    model_name: str
+    node_group: str
+    desired_version: int | None
+    actual_version: int | None
+    previous_version: int | None
+    phase: str
+    reason: str
+    updated_at: datetime
+    in_flight: RolloutOut | None = None
+
+    @classmethod
+    def of(cls, state: DeploymentState, in_flight: RolloutRecord | None = None) -> DeploymentOut:
+        return cls(
+            model_name=state.model_name,
+            node_group=state.node_group,
+            desired_version=state.desired_version,
+            actual_version=state.actual_version,
+            previous_version=state.previous_version,
+            phase=state.phase,
+            reason=state.reason,
+            updated_at=state.updated_at,
+            in_flight=RolloutOut.of(in_flight) if in_flight else None,
+        )
+
+
+class DeploymentDetail(DeploymentOut):
+    rollouts: list[RolloutOut]
+
+
+class StartedRollout(BaseModel):
+    rollout: RolloutOut
+    deployment: str = Field(description="Where to follow it: GET this path.")
+
+
+def _in_flight(service: RolloutService) -> dict[tuple[str, str], RolloutRecord]:
+    return {(record.model_name, record.node_group): record for record in service.in_flight()}
+
+
+def _started(record: RolloutRecord) -> StartedRollout:
+    return StartedRollout(
+        rollout=RolloutOut.of(record), deployment=f"/v1/deployments/{record.model_name}/{record.node_group}"
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+async def deploy(body: DeployRequest, service: Service) -> StartedRollout:
+    """Roll ``version`` of ``model_name`` out to ``node_group`` (the Deploy button)."""
+    record = await service.deploy(
+        body.model_name,
+        body.version,
+        body.node_group,
+        trigger="http",
+        reason=body.reason or "deployed on request",
+        pod_annotations=body.pod_annotations,
+    )
+    return _started(record)
+
+
+@router.get("")
+async def list_deployments(service: Service) -> dict[str, list[DeploymentOut]]:
+    running = _in_flight(service)
+    states = await service.states()
+    return {
+        "deployments": [DeploymentOut.of(s, running.get((s.model_name, s.node_group))) for s in states],
+    }
+
+
+@router.get("/{model_name}/{node_group}")
+async def get_deployment(model_name: str, node_group: str, service: Service) -> DeploymentDetail:
+    state, rollouts = await service.describe(model_name, node_group)
+    current = DeploymentOut.of(state, _in_flight(service).get((model_name, node_group)))
+    return DeploymentDetail(**current.model_dump(), rollouts=[RolloutOut.of(r) for r in rollouts])
+
+
+@router.delete("/{model_name}/{node_group}")
+async def delete_deployment(model_name: str, node_group: str, service: Service) -> DeploymentOut:
+    """Stop serving the model in the node group (the Delete button)."""
+    return DeploymentOut.of(await service.delete(model_name, node_group))
+
+
+@router.post("/{model_name}/{node_group}/rollback", status_code=status.HTTP_202_ACCEPTED)
+async def rollback(
+    model_name: str, node_group: str, service: Service, body: RollbackRequest | None = None
+) -> StartedRollout:
+    """Deploy the version that served before the current one."""
+    reason = body.reason if body is not None else ""
+    return _started(await service.rollback(model_name, node_group, reason=reason))

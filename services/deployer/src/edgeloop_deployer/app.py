@@ -1,0 +1,178 @@
+"""``create_app(settings, *, bus=None)``: the deployer as a FastAPI app.
+
+The ModelPromoted subscription is registered when the app is created (a shared in-process
+bus may start before this app's lifespan); the store and the target are built in the lifespan,
+which also resumes the rollouts a previous run left unfinished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from edgeloop_common.bus import EventBus, EventContext
+from edgeloop_common.bus.factory import create_bus
+from edgeloop_common.events import ModelPromoted
+from edgeloop_common.health import health_router
+from edgeloop_common.idempotency import SqlProcessedEventStore
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from edgeloop_deployer import api
+from edgeloop_deployer.adapters.manifests import ServingSpec
+from edgeloop_deployer.adapters.store import SqlDeploymentStore, create_sql_engine
+from edgeloop_deployer.handlers import ModelPromotedHandler
+from edgeloop_deployer.metrics import DeployerMetrics
+from edgeloop_deployer.service import (
+    SERVICE_NAME,
+    DeployerError,
+    DeploymentNotFoundError,
+    DeploymentTarget,
+    InvalidRequestError,
+    NothingToRollBackError,
+    RolloutConfig,
+    RolloutService,
+    UnknownNodeGroupError,
+)
+from edgeloop_deployer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def serving_spec(settings: Settings) -> ServingSpec:
+    return ServingSpec(
+        server_kind=settings.server_kind,
+        image=settings.resolved_image(),
+        image_pull_policy=settings.image_pull_policy,
+        replicas=settings.replicas,
+        models_claim=settings.models_claim,
+        models_host_path=settings.models_host_path,
+        rest_port=settings.rest_port,
+        grpc_port=settings.grpc_port,
+        cpu_request=settings.cpu_request,
+        memory_request=settings.memory_request,
+        cpu_limit=settings.cpu_limit,
+        memory_limit=settings.memory_limit,
+        progress_deadline_s=settings.resolved_progress_deadline_s(),
+    )
+
+
+def target_from_settings(settings: Settings) -> DeploymentTarget:
+    if settings.resolved_target() == "local":
+        from edgeloop_deployer.adapters.local import LocalModelServerTarget
+
+        return LocalModelServerTarget(settings.model_server_url)
+    from edgeloop_deployer.adapters.kubernetes import KubernetesTarget, api_client_from
+
+    return KubernetesTarget(
+        api_client_from(settings.kubeconfig, settings.kube_context),
+        namespace=settings.namespace,
+        spec=serving_spec(settings),
+        workload=settings.workload,
+    )
+
+
+def rollout_config(settings: Settings) -> RolloutConfig:
+    return RolloutConfig(
+        node_groups=settings.groups(),
+        rollout_timeout_s=settings.rollout_timeout_s,
+        poll_interval_s=settings.poll_interval_s,
+        promotion_alias=settings.promotion_alias,
+        annotations_for=settings.pod_annotations_for,
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, bus: EventBus | None = None, target: DeploymentTarget | None = None
+) -> FastAPI:
+    """The deployer. ``bus``: use it and leave starting/stopping it to the caller (standalone mode).
+    ``target`` replaces the one the settings would build (tests)."""
+    settings = settings or Settings()
+    metrics = DeployerMetrics()
+    engine = create_sql_engine(settings.common.resolved_database_url(SERVICE_NAME))
+    owns_bus = bus is None
+    if bus is None:
+        processed = SqlProcessedEventStore(engine)  # a redelivered promotion starts no second rollout
+        bus = create_bus(settings.common, source=SERVICE_NAME, processed=processed, topic_prefix=settings.topic_prefix)
+    event_bus: EventBus = bus
+
+    async def on_model_promoted(event: ModelPromoted, context: EventContext) -> None:
+        handler: ModelPromotedHandler | None = getattr(app.state, "promoted_handler", None)
+        if handler is None:
+            raise RuntimeError("the deployer is not running (starting or stopping)")
+        await handler(event, context)
+
+    event_bus.subscribe(ModelPromoted, on_model_promoted, group=settings.consumer_group)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            stack.callback(engine.dispose)
+            store = await asyncio.to_thread(SqlDeploymentStore, engine)
+            chosen: DeploymentTarget = (
+                target if target is not None else await asyncio.to_thread(target_from_settings, settings)
+            )
+            if target is None:
+                stack.push_async_callback(chosen.close)
+            service = RolloutService(
+                target=chosen, store=store, publish=event_bus.publish, config=rollout_config(settings), metrics=metrics
+            )
+            app.state.service = service
+            app.state.store = store
+            app.state.target = chosen
+            if owns_bus:
+                await event_bus.start()
+                stack.push_async_callback(event_bus.stop)
+            stack.push_async_callback(service.close)
+            app.state.promoted_handler = ModelPromotedHandler(service)
+            resumed = await service.resume_unfinished()
+            log.info(
+                "deployer up: %s target, node groups %s, %d rollout(s) resumed",
+                chosen.name,
+                ",".join(settings.groups()),
+                len(resumed),
+            )
+            yield
+            app.state.promoted_handler = None
+
+    app = FastAPI(title="EdgeLoop deployer", version="1", lifespan=lifespan)
+    app.include_router(api.router)
+    app.include_router(health_router(lambda: _checks(app, event_bus), registry=metrics.registry))
+    _install_error_handlers(app)
+    app.state.bus = event_bus
+    app.state.metrics = metrics
+    return app
+
+
+def _checks(app: FastAPI, bus: EventBus) -> dict[str, Callable[[], Awaitable[bool]]]:
+    target: DeploymentTarget | None = getattr(app.state, "target", None)
+    store: SqlDeploymentStore | None = getattr(app.state, "store", None)
+    if target is None or store is None:
+        return {"started": _not_started}
+    return {
+        "bus": bus.ready,
+        target.name: target.ready,
+        "store": lambda: asyncio.to_thread(store.reachable),
+    }
+
+
+async def _not_started() -> bool:
+    return False
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Domain errors -> HTTP status, in one place (most specific first)."""
+
+    def reply(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(UnknownNodeGroupError, reply(404))
+    app.add_exception_handler(DeploymentNotFoundError, reply(404))
+    app.add_exception_handler(NothingToRollBackError, reply(409))
+    app.add_exception_handler(InvalidRequestError, reply(422))
+    app.add_exception_handler(DeployerError, reply(502))  # the target failed (e.g. the API refused a deletion)

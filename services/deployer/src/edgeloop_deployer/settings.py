@@ -1,0 +1,118 @@
+"""Settings of the deployer: ``EDGELOOP_DEPLOYER_*`` plus the shared ``EDGELOOP_*`` ones."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from edgeloop_common.settings import CommonSettings
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TargetKind = Literal["auto", "kubernetes", "local"]
+WorkloadKind = Literal["deployment", "edgeapplication"]
+ServerKind = Literal["tf-serving", "edgeloop-lite"]
+
+# A node group is a Kubernetes object name and part of the names of what the deployer applies (DNS-1123 label).
+_NODE_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+DEFAULT_IMAGES: dict[ServerKind, str] = {"tf-serving": "tensorflow/serving:2.19.0", "edgeloop-lite": "edgeloop:0.1.0"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_DEPLOYER_", extra="ignore")
+
+    http_host: str = Field("127.0.0.1", description="HTTP bind address.")
+    http_port: int = Field(8086, description="HTTP port.")
+
+    target: TargetKind = Field(
+        "auto",
+        description="Where versions go: kubernetes (KubeEdge node groups), local (the standalone lite model "
+        "server) or auto (local in standalone mode, kubernetes in distributed mode).",
+    )
+    node_groups: str = Field("site-a,site-b", description="KubeEdge node groups (comma-separated), named like sites.")
+    promotion_alias: str = Field("production", description="The alias whose ModelPromoted events are rolled out.")
+    rollout_timeout_s: float = Field(
+        120.0, gt=0, description="How long a rollout may take to become ready before it is rolled back."
+    )
+    poll_interval_s: float = Field(0.5, gt=0, description="How often a rollout in progress is looked at.")
+    extra_pod_annotations: dict[str, dict[str, str]] = Field(
+        {},  # pydantic copies a mutable default for each instance
+        description='Pod-template annotations per version, JSON: {"2": {"edgeloop.io/fail-readiness": "true"}}; '
+        'key "*" for every version (tests of failed rollouts).',
+    )
+
+    # --- kubernetes target ---
+    namespace: str = Field("edgeloop", description="Namespace of the model-server workloads.")
+    kubeconfig: Path | None = Field(
+        None, description="Kubeconfig file; empty: the in-cluster ServiceAccount, else ~/.kube/config."
+    )
+    kube_context: str | None = Field(None, description="Context of the kubeconfig (empty: its current one).")
+    workload: WorkloadKind = Field(
+        "deployment",
+        description="deployment: a Deployment + Service per node group, rollout watched; edgeapplication: a KubeEdge "
+        "EdgeApplication per node group (applied and reported; its rollout is KubeEdge's to watch).",
+    )
+    server_kind: ServerKind = Field(
+        "tf-serving", description="tf-serving (the official image) or edgeloop-lite (EdgeLoop's image, ARM nodes)."
+    )
+    image: str = Field(
+        "",
+        description="Model-server image; empty: tensorflow/serving:2.19.0 (tf-serving) or edgeloop:0.1.0 "
+        "(edgeloop-lite).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent")
+    replicas: int = Field(2, ge=1, description="Model-server pods per node group (spread over its nodes).")
+    models_claim: str = Field(
+        "edgeloop-models", description="PersistentVolumeClaim holding <model>/<version>/saved_model.pb."
+    )
+    models_host_path: str = Field(
+        "", description="Host folder with the models on every edge node; when set, used instead of the claim."
+    )
+    rest_port: int = Field(8501, description="Model server REST port in the pod.")
+    grpc_port: int = Field(8500, description="Model server gRPC port in the pod.")
+    cpu_request: str = Field("250m")
+    memory_request: str = Field("512Mi")
+    cpu_limit: str = Field("", description="Empty: no CPU limit (throttling hurts latency more than it saves).")
+    memory_limit: str = Field("2Gi")
+    progress_deadline_s: int | None = Field(
+        None, ge=1, description="The Deployment's progressDeadlineSeconds; empty: the rollout timeout."
+    )
+
+    # --- local target ---
+    model_server_url: str = Field(
+        "http://127.0.0.1:8501", description="REST URL of the lite model server (local target)."
+    )
+
+    consumer_group: str = "deployer"
+    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
+    common: CommonSettings = Field(default_factory=CommonSettings)
+
+    @field_validator("node_groups")
+    @classmethod
+    def _valid_groups(cls, value: str) -> str:
+        groups = [group.strip() for group in value.split(",") if group.strip()]
+        if not groups:
+            raise ValueError("at least one node group is needed")
+        for group in groups:
+            if not _NODE_GROUP.match(group):
+                raise ValueError(f"node group {group!r} is not a DNS-1123 label of at most 40 characters")
+        return ",".join(groups)
+
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self.node_groups.split(","))
+
+    def resolved_target(self) -> Literal["kubernetes", "local"]:
+        if self.target == "auto":
+            return "local" if self.common.mode == "standalone" else "kubernetes"
+        return self.target
+
+    def resolved_image(self) -> str:
+        return self.image or DEFAULT_IMAGES[self.server_kind]
+
+    def resolved_progress_deadline_s(self) -> int:
+        return self.progress_deadline_s or max(1, math.ceil(self.rollout_timeout_s))
+
+    def pod_annotations_for(self, version: int) -> dict[str, str]:
+        return {**self.extra_pod_annotations.get("*", {}), **self.extra_pod_annotations.get(str(version), {})}

@@ -1,0 +1,98 @@
+"""What the deployer applies, as pure data: names, version pinning per server kind, volumes, the EdgeApplication."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from edgeloop_deployer.adapters.manifests import (
+    ServingSpec,
+    deployment,
+    edge_application,
+    model_label_value,
+    serving_objects,
+    workload_name,
+)
+from edgeloop_deployer.service import WorkloadPlan
+from edgeloop_deployer.settings import Settings
+from pydantic import ValidationError
+
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["catdog", "EdgeLoop_Classifier.v2", "x" * 128, "a.b_c-d" * 18],
+    ids=["plain", "mixed-case-dots", "longest", "long-with-symbols"],
+)
+def test_names_and_labels_are_valid_kubernetes_names_for_any_model_name(model: str) -> None:
+    name = workload_name(model, "site-a")
+
+    assert DNS_1035_LABEL.match(name), name
+    assert LABEL_VALUE.match(model_label_value(model)), model_label_value(model)
+    assert workload_name(model, "site-b") != name
+
+
+def test_long_model_names_that_share_a_prefix_get_different_names() -> None:
+    assert workload_name("m" * 100 + "1", "site-a") != workload_name("m" * 100 + "2", "site-a")
+
+
+def test_tf_serving_pins_the_version_in_its_model_config_and_probe() -> None:
+    config_map, deploy, service = serving_objects(WorkloadPlan("catdog", "site-b", 7), ServingSpec())
+
+    assert config_map["metadata"]["name"] == "edgeloop-model-catdog-site-b-v7"
+    assert "model_version_policy { specific { versions: 7 } }" in config_map["data"]["models.config"]
+    assert 'base_path: "/models/catdog"' in config_map["data"]["models.config"]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/catdog/versions/7"
+    assert "--model_config_file=/etc/edgeloop/serving/models.config" in container["args"]
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["serving-config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "edgeloop-models", "readOnly": True}
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+
+
+def test_the_lite_server_pins_the_version_by_environment_and_needs_no_config_map() -> None:
+    spec = ServingSpec(server_kind="edgeloop-lite", image="edgeloop:0.1.0", models_host_path="/srv/models")
+    objects = serving_objects(WorkloadPlan("catdog", "site-a", 4, {"team": "vision"}), spec)
+
+    assert [o["kind"] for o in objects] == ["Deployment", "Service"]
+    template = objects[0]["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert container["args"] == ["model-server"]
+    assert env["EDGELOOP_MODEL_SERVER_MODEL_VERSION_POLICY"] == "specific:4"
+    assert env["EDGELOOP_MODEL_SERVER_MODEL_BASE_PATH"] == "/models/catdog"
+    assert template["spec"]["volumes"] == [{"name": "models", "hostPath": {"path": "/srv/models", "type": "Directory"}}]
+    assert template["metadata"]["annotations"] == {
+        "team": "vision",
+        "edgeloop.io/model-name": "catdog",
+        "edgeloop.io/model-version": "4",
+    }
+
+
+def test_resources_follow_the_settings() -> None:
+    spec = ServingSpec(cpu_request="100m", memory_request="128Mi", cpu_limit="1", memory_limit="")
+    container = deployment(WorkloadPlan("catdog", "site-a", 1), spec)["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1"}}
+
+
+def test_the_edge_application_targets_one_node_group_with_the_serving_objects() -> None:
+    application = edge_application(WorkloadPlan("catdog", "site-b", 2), ServingSpec())
+
+    assert application["apiVersion"] == "apps.kubeedge.io/v1alpha1"
+    assert application["spec"]["workloadScope"] == {"targetNodeGroups": [{"name": "site-b"}]}
+    assert [m["kind"] for m in application["spec"]["workloadTemplate"]["manifests"]] == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+    ]
+
+
+def test_settings_refuse_node_groups_that_cannot_be_kubernetes_names() -> None:
+    with pytest.raises(ValidationError, match="node group 'Site_A' is not a DNS-1123 label"):
+        Settings(node_groups="site-b,Site_A")
+    assert Settings(node_groups=" site-a , site-c ").groups() == ("site-a", "site-c")
+    assert Settings(server_kind="edgeloop-lite").resolved_image() == "edgeloop:0.1.0"
+    assert Settings(rollout_timeout_s=7.5).resolved_progress_deadline_s() == 8
