@@ -5,16 +5,34 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import uuid
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from edgeloop_common.bus.base import BusUnavailableError
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import Event
 from edgeloop_ingest.validation import PNG_MAGIC
 from PIL import Image
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    text,
+)
 
 
 def catdog_photos(catdog_train_dir: Path, count: int = 6) -> list[Path]:
@@ -186,3 +204,69 @@ def publish_qos1(host: str, port: int, messages: list[tuple[str, bytes]], *, tim
         client.loop(0.05)
     client.disconnect()
     client.loop(0.05)
+
+
+# -- the schema before migrations ---------------------------------------------------------------------------------
+
+
+def previous_schema_table(target: MetaData) -> Table:
+    """``ingest_samples`` exactly as ingest created it before it had migrations (metadata.create_all)."""
+    return Table(
+        "ingest_samples",
+        target,
+        Column("sample_id", String(36), primary_key=True),
+        Column("device_id", String(64), nullable=False),
+        Column("site_id", String(64), nullable=False),
+        Column("received_at", DateTime(timezone=True), nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("size_bytes", BigInteger, nullable=False),
+        Column("format", String(8), nullable=False),
+        Column("width", Integer, nullable=False),
+        Column("height", Integer, nullable=False),
+        Column("ingress", String(8), nullable=False),
+        Column("mqtt_topic", String(256), nullable=True),
+        Column("blob_uri", String(1024), nullable=False),
+        Index("ix_ingest_samples_device_sha256", "device_id", "sha256"),
+        Index("ix_ingest_samples_received_at", "received_at"),
+    )
+
+
+OLD_ROW = {
+    "sample_id": "0b7f7f7e-0000-4000-8000-000000000001",
+    "device_id": "cam-old",
+    "site_id": "site-old",
+    "received_at": datetime(2026, 11, 20, 8, 30, tzinfo=UTC),
+    "sha256": "c" * 64,
+    "size_bytes": 2048,
+    "format": "jpeg",
+    "width": 320,
+    "height": 240,
+    "ingress": "mqtt",
+    "mqtt_topic": "dt/edgeloop/site-old/cam-old/image",
+    "blob_uri": "file:///var/lib/edgeloop/blobs/cc/cc/" + "c" * 64,
+}
+
+
+def create_previous_schema(engine: Engine) -> None:
+    old = MetaData()
+    table = previous_schema_table(old)
+    old.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(insert(table), [OLD_ROW])
+
+
+@contextmanager
+def fresh_postgres_schema(postgres_url: str, prefix: str = "ingest_test") -> Iterator[str]:
+    """A database URL whose tables land in a schema of their own, dropped afterwards (the test user may not
+    create databases; a schema isolates as well)."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in postgres_url else "?"
+    try:
+        yield f"{postgres_url}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,14 +22,7 @@ def photos(catdog_train_dir: Path) -> list[Path]:
 
 
 @pytest.fixture
-def bus() -> InProcessBus:
-    bus = InProcessBus(source="ingest")
-    asyncio.run(bus.start())  # a bus handed to create_app is started by its owner
-    return bus
-
-
-@pytest.fixture
-def client(tmp_path: Path, bus: InProcessBus) -> Iterator[TestClient]:
+def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
         mqtt_enabled=False,
         max_image_bytes=2 * 1024 * 1024,
@@ -38,8 +30,16 @@ def client(tmp_path: Path, bus: InProcessBus) -> Iterator[TestClient]:
             mode="standalone", data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ingest.sqlite3'}"
         ),
     )
-    with TestClient(create_app(settings, bus=bus)) as test_client:
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def bus(client: TestClient) -> InProcessBus:
+    """The app's own in-process bus (standalone mode), started in the app's event loop."""
+    bus = client.app.state.runtime.bus  # type: ignore[attr-defined]
+    assert isinstance(bus, InProcessBus)
+    return bus
 
 
 def test_raw_upload_then_read_the_record_and_the_image(
@@ -156,7 +156,7 @@ def test_health_ready_and_metrics(client: TestClient, photos: list[Path]) -> Non
 
 
 def test_not_ready_while_the_bus_is_not(client: TestClient, bus: InProcessBus) -> None:
-    asyncio.run(bus.stop())
+    client.portal.call(bus.stop)  # type: ignore[union-attr]
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["bus"] == "not ready"

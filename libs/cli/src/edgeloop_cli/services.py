@@ -33,6 +33,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "model-server", "edgeloop_model_server", "TF Serving-compatible lite model server (REST :8501, gRPC :8500)."
     ),
+    ServiceSpec("registry", "edgeloop_registry", "Models, versions, aliases and the promotion policy (HTTP :8083)."),
+    ServiceSpec("trainer", "edgeloop_trainer", "Snapshots, training runs, evaluation and registration (HTTP :8084)."),
+    ServiceSpec("drift", "edgeloop_drift", "Data and concept drift (PSI, KS, ADWIN) per model and site (HTTP :8085)."),
+    ServiceSpec("deployer", "edgeloop_deployer", "Rolls promoted model versions out to the edge (HTTP :8086)."),
 )
 
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from edgeloop_common.bus import EventBus, EventContext, PermanentError
-from edgeloop_common.events import ImageReceived
+from edgeloop_common.events import DeploymentUpdated, ImageReceived
 from edgeloop_common.health import health_router
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -21,10 +21,13 @@ from fastapi.responses import JSONResponse
 from edgeloop_inference_gateway import api
 from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
 from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
+from edgeloop_inference_gateway.deployments import ROUTES_CONSUMER_GROUP, DeploymentRouteFollower
 from edgeloop_inference_gateway.handlers import ImageReceivedHandler
 from edgeloop_inference_gateway.metrics import GatewayMetrics
+from edgeloop_inference_gateway.miners import create_miner
 from edgeloop_inference_gateway.ports import (
     BlobFetcher,
+    HardExampleMiner,
     ImageTooLargeError,
     ModelClient,
     ModelNotFoundError,
@@ -45,6 +48,17 @@ SERVICE_NAME = "inference-gateway"
 def router_from_settings(settings: Settings) -> ModelRouter:
     return ModelRouter(
         ModelRoute.of(settings.model_name, settings.model_version), parse_site_routes(settings.site_routes)
+    )
+
+
+def miner_from_settings(settings: Settings) -> HardExampleMiner:
+    return create_miner(
+        settings.hard_example_miner,
+        confidence_threshold=settings.hard_example_confidence_threshold,
+        entropy_threshold=settings.hard_example_entropy_threshold,
+        cross_entropy_threshold=settings.hard_example_cross_entropy_threshold,
+        ibt_threshold_img=settings.hard_example_ibt_threshold_img,
+        ibt_threshold_box=settings.hard_example_ibt_threshold_box,
     )
 
 
@@ -96,6 +110,7 @@ def create_app(
     settings = settings or Settings()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per model call drowns the log
     router = router_from_settings(settings)  # a bad route fails here, at start-up, with the reason
+    miner = miner_from_settings(settings)
     metrics = GatewayMetrics()
     owns_bus = bus is None
     if bus is None:
@@ -113,6 +128,8 @@ def create_app(
         await handler(event, context)
 
     event_bus.subscribe(ImageReceived, on_image_received, group=settings.consumer_group)
+    # Routes follow the deployer: a node group that serves a new version routes its site there.
+    event_bus.subscribe(DeploymentUpdated, DeploymentRouteFollower(router), group=ROUTES_CONSUMER_GROUP)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,6 +159,7 @@ def create_app(
                     max_concurrent_batches=settings.max_concurrent_batches,
                 ),
                 metrics=metrics,
+                miner=miner,
                 max_image_bytes=settings.max_image_bytes,
             )
             stack.push_async_callback(service.close)

@@ -58,6 +58,29 @@ class Settings(BaseSettings):
     mqtt_qos: int = Field(1, ge=0, le=1)
     mqtt_ack_timeout_s: float = Field(5.0, description="How long a handler waits for the broker's PUBACK.")
 
+    # Hard-example mining (miners.py): the verdict goes into InferenceCompleted.hard_example / _reason.
+    hard_example_miner: Literal["none", "confidence", "entropy", "cross_entropy", "ibt"] = Field(
+        "confidence", description="Which miner flags hard examples: none, confidence, entropy, cross_entropy or ibt."
+    )
+    hard_example_confidence_threshold: float = Field(
+        0.8, ge=0.0, le=1.0, description="confidence: hard when the top score is below this."
+    )
+    hard_example_entropy_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="entropy: hard when the normalised entropy of the scores is above this."
+    )
+    hard_example_cross_entropy_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="cross_entropy (Sedna CrossEntropyFilter): hard when 1 - entropy is below this.",
+    )
+    hard_example_ibt_threshold_img: float = Field(
+        0.5, ge=0.0, le=1.0, description="ibt (Sedna IBTFilter): hard when the share of uncertain classes >= 1 - this."
+    )
+    hard_example_ibt_threshold_box: float = Field(
+        0.8, ge=0.0, le=1.0, description="ibt: a class is uncertain when max(score, 1 - score) is at most this."
+    )
+
     consumer_group: str = "inference-gateway"
     topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
 

@@ -1,8 +1,10 @@
-"""HTTP for devices without MQTT: upload a sample, read its record and its image.
+"""HTTP: upload a sample (devices without MQTT), read its record and its image; list, filter and label
+samples, and the labeling queue.
 
 Uploads go through the same bridge as MQTT messages (same validation, same
 store, same ordering per device); the answer comes once the ImageReceived
-event is durable. Bad input gets its reason in the response, not a dead letter.
+event is durable. A label is answered once its SampleLabeled event is durable.
+Bad input gets its reason in the response, not a dead letter.
 """
 
 from __future__ import annotations
@@ -13,13 +15,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from edgeloop_ingest import metrics
 from edgeloop_ingest.adapters.blobstore import BlobNotFoundError
 from edgeloop_ingest.bridge import Bridge
-from edgeloop_ingest.handlers import handle_upload
+from edgeloop_ingest.handlers import handle_upload, label_sample, label_samples
+from edgeloop_ingest.labeling import (
+    MAX_PAGE_SIZE,
+    Cursor,
+    InvalidLabelError,
+    InvalidQueryError,
+    LabelingError,
+    LabelingService,
+    Sample,
+    SamplePage,
+    SampleQuery,
+    UnknownSampleError,
+)
 from edgeloop_ingest.service import Accepted, IngestService, SampleRecord
 from edgeloop_ingest.validation import RejectionCode
 
@@ -51,9 +65,48 @@ class SampleOut(BaseModel):
     mqtt_topic: str | None
     blob_uri: str
     image_url: str
+    label: str | None = None
+    labeled_by: str | None = None
+    labeled_at: datetime | None = None
+    predicted_label: str | None = None
+    confidence: float | None = None
+    scores: dict[str, float] | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    hard_example: bool = False
+    hard_example_reason: str | None = None
+    predicted_at: datetime | None = None
+
+    @classmethod
+    def of_sample(cls, sample: Sample) -> SampleOut:
+        out = cls.of(sample.record)
+        if sample.label is not None:
+            out = out.model_copy(
+                update={
+                    "label": sample.label.label,
+                    "labeled_by": sample.label.labeled_by,
+                    "labeled_at": sample.label.labeled_at,
+                }
+            )
+        if sample.prediction is not None:
+            prediction = sample.prediction
+            out = out.model_copy(
+                update={
+                    "predicted_label": prediction.predicted_label,
+                    "confidence": prediction.confidence,
+                    "scores": prediction.scores,
+                    "model_name": prediction.model_name,
+                    "model_version": prediction.model_version,
+                    "hard_example": prediction.hard_example,
+                    "hard_example_reason": prediction.hard_example_reason,
+                    "predicted_at": prediction.predicted_at,
+                }
+            )
+        return out
 
     @classmethod
     def of(cls, record: SampleRecord) -> SampleOut:
+        """The record alone (a sample just received has no prediction or label yet)."""
         return cls(
             sample_id=record.sample_id,
             device_id=record.device_id,
@@ -84,10 +137,72 @@ def get_service(request: Request) -> IngestService:
     return service
 
 
+def get_labeling(request: Request) -> LabelingService:
+    labeling: LabelingService | None = getattr(request.app.state, "labeling", None)
+    if labeling is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "ingest is starting or stopping")
+    return labeling
+
+
 BridgeDep = Annotated[Bridge, Depends(get_bridge)]
 ServiceDep = Annotated[IngestService, Depends(get_service)]
+LabelingDep = Annotated[LabelingService, Depends(get_labeling)]
+
+# Labeling errors -> HTTP status codes, in one place.
+STATUS_FOR_LABELING_ERROR: dict[type[LabelingError], int] = {
+    UnknownSampleError: status.HTTP_404_NOT_FOUND,
+    InvalidLabelError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidQueryError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"])
+labels_router = APIRouter(prefix="/v1/labels", tags=["labels"])
+queue_router = APIRouter(prefix="/v1/labeling", tags=["labels"])
+
+
+class SamplePageOut(BaseModel):
+    samples: list[SampleOut]
+    next: str | None = Field(description="Cursor of the next page (pass it as ?after=); null on the last page.")
+
+    @classmethod
+    def of(cls, page: SamplePage) -> SamplePageOut:
+        return cls(
+            samples=[SampleOut.of_sample(sample) for sample in page.samples],
+            next=page.next.encode() if page.next else None,
+        )
+
+
+class LabelIn(BaseModel):
+    label: str = Field(description="Class name: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.")
+    labeled_by: str = Field(description="Who labeled (a person or a tool), 1-128 printable characters.")
+
+
+class BatchLabelItem(BaseModel):
+    sample_id: str
+    label: str
+
+
+class BatchLabelsIn(BaseModel):
+    labels: list[BatchLabelItem] = Field(max_length=MAX_PAGE_SIZE)
+    labeled_by: str
+
+
+class LabelErrorOut(BaseModel):
+    sample_id: str
+    reason: str
+
+
+class BatchLabelsOut(BaseModel):
+    labeled: int
+    errors: list[LabelErrorOut]
+
+
+def _http_error(error: LabelingError) -> HTTPException:
+    return HTTPException(STATUS_FOR_LABELING_ERROR[type(error)], str(error))
+
+
+def _cursor(after: str | None) -> Cursor | None:
+    return Cursor.decode(after) if after else None
 
 
 def _rejected(code: RejectionCode, reason: str) -> JSONResponse:
@@ -164,9 +279,68 @@ async def _find(service: IngestService, sample_id: str) -> SampleRecord:
     return record
 
 
-@router.get("/{sample_id}", response_model=SampleOut)
-async def get_sample(sample_id: str, service: ServiceDep) -> SampleOut:
-    return SampleOut.of(await _find(service, sample_id))
+@router.get(
+    "",
+    response_model=SamplePageOut,
+    summary="List samples, oldest first, with filters; page with ?after=<next>",
+    responses={422: {}},
+)
+async def list_samples(
+    labeling: LabelingDep,
+    device_id: str | None = None,
+    site_id: str | None = None,
+    label: str | None = None,
+    labeled: Annotated[bool | None, Query(description="true: only labeled samples; false: only unlabeled")] = None,
+    predicted_label: str | None = None,
+    min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    max_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    hard_example: bool | None = None,
+    since: Annotated[datetime | None, Query(description="received at or after (ISO 8601; UTC if no offset)")] = None,
+    until: Annotated[datetime | None, Query(description="received before (ISO 8601; UTC if no offset)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+    after: Annotated[str | None, Query(description="the 'next' cursor of the previous page")] = None,
+) -> SamplePageOut:
+    try:
+        query = SampleQuery(
+            device_id=device_id,
+            site_id=site_id,
+            label=label,
+            labeled=labeled,
+            predicted_label=predicted_label,
+            min_confidence=min_confidence,
+            max_confidence=max_confidence,
+            hard_example=hard_example,
+            since=since,
+            until=until,
+            limit=limit,
+            after=_cursor(after),
+        )
+        page = await asyncio.to_thread(labeling.find, query)
+    except LabelingError as exc:
+        raise _http_error(exc) from exc
+    return SamplePageOut.of(page)
+
+
+@router.get("/{sample_id}", response_model=SampleOut, responses={404: {}})
+async def get_sample(sample_id: str, labeling: LabelingDep) -> SampleOut:
+    try:
+        return SampleOut.of_sample(await asyncio.to_thread(labeling.get, sample_id))
+    except LabelingError as exc:
+        raise _http_error(exc) from exc
+
+
+@router.put(
+    "/{sample_id}/label",
+    response_model=SampleOut,
+    summary="Label a sample (relabeling allowed); publishes SampleLabeled",
+    responses={404: {}, 422: {}},
+)
+async def put_label(sample_id: str, body: LabelIn, bridge: BridgeDep, labeling: LabelingDep) -> SampleOut:
+    try:
+        sample = await label_sample(bridge, labeling, sample_id, body.label, body.labeled_by)
+    except LabelingError as exc:
+        raise _http_error(exc) from exc
+    return SampleOut.of_sample(sample)
 
 
 @router.get("/{sample_id}/image", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
@@ -178,3 +352,40 @@ async def get_sample_image(sample_id: str, service: ServiceDep) -> Response:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"the image of sample {sample_id!r} is missing") from exc
     headers = {"ETag": f'"{record.sha256}"', "Cache-Control": "public, max-age=31536000, immutable"}
     return Response(data, media_type=record.content_type, headers=headers)
+
+
+@labels_router.post(
+    "",
+    response_model=BatchLabelsOut,
+    summary="Label many samples; each labeled one publishes SampleLabeled, each other gets its reason",
+    responses={422: {}},
+)
+async def post_labels(body: BatchLabelsIn, bridge: BridgeDep, labeling: LabelingDep) -> BatchLabelsOut:
+    items = [(item.sample_id, item.label) for item in body.labels]
+    try:
+        result = await label_samples(bridge, labeling, items, body.labeled_by)
+    except LabelingError as exc:  # labeled_by itself is bad: nothing is labeled
+        raise _http_error(exc) from exc
+    return BatchLabelsOut(
+        labeled=len(result.labeled),
+        errors=[LabelErrorOut(sample_id=error.sample_id, reason=error.reason) for error in result.errors],
+    )
+
+
+@queue_router.get(
+    "/queue",
+    response_model=SamplePageOut,
+    summary="Hard examples without a label, oldest first",
+    responses={422: {}},
+)
+async def labeling_queue(
+    labeling: LabelingDep,
+    site_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+    after: Annotated[str | None, Query(description="the 'next' cursor of the previous page")] = None,
+) -> SamplePageOut:
+    try:
+        page = await asyncio.to_thread(labeling.queue, site_id=site_id, limit=limit, after=_cursor(after))
+    except LabelingError as exc:
+        raise _http_error(exc) from exc
+    return SamplePageOut.of(page)

@@ -1,4 +1,10 @@
-"""``create_app``: the ingest service wired together (bridge, stores, MQTT subscriber, HTTP API)."""
+"""``create_app``: the ingest service wired together (bridge, stores, MQTT subscriber, HTTP API).
+
+Ingest also consumes InferenceCompleted (group ``ingest-predictions``) to keep each sample's prediction.
+With a bus handed in (standalone: one shared bus, started after every service subscribed) the subscription
+is made when the app is created, so that bus must take subscriptions then (a KafkaBus: not started yet);
+with its own bus, the lifespan subscribes once the store is ready and then starts the bus.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from edgeloop_common import topics
-from edgeloop_common.bus.base import EventBus
+from edgeloop_common.bus.base import EventBus, EventContext
 from edgeloop_common.bus.factory import create_bus
+from edgeloop_common.events import InferenceCompleted
 from edgeloop_common.health import health_router
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -22,12 +29,15 @@ from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.adapters.mqtt import AsyncioMqttSubscriber, MqttConfig
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine
 from edgeloop_ingest.bridge import Bridge, BridgeConfig
-from edgeloop_ingest.handlers import mqtt_message_handler
+from edgeloop_ingest.handlers import mqtt_message_handler, record_prediction
+from edgeloop_ingest.labeling import LabelingService
 from edgeloop_ingest.service import SERVICE_NAME, IngestService
 from edgeloop_ingest.settings import Settings
 from edgeloop_ingest.validation import ImageLimits
 
 log = logging.getLogger(__name__)
+
+PREDICTIONS_GROUP = "ingest-predictions"
 
 
 @dataclass
@@ -37,6 +47,7 @@ class IngestRuntime:
     settings: Settings
     engine: Engine
     service: IngestService
+    labeling: LabelingService
     bus: EventBus
     buffer: DiskBuffer
     bridge: Bridge
@@ -96,24 +107,47 @@ def mqtt_config(settings: Settings) -> MqttConfig:
     )
 
 
+@dataclass
+class PredictionConsumer:
+    """The InferenceCompleted subscription. It needs the sample store, which exists only while ingest runs;
+    an event that comes before (or after) fails and is retried by the bus."""
+
+    labeling: LabelingService | None = None
+
+    async def __call__(self, event: InferenceCompleted, context: EventContext) -> None:
+        if self.labeling is None:
+            raise RuntimeError("ingest is not running (starting or stopping)")
+        await record_prediction(self.labeling, event, context)
+
+    def subscribe_to(self, bus: EventBus) -> None:
+        bus.subscribe(InferenceCompleted, self, group=PREDICTIONS_GROUP)
+
+
 def create_app(settings: Settings | None = None, *, bus: EventBus | None = None) -> FastAPI:
     """The ingest app. With ``bus`` given (standalone, tests) the app uses it and does not start or stop it."""
     settings = settings or Settings()
+    predictions = PredictionConsumer()
+    if bus is not None:
+        predictions.subscribe_to(bus)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await _start(settings, bus)
+        runtime = await _start(settings, bus, predictions)
         app.state.runtime = runtime
         app.state.service = runtime.service
+        app.state.labeling = runtime.labeling
         app.state.bridge = runtime.bridge
         try:
             yield
         finally:
             app.state.bridge = None
             await _stop(runtime, owns_bus=bus is None)
+            predictions.labeling = None
 
     app = FastAPI(title="EdgeLoop ingest", version="1", lifespan=lifespan)
     app.include_router(api.router)
+    app.include_router(api.labels_router)
+    app.include_router(api.queue_router)
     app.include_router(health_router(lambda: _checks(app)))
     return app
 
@@ -125,11 +159,15 @@ def _checks(app: FastAPI) -> dict[str, Callable[[], Awaitable[bool]]]:
     return runtime.readiness_checks()
 
 
-async def _start(settings: Settings, given_bus: EventBus | None) -> IngestRuntime:
+async def _start(settings: Settings, given_bus: EventBus | None, predictions: PredictionConsumer) -> IngestRuntime:
     engine = create_sql_engine(settings.common.resolved_database_url(SERVICE_NAME))
     service = await asyncio.to_thread(build_service, settings, engine)
+    assert isinstance(service.samples, SqlSampleRepository)
+    labeling = LabelingService(service.samples)
+    predictions.labeling = labeling
     event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
     if given_bus is None:
+        predictions.subscribe_to(event_bus)
         await event_bus.start()
     buffer = await asyncio.to_thread(DiskBuffer, settings.resolved_buffer_path())
     bridge = Bridge(service, event_bus, buffer, bridge_config(settings))
@@ -146,7 +184,7 @@ async def _start(settings: Settings, given_bus: EventBus | None) -> IngestRuntim
         bridge.buffered_count,
         f"{settings.common.mqtt_host}:{settings.common.mqtt_port}" if subscriber else "off",
     )
-    return IngestRuntime(settings, engine, service, event_bus, buffer, bridge, subscriber)
+    return IngestRuntime(settings, engine, service, labeling, event_bus, buffer, bridge, subscriber)
 
 
 async def _stop(runtime: IngestRuntime, *, owns_bus: bool) -> None:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +154,46 @@ class Bridge:
 
         self.submit(message, resolve)
         return await done
+
+    async def publish_durably(self, publications: Sequence[Publication]) -> str:
+        """Publish events that come from no device message (SampleLabeled); return once each is durable.
+
+        Durable as for device messages: acknowledged by Kafka, or -- when Kafka does not acknowledge in
+        time, or the buffer already holds events -- written to the disk buffer, which the drainer empties
+        in order. Returns ``"published"`` or ``"buffered"`` (some or all went to the buffer).
+        """
+        if not publications:
+            return "published"
+        unsent = list(publications) if self._buffering else await self._publish_direct(publications)
+        if not unsent:
+            return "published"
+        async with self._buffer_lock:
+            await self._append_to_buffer(unsent)
+            self._buffered_count += len(unsent)
+        self._buffering = True
+        metrics.BUFFERED.set(self._buffered_count)
+        self._drain_wanted.set()
+        return "buffered"
+
+    async def _publish_direct(self, publications: Sequence[Publication]) -> list[Publication]:
+        """Hand every event to the bus (pipelined, in order); return those Kafka did not take, in order."""
+        acks: list[Awaitable[Any]] = []
+        for publication in publications:
+            try:
+                acks.append(
+                    await self.bus.enqueue(
+                        publication.event,
+                        key=publication.key,
+                        event_id=publication.event_id,
+                        traceparent=publication.traceparent,
+                    )
+                )
+            except (BusUnavailableError, PermanentError) as exc:  # the buffer keeps it; the drainer settles it
+                log.warning("Kafka did not take %s (%r); buffering it on disk", publication.event_id, exc)
+                break
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        unsent = [p for p, result in zip(publications, results, strict=False) if isinstance(result, BaseException)]
+        return unsent + list(publications[len(acks) :])
 
     # -- pipeline: prepare in order, hand to the bus in order -----------------------------------------------------
 

@@ -1,15 +1,23 @@
-"""Thin: a device message in (MQTT or HTTP) -> the bridge -> acknowledgement out."""
+"""Thin: a device message in (MQTT or HTTP) -> the bridge -> acknowledgement out; a prediction or a
+label in -> the labeling service -> SampleLabeled out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from edgeloop_common.events import Ingress
+from edgeloop_common.bus import EventContext, PermanentError
+from edgeloop_common.events import InferenceCompleted, Ingress
 
+from edgeloop_ingest import metrics
 from edgeloop_ingest.adapters.mqtt import ReceivedMessage
 from edgeloop_ingest.bridge import Bridge
+from edgeloop_ingest.labeling import BatchLabelResult, LabelingService, PredictionOutcome, Sample, labeled_publication
 from edgeloop_ingest.service import DeviceMessage, MessageKind, Outcome
+
+log = logging.getLogger(__name__)
 
 _KINDS: dict[str, MessageKind] = {"image": "image", "telemetry": "telemetry"}
 
@@ -55,3 +63,33 @@ async def handle_upload(
         site_id=site_id,
     )
     return await bridge.handle(message)
+
+
+async def record_prediction(labeling: LabelingService, event: InferenceCompleted, context: EventContext) -> None:
+    """InferenceCompleted -> the sample's prediction (and hard-example verdict). Idempotent: an update by id."""
+    outcome = await asyncio.to_thread(labeling.record_prediction, event)
+    metrics.PREDICTIONS.labels(outcome.value).inc()
+    if outcome is PredictionOutcome.UNKNOWN_SAMPLE:
+        # Ingest commits a sample before announcing it, so an inference of an unknown sample never will match.
+        raise PermanentError(f"InferenceCompleted for sample {event.sample_id!r}, which this ingest does not hold")
+    if outcome is PredictionOutcome.STALE:
+        log.info("kept the newer prediction of sample %s; event %s is older", event.sample_id, context.event_id)
+
+
+async def label_sample(
+    bridge: Bridge, labeling: LabelingService, sample_id: str, label: str, labeled_by: str
+) -> Sample:
+    """Store the label, then announce it; returns once SampleLabeled is durable (Kafka or the disk buffer)."""
+    sample = await asyncio.to_thread(labeling.label, sample_id, label, labeled_by=labeled_by)
+    await bridge.publish_durably([labeled_publication(sample)])
+    metrics.LABELS.labels("single").inc()
+    return sample
+
+
+async def label_samples(
+    bridge: Bridge, labeling: LabelingService, items: Sequence[tuple[str, str]], labeled_by: str
+) -> BatchLabelResult:
+    result = await asyncio.to_thread(labeling.label_many, items, labeled_by=labeled_by)
+    await bridge.publish_durably([labeled_publication(sample) for sample in result.labeled])
+    metrics.LABELS.labels("batch").inc(len(result.labeled))
+    return result

@@ -37,3 +37,14 @@ PREPARE_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 MQTT_CONNECTED = Gauge("edgeloop_bridge_mqtt_connected", "1 while the bridge is connected to the MQTT broker.")
+PREDICTIONS = Counter(
+    "edgeloop_ingest_predictions_total",
+    "InferenceCompleted events handled, by outcome: stored, stale (the sample already holds a newer prediction), "
+    "unknown_sample (no such sample here: dead-lettered).",
+    ["outcome"],
+)
+LABELS = Counter(
+    "edgeloop_ingest_labels_total",
+    "Labels stored, each announced by a SampleLabeled event, by request: single (PUT) or batch (POST /v1/labels).",
+    ["request"],
+)

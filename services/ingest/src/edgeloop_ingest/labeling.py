@@ -1,0 +1,288 @@
+"""Predictions and labels on samples: the logic behind listing, labeling and the labeling queue.
+
+A sample (:class:`~edgeloop_ingest.service.SampleRecord`, written when the image arrived) gets
+
+* a **prediction** from the gateway's InferenceCompleted (the newest one wins: a redelivered or
+  late older prediction does not overwrite a newer one), including the hard-example verdict;
+* a **label** from a person (``PUT /v1/samples/{id}/label``, batch ``POST /v1/labels``); relabeling is
+  allowed and announced again. Each label is announced by a SampleLabeled event.
+
+Hard examples without a label wait in the labeling queue, oldest first.
+
+The calls here block (database); callers in the event loop run them in a thread. Nothing here knows
+about HTTP, Kafka or SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from edgeloop_common import topics
+from edgeloop_common.events import InferenceCompleted, SampleLabeled, utc_now
+
+from edgeloop_ingest.service import Publication, SampleRecord
+
+MAX_PAGE_SIZE = 1000
+MAX_LABELED_BY_CHARS = 128
+LABEL_RULE = "1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
+_LABEL = re.compile(rf"^{topics.ID_PATTERN}$")
+
+
+class LabelingError(Exception):
+    """Base of the errors the labeling API maps to HTTP statuses."""
+
+
+class UnknownSampleError(LabelingError):
+    pass
+
+
+class InvalidLabelError(LabelingError):
+    pass
+
+
+class InvalidQueryError(LabelingError):
+    pass
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predicted_label: str
+    confidence: float
+    scores: dict[str, float]
+    model_name: str
+    model_version: int
+    hard_example: bool
+    hard_example_reason: str | None
+    predicted_at: datetime
+
+    @classmethod
+    def of(cls, event: InferenceCompleted) -> Prediction:
+        return cls(
+            predicted_label=event.top_label,
+            confidence=event.confidence,
+            scores=dict(event.scores),
+            model_name=event.model_name,
+            model_version=event.model_version,
+            hard_example=event.hard_example,
+            hard_example_reason=event.hard_example_reason,
+            predicted_at=as_utc(event.completed_at),
+        )
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    labeled_by: str
+    labeled_at: datetime
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sample as the API shows it: the record, and its prediction and label where it has them."""
+
+    record: SampleRecord
+    prediction: Prediction | None = None
+    label: Label | None = None
+
+    @property
+    def sample_id(self) -> str:
+        return self.record.sample_id
+
+
+class PredictionOutcome(enum.Enum):
+    STORED = "stored"
+    STALE = "stale"  # the sample already holds a newer prediction
+    UNKNOWN_SAMPLE = "unknown_sample"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last sample of a page; samples are ordered by (received_at, sample_id)."""
+
+    received_at: datetime
+    sample_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.received_at.isoformat(), self.sample_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            received_at, sample_id = json.loads(raw)
+            return cls(received_at=as_utc(datetime.fromisoformat(received_at)), sample_id=str(sample_id))
+        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise InvalidQueryError(f"cursor {text!r} is not one this API gave out (use the 'next' of a page)") from exc
+
+    @classmethod
+    def after(cls, sample: Sample) -> Cursor:
+        return cls(received_at=as_utc(sample.record.received_at), sample_id=sample.sample_id)
+
+
+@dataclass(frozen=True)
+class SampleQuery:
+    """Filters of ``GET /v1/samples``; None means "any". ``since`` is inclusive, ``until`` exclusive."""
+
+    device_id: str | None = None
+    site_id: str | None = None
+    label: str | None = None
+    labeled: bool | None = None
+    predicted_label: str | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    hard_example: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    after: Cursor | None = None
+
+    def checked(self) -> SampleQuery:
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise InvalidQueryError(f"limit {self.limit} is outside 1..{MAX_PAGE_SIZE}")
+        low, high = self.min_confidence, self.max_confidence
+        for name, value in (("min_confidence", low), ("max_confidence", high)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise InvalidQueryError(f"{name} {value} is outside 0..1")
+        if low is not None and high is not None and low > high:
+            raise InvalidQueryError(f"min_confidence {low} is above max_confidence {high}")
+        if self.since is not None and self.until is not None and as_utc(self.since) >= as_utc(self.until):
+            raise InvalidQueryError(f"since ({self.since.isoformat()}) is not before until ({self.until.isoformat()})")
+        return self
+
+
+@dataclass(frozen=True)
+class SamplePage:
+    samples: list[Sample]
+    next: Cursor | None
+
+
+@dataclass(frozen=True)
+class LabelItemError:
+    sample_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchLabelResult:
+    labeled: list[Sample] = field(default_factory=list)
+    errors: list[LabelItemError] = field(default_factory=list)
+
+
+class LabelRepository(Protocol):
+    def get_sample(self, sample_id: str) -> Sample | None: ...
+
+    def record_prediction(self, sample_id: str, prediction: Prediction) -> PredictionOutcome: ...
+
+    def set_labels(self, labels: Mapping[str, str], *, labeled_by: str, labeled_at: datetime) -> list[Sample]:
+        """Label the samples that exist (``sample_id -> label``), in one transaction; return them as stored."""
+        ...
+
+    def find_samples(self, query: SampleQuery, *, limit: int) -> list[Sample]:
+        """At most ``limit`` samples matching ``query`` after its cursor, ordered by (received_at, sample_id)."""
+        ...
+
+
+@dataclass
+class LabelingService:
+    samples: LabelRepository
+    clock: Callable[[], datetime] = utc_now
+
+    def record_prediction(self, event: InferenceCompleted) -> PredictionOutcome:
+        return self.samples.record_prediction(event.sample_id, Prediction.of(event))
+
+    def get(self, sample_id: str) -> Sample:
+        sample = self.samples.get_sample(sample_id)
+        if sample is None:
+            raise UnknownSampleError(f"no sample with id {sample_id!r}")
+        return sample
+
+    def label(self, sample_id: str, label: str, *, labeled_by: str) -> Sample:
+        labeled_by = check_labeled_by(labeled_by)
+        label = check_label(label)
+        stored = self.samples.set_labels({sample_id: label}, labeled_by=labeled_by, labeled_at=self.clock())
+        if not stored:
+            raise UnknownSampleError(f"no sample with id {sample_id!r}")
+        return stored[0]
+
+    def label_many(self, items: Sequence[tuple[str, str]], *, labeled_by: str) -> BatchLabelResult:
+        """Label what can be labeled; every other item gets its reason. ``labeled_by`` is checked for all."""
+        labeled_by = check_labeled_by(labeled_by)
+        errors: list[LabelItemError] = []
+        wanted: dict[str, str] = {}
+        seen: set[str] = set()
+        for sample_id, label in items:
+            if sample_id in seen:
+                errors.append(LabelItemError(sample_id, "this sample id appears more than once in the batch"))
+                wanted.pop(sample_id, None)
+                continue
+            seen.add(sample_id)
+            try:
+                wanted[sample_id] = check_label(label)
+            except InvalidLabelError as exc:
+                errors.append(LabelItemError(sample_id, str(exc)))
+        stored = self.samples.set_labels(wanted, labeled_by=labeled_by, labeled_at=self.clock()) if wanted else []
+        found = {sample.sample_id for sample in stored}
+        errors.extend(LabelItemError(sid, f"no sample with id {sid!r}") for sid in wanted if sid not in found)
+        return BatchLabelResult(labeled=stored, errors=errors)
+
+    def find(self, query: SampleQuery) -> SamplePage:
+        query = query.checked()
+        found = self.samples.find_samples(query, limit=query.limit + 1)  # one more tells whether a next page exists
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        return SamplePage(samples=page, next=Cursor.after(page[-1]) if more and page else None)
+
+    def queue(self, *, site_id: str | None = None, limit: int = 100, after: Cursor | None = None) -> SamplePage:
+        """Hard examples without a label, oldest first."""
+        return self.find(SampleQuery(site_id=site_id, hard_example=True, labeled=False, limit=limit, after=after))
+
+
+def check_label(label: str) -> str:
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise InvalidLabelError(
+            f"label {label!r} is not a valid class name ({LABEL_RULE}): a label names a class folder "
+            "of the training data and travels in events"
+        )
+    return label
+
+
+def check_labeled_by(labeled_by: str) -> str:
+    text = labeled_by.strip() if isinstance(labeled_by, str) else ""
+    if not text or len(text) > MAX_LABELED_BY_CHARS or not text.isprintable():
+        raise InvalidLabelError(
+            f"labeled_by {labeled_by!r} must say who labeled (1-{MAX_LABELED_BY_CHARS} printable characters)"
+        )
+    return text
+
+
+def labeled_publication(sample: Sample) -> Publication:
+    """SampleLabeled for a label just stored: a new event id each time (a relabel is a new fact)."""
+    if sample.label is None:
+        raise ValueError(f"sample {sample.sample_id} has no label to announce")
+    record = sample.record
+    event = SampleLabeled(
+        sample_id=record.sample_id,
+        device_id=record.device_id,
+        site_id=record.site_id,
+        image=record.blob_ref(),
+        label=sample.label.label,
+        labeled_by=sample.label.labeled_by,
+        labeled_at=sample.label.labeled_at,
+        predicted_label=sample.prediction.predicted_label if sample.prediction else None,
+    )
+    return Publication(event=event, event_id=str(uuid.uuid4()), key=record.device_id)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Aware UTC; a naive time is taken as UTC (SQLite hands back naive times that were stored as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,0 +1,250 @@
+"""Labeling in distributed mode: PostgreSQL (a fresh schema per test) and Kafka (a fresh topic prefix per test).
+
+What an operator observes: a gateway's InferenceCompleted marks a sample hard, the sample waits in the
+labeling queue, a label over HTTP takes it out and puts a SampleLabeled on Kafka; and a database of the
+previous schema is upgraded in place, by replicas starting together, with its data kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from edgeloop_common import topics
+from edgeloop_common.bus.kafka import KafkaBus
+from edgeloop_common.events import BlobRef, InferenceCompleted
+from edgeloop_common.settings import CommonSettings
+from edgeloop_ingest.adapters.samples import create_sql_engine, metadata
+from edgeloop_ingest.adapters.schema import VERSION_TABLE, current_revision, upgrade_schema
+from edgeloop_ingest.app import create_app
+from edgeloop_ingest.settings import Settings
+from ingest_testing import (
+    OLD_ROW,
+    catdog_photos,
+    create_previous_schema,
+    delete_topics,
+    fresh_postgres_schema,
+    read_records,
+    tagged_jpeg,
+)
+from sqlalchemy import Engine, inspect
+
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    with fresh_postgres_schema(postgres_url) as url:
+        yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_sql_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@dataclass
+class Running:
+    http: httpx.AsyncClient
+    gateway: KafkaBus  # plays the inference gateway: publishes InferenceCompleted
+    prefix: str
+
+
+@asynccontextmanager
+async def running_ingest(
+    tmp_path: Path, database_url: str, kafka_bootstrap: str, prefix: str
+) -> AsyncIterator[Running]:
+    settings = Settings(
+        mqtt_enabled=False,
+        topic_prefix=prefix,
+        common=CommonSettings(
+            mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, data_dir=tmp_path, database_url=database_url
+        ),
+    )
+    app = create_app(settings)  # owns its KafkaBus: consumes InferenceCompleted in group ingest-predictions
+    gateway = KafkaBus(bootstrap_servers=kafka_bootstrap, source="inference-gateway", topic_prefix=prefix)
+    await gateway.start()
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as http:
+                yield Running(http=http, gateway=gateway, prefix=prefix)
+    finally:
+        await gateway.stop()
+        await delete_topics(kafka_bootstrap, prefix)
+
+
+async def upload(http: httpx.AsyncClient, photo: bytes, *, device: str, site: str) -> dict[str, Any]:
+    response = await http.post("/v1/samples", params={"device_id": device, "site_id": site}, content=photo)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def inference(sample: dict[str, Any], scores: dict[str, float], *, reason: str | None = None) -> InferenceCompleted:
+    top = max(scores, key=scores.__getitem__)
+    return InferenceCompleted(
+        sample_id=sample["sample_id"],
+        device_id=sample["device_id"],
+        site_id=sample["site_id"],
+        image=BlobRef(
+            sha256=sample["sha256"],
+            uri=sample["blob_uri"],
+            content_type=sample["content_type"],
+            size_bytes=sample["size_bytes"],
+        ),
+        model_name="edgeloop-classifier",
+        model_version=5,
+        scores=scores,
+        top_label=top,
+        confidence=scores[top],
+        latency_ms=20.0,
+        hard_example=reason is not None,
+        hard_example_reason=reason,
+        completed_at=datetime.now(UTC),
+    )
+
+
+async def eventually(probe: Any, what: str, timeout_s: float = 30.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def test_hard_example_to_queue_to_label_to_kafka(
+    tmp_path: Path, database_url: str, kafka_bootstrap: str, topic_prefix: str, catdog_train_dir: Path
+) -> None:
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    photos = catdog_photos(catdog_train_dir)
+    async with running_ingest(tmp_path, database_url, kafka_bootstrap, topic_prefix) as ingest:
+        http = ingest.http
+        hard = await upload(http, tagged_jpeg(photos[0], "pg-hard"), device="cam-1", site=site)
+        easy = await upload(http, tagged_jpeg(photos[3], "pg-easy"), device="cam-2", site=site)
+        await ingest.gateway.publish(inference(hard, {"cat": 0.58, "dog": 0.42}, reason="confidence 0.58 < 0.80"))
+        await ingest.gateway.publish(inference(easy, {"cat": 0.04, "dog": 0.96}))
+
+        async def predicted() -> bool:
+            listed = (await http.get("/v1/samples", params={"site_id": site, "min_confidence": 0.0})).json()
+            return len(listed["samples"]) == 2
+
+        await eventually(predicted, "both predictions stored from Kafka")
+        queue = (await http.get("/v1/labeling/queue", params={"site_id": site})).json()
+        assert [s["sample_id"] for s in queue["samples"]] == [hard["sample_id"]]
+        [queued] = queue["samples"]
+        assert (queued["hard_example_reason"], queued["predicted_label"], queued["model_version"]) == (
+            "confidence 0.58 < 0.80",
+            "cat",
+            5,
+        )
+        assert queued["scores"] == pytest.approx({"cat": 0.58, "dog": 0.42})
+
+        # filters on PostgreSQL (boolean, float and time comparisons, the cursor)
+        def ids(body: dict[str, Any]) -> list[str]:
+            return [s["sample_id"] for s in body["samples"]]
+
+        assert ids((await http.get("/v1/samples", params={"site_id": site, "hard_example": "false"})).json()) == [
+            easy["sample_id"]
+        ]
+        assert ids((await http.get("/v1/samples", params={"site_id": site, "predicted_label": "dog"})).json()) == [
+            easy["sample_id"]
+        ]
+        assert ids((await http.get("/v1/samples", params={"site_id": site, "max_confidence": 0.6})).json()) == [
+            hard["sample_id"]
+        ]
+        assert ids((await http.get("/v1/samples", params={"site_id": site, "since": easy["received_at"]})).json()) == [
+            easy["sample_id"]
+        ]
+        first = (await http.get("/v1/samples", params={"site_id": site, "limit": 1})).json()
+        second = (await http.get("/v1/samples", params={"site_id": site, "limit": 1, "after": first["next"]})).json()
+        assert ids(first) + ids(second) == [hard["sample_id"], easy["sample_id"]] and second["next"] is None
+
+        labeled = await http.put(f"/v1/samples/{hard['sample_id']}/label", json={"label": "dog", "labeled_by": "ann"})
+        assert labeled.status_code == 200, labeled.text
+        assert labeled.json()["label"] == "dog"
+        assert (await http.get("/v1/labeling/queue", params={"site_id": site})).json()["samples"] == []
+
+        batch = await http.post(
+            "/v1/labels",
+            json={
+                "labeled_by": "ann",
+                "labels": [
+                    {"sample_id": easy["sample_id"], "label": "dog"},
+                    {"sample_id": str(uuid.uuid4()), "label": "cat"},
+                    {"sample_id": hard["sample_id"], "label": "a cat"},
+                ],
+            },
+        )
+        assert batch.status_code == 200, batch.text
+        assert batch.json()["labeled"] == 1 and len(batch.json()["errors"]) == 2
+
+        records = await read_records(kafka_bootstrap, f"{topic_prefix}{topics.SAMPLES_LABELED}", count=2, timeout_s=30)
+    by_sample = {json.loads(record.value)["sample_id"]: record for record in records}  # partitions: by device
+    assert set(by_sample) == {hard["sample_id"], easy["sample_id"]}
+    announced = json.loads(by_sample[hard["sample_id"]].value)
+    assert (announced["label"], announced["predicted_label"], announced["labeled_by"]) == ("dog", "cat", "ann")
+    assert announced["image"]["sha256"] == hard["sha256"] and announced["site_id"] == site
+    assert json.loads(by_sample[easy["sample_id"]].value)["predicted_label"] == "dog"
+    headers = {key: value.decode() for key, value in by_sample[hard["sample_id"]].headers}
+    assert headers["ce_type"] == "io.edgeloop.samples.labeled.v1" and headers["ce_source"] == "ingest"
+    assert by_sample[hard["sample_id"]].key.decode() == "cam-1"  # keyed by device, as every device event
+
+
+def test_replicas_starting_together_upgrade_a_previous_schema_database_once(engine: Engine) -> None:
+    create_previous_schema(engine)
+    assert current_revision(engine) is None
+    errors: list[BaseException] = []
+
+    def start_replica() -> None:
+        replica = create_sql_engine(str(engine.url.render_as_string(hide_password=False)))
+        try:
+            upgrade_schema(replica)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            replica.dispose()
+
+    replicas = [threading.Thread(target=start_replica) for _ in range(3)]
+    for thread in replicas:
+        thread.start()
+    for thread in replicas:
+        thread.join(60)
+    assert errors == []
+    assert current_revision(engine) == "0002"
+
+    columns = {column["name"] for column in inspect(engine).get_columns("ingest_samples")}
+    assert {"label", "labeled_by", "labeled_at", "predicted_label", "hard_example", "scores"} <= columns
+    opts = {
+        "version_table": VERSION_TABLE,
+        "include_name": lambda name, kind, _parents: kind != "table" or name == "ingest_samples",
+    }
+    with engine.connect() as connection:
+        assert list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata)) == []
+
+    from edgeloop_ingest.adapters.samples import SqlSampleRepository
+
+    kept = SqlSampleRepository(engine).get_sample(str(OLD_ROW["sample_id"]))
+    assert kept is not None
+    assert (kept.record.device_id, kept.record.received_at, kept.label, kept.prediction) == (
+        "cam-old",
+        OLD_ROW["received_at"],
+        None,
+        None,
+    )
