@@ -69,6 +69,7 @@ def test_the_model_is_exported_in_tf_serving_layout_with_its_figures(trained: tu
 
     assert (version_dir / "saved_model.pb").is_file() and (version_dir / "variables").is_dir()
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    assert (version_dir / "assets.extra" / "model.keras").is_file()  # the starting point of a warm start
     assert [p.name for p in (model_base / "colours").iterdir()] == ["1"]  # no staging folder left behind
     assert recorded["class_names"] == ["blue", "green", "red"]
     assert recorded["version"] == 1

@@ -1,5 +1,8 @@
 """``edgeloop train``: train an image classifier from a folder of class sub-folders, export it for TF Serving.
 
+Two more ways to use it: ``--register URL`` registers the exported version in
+the registry (and ``--promote`` asks its policy to promote it); ``--trainer URL``
+does not train here but asks the trainer service for a run and follows it.
 TensorFlow is imported only when the command runs, so ``edgeloop --help`` stays fast.
 """
 
@@ -7,23 +10,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 HELP = (
     "Train an image classifier from DIR/<class>/<images> and export it as MODEL_BASE/NAME/VERSION "
-    "(a SavedModel for TF Serving and `edgeloop model-server`)."
+    "(a SavedModel for TF Serving and `edgeloop model-server`); or, with --trainer, ask the trainer service."
 )
 
 
 def train(
-    data: Annotated[
-        Path,
-        typer.Option("--data", help="Folder of class sub-folders of JPEG/PNG images (class = folder name)."),
-    ],
     model: Annotated[str, typer.Option("--model", help="Model name: folder under MODEL_BASE, name in URLs.")],
-    out: Annotated[Path, typer.Option("--out", help="Model base path: the version is written to OUT/NAME/VERSION/.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Folder of class sub-folders of JPEG/PNG images (class = folder name)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Model base path: the version is written to OUT/NAME/VERSION/.")
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 15,
     image_size: Annotated[int, typer.Option("--image-size", min=16, help="Images are resized to SIZE x SIZE.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per training step.")] = 32,
@@ -35,15 +43,36 @@ def train(
         int | None, typer.Option("--version", min=1, help="Version to write (default: highest present + 1).")
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the training progress bar.")] = True,
+    register: Annotated[
+        str | None,
+        typer.Option("--register", metavar="URL", help="Register the version in the registry at URL (e.g. :8083)."),
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote/--no-promote", help="With --register: ask the registry to promote it.")
+    ] = False,
+    trainer: Annotated[
+        str | None,
+        typer.Option(
+            "--trainer", metavar="URL", help="Ask the trainer service at URL (e.g. :8084) for a run and follow it."
+        ),
+    ] = None,
+    requested_by: Annotated[str, typer.Option("--requested-by", help="With --trainer: who asks.")] = "edgeloop-cli",
 ) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if trainer is not None:
+        _follow_remote(trainer, model, requested_by, console)
+        return
+    if data is None or out is None:
+        console.print("[red]error:[/] --data and --out are needed to train here (or give --trainer URL)")
+        raise typer.Exit(code=2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
     from edgeloop_trainer.dataset import DatasetError
     from edgeloop_trainer.export import VersionExistsError
     from edgeloop_trainer.report import print_report
     from edgeloop_trainer.training import train_classifier
-    from rich.console import Console
 
-    console = Console()
     try:
         result = train_classifier(
             data,
@@ -61,3 +90,38 @@ def train(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
     print_report(result, console)
+    if register is not None:
+        from edgeloop_trainer.registration import RegistrationError, register_result
+
+        try:
+            version_out, decision = register_result(
+                register,
+                result,
+                data,
+                promote=promote,
+                eval_fraction=eval_fraction,
+                seed=seed,
+                batch_size=batch_size,
+                image_size=image_size,
+                epochs=epochs,
+            )
+        except RegistrationError as exc:
+            console.print(f"[red]not registered:[/] {exc} (the export stays at {result.path})")
+            raise typer.Exit(code=1) from exc
+        console.print(f"registered {model} version {version_out['version']} in {register}")
+        if decision is not None:
+            verdict = "promoted" if decision["promoted"] else "not promoted"
+            console.print(f"{verdict}: {decision['decision']}")
+
+
+def _follow_remote(trainer: str, model: str, requested_by: str, console: Console) -> None:
+    from edgeloop_trainer.follow import TrainerUnavailableError, print_outcome, request_and_follow
+
+    try:
+        run = request_and_follow(trainer, model, requested_by=requested_by, detail="edgeloop train", console=console)
+    except TrainerUnavailableError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(code=1) from exc
+    print_outcome(run, console)
+    if run["state"] != "succeeded":
+        raise typer.Exit(code=1)

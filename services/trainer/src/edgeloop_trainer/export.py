@@ -8,7 +8,8 @@ decoding and resizing, so a client sends the picture as it is:
 * output ``classes``: DT_STRING ``[batch, C]``, the class names in score order
 
 Beside the model, ``assets.extra/edgeloop.json`` records the class names, the
-training parameters and the evaluation figures, and
+training parameters and the evaluation figures, ``assets.extra/model.keras``
+keeps the Keras model (the starting point of an incremental training), and
 ``assets.extra/tf_serving_warmup_requests`` holds one real request that TF
 Serving (and EdgeLoop's model server) replay before declaring the version
 AVAILABLE. A version is written to a hidden temporary folder next to its final
@@ -37,10 +38,13 @@ INPUT_NAME = "image_bytes"
 SCORES_OUTPUT = "scores"
 CLASSES_OUTPUT = "classes"
 METADATA_FILE = Path("assets.extra") / "edgeloop.json"
+# The trained Keras model itself, so a later training can continue from these weights (warm start).
+KERAS_CHECKPOINT = Path("assets.extra") / "model.keras"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 METADATA_FORMAT = "edgeloop.image-classifier.v1"
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
 class VersionExistsError(FileExistsError):
@@ -84,11 +88,30 @@ def build_serving_function(model: keras.Model, class_names: Sequence[str], image
     return serve
 
 
+def signature_description(num_classes: int) -> dict[str, Any]:
+    """The ``serving_default`` signature as recorded in ``edgeloop.json``."""
+    return {
+        "name": SIGNATURE_NAME,
+        "inputs": {INPUT_NAME: {"dtype": "DT_STRING", "shape": [-1], "content": "encoded JPEG or PNG"}},
+        "outputs": {
+            SCORES_OUTPUT: {"dtype": "DT_FLOAT", "shape": [-1, num_classes]},
+            CLASSES_OUTPUT: {"dtype": "DT_STRING", "shape": [-1, num_classes]},
+        },
+    }
+
+
 def write_saved_model(model: keras.Model, class_names: Sequence[str], image_size: int, path: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SIGNATURE_NAME, build_serving_function(model, class_names, image_size))
     archive.write_out(str(path), verbose=False)
+
+
+def write_keras_checkpoint(model: keras.Model, path: Path) -> None:
+    """``assets.extra/model.keras``: architecture and weights, the starting point of a warm start."""
+    target = path / KERAS_CHECKPOINT
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(target))
 
 
 def write_warmup_request(path: Path, model_name: str, image_bytes: bytes) -> None:
@@ -109,6 +132,30 @@ def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     target = path / METADATA_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def discard_version(model_base: Path, model_name: str, version: int) -> bool:
+    """Remove a version folder: first renamed to a hidden name (servers stop seeing it at once), then deleted."""
+    final = model_base / validate_model_name(model_name) / str(version)
+    if not final.exists():
+        return False
+    doomed = final.with_name(f".discard-{version}-{uuid.uuid4().hex[:8]}")
+    os.rename(final, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
+
+
+def remove_stale_staging(model_base: Path) -> list[Path]:
+    """Hidden folders (``.tmp-*``, ``.discard-*``) that a killed process left under ``MODEL_BASE/<model>/``."""
+    removed: list[Path] = []
+    if not model_base.is_dir():
+        return removed
+    for model_dir in (p for p in model_base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for leftover in model_dir.iterdir():
+            if leftover.is_dir() and leftover.name.startswith((".tmp-", ".discard-")):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(leftover)
+    return removed
 
 
 def read_metadata(version_dir: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Train a small image classifier from scratch and export it for TF Serving.
 
-``train_classifier`` is the one entry point, used by ``edgeloop train``, the
-tests and (later) the trainer service: folder of class sub-folders in,
-``MODEL_BASE/NAME/VERSION/`` SavedModel and its evaluation figures out.
+``train_classifier`` is the entry point of ``edgeloop train`` and the tests:
+folder of class sub-folders in, ``MODEL_BASE/NAME/VERSION/`` SavedModel and its
+evaluation figures out. The trainer service uses the same pieces
+(``build_model``, ``compile_and_fit``, ``serving_scores``) on dataset snapshots.
 No weights are downloaded: the network starts from random weights (seeded).
 """
 
@@ -133,6 +134,51 @@ class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
         self._progress.stop()
 
 
+def compile_and_fit(
+    model: keras.Model,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    num_classes: int,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """Train ``model`` (new or warm-started) with Adam at ``learning_rate``, class-balanced, seeded shuffling."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    train = (
+        tf.data.Dataset.from_tensor_slices((train_images, train_labels))
+        .shuffle(len(train_labels), seed=seed, reshuffle_each_iteration=True)
+        .map(lambda image, label: (tf.cast(image, tf.float32), label))
+        .batch(batch_size)
+        .prefetch(2)
+    )
+    held_out = None
+    if validation is not None:
+        held_out = (
+            tf.data.Dataset.from_tensor_slices(validation)
+            .map(lambda image, label: (tf.cast(image, tf.float32), label))
+            .batch(batch_size)
+        )
+    # The held-out split is only displayed per epoch, never used to pick a model (no leakage into the figures).
+    model.fit(
+        train,
+        epochs=epochs,
+        validation_data=held_out,
+        class_weight=_class_weights(train_labels, num_classes),
+        callbacks=list(callbacks),
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
+    )
+
+
 def _fit(
     model: keras.Model,
     split: DatasetSplit,
@@ -143,45 +189,43 @@ def _fit(
     params: TrainingParameters,
     progress: bool,
 ) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
     steps = math.ceil(len(train_labels) / params.batch_size)
-    train = (
-        tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-        .shuffle(len(train_labels), seed=params.seed, reshuffle_each_iteration=True)
-        .map(lambda image, label: (tf.cast(image, tf.float32), label))
-        .batch(params.batch_size)
-        .prefetch(2)
-    )
-    held_out = (
-        tf.data.Dataset.from_tensor_slices((eval_images, eval_labels))
-        .map(lambda image, label: (tf.cast(image, tf.float32), label))
-        .batch(params.batch_size)
-    )
-    # The held-out split is only displayed per epoch, never used to pick a model (no leakage into the figures).
-    model.fit(
-        train,
+    compile_and_fit(
+        model,
+        train_images,
+        train_labels,
+        len(split.class_names),
         epochs=params.epochs,
-        validation_data=held_out if progress else None,
-        class_weight=_class_weights(train_labels, len(split.class_names)),
+        learning_rate=params.learning_rate,
+        batch_size=params.batch_size,
+        seed=params.seed,
         callbacks=[_ProgressBar(params.epochs, steps)] if progress else [],
-        shuffle=False,  # the dataset shuffles itself, seeded
-        verbose=0,
+        validation=(eval_images, eval_labels) if progress else None,
     )
+
+
+def serving_scores(saved_model_dir: Path, files: Sequence[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
+    """Scores ``[N, C]`` and the class names of a SavedModel's serving signature for raw image files.
+
+    The files' bytes go through ``serving_default`` exactly as a server would
+    receive them, so the figures are what the deployed version will answer.
+    """
+    serving = tf.saved_model.load(str(saved_model_dir)).signatures[export.SIGNATURE_NAME]
+    scores: list[np.ndarray] = []
+    class_names: list[str] = []
+    for start in range(0, len(files), batch_size):
+        batch = [path.read_bytes() for path in files[start : start + batch_size]]
+        outputs = serving(**{export.INPUT_NAME: tf.constant(batch, dtype=tf.string)})
+        scores.append(outputs[export.SCORES_OUTPUT].numpy())
+        if not class_names:
+            class_names = [name.decode() for name in outputs[export.CLASSES_OUTPUT].numpy()[0]]
+    return (np.concatenate(scores) if scores else np.zeros((0, 0), np.float32)), class_names
 
 
 def _predict_with_signature(saved_model_dir: Path, samples: Sequence[Sample], batch_size: int) -> np.ndarray:
     """Predicted labels of ``samples``, sent as raw file bytes through the exported serving signature."""
-    serving = tf.saved_model.load(str(saved_model_dir)).signatures[export.SIGNATURE_NAME]
-    predicted: list[np.ndarray] = []
-    for start in range(0, len(samples), batch_size):
-        batch = [sample.path.read_bytes() for sample in samples[start : start + batch_size]]
-        scores = serving(**{export.INPUT_NAME: tf.constant(batch, dtype=tf.string)})[export.SCORES_OUTPUT]
-        predicted.append(np.argmax(scores.numpy(), axis=1))
-    return np.concatenate(predicted) if predicted else np.zeros((0,), np.int64)
+    scores, _ = serving_scores(saved_model_dir, [sample.path for sample in samples], batch_size)
+    return np.argmax(scores, axis=1) if len(scores) else np.zeros((0,), np.int64)
 
 
 def train_classifier(
@@ -231,6 +275,7 @@ def train_classifier(
 
     with export.staged_version(model_base, model_name, version) as (chosen_version, staging):
         export.write_saved_model(model, split.class_names, image_size, staging)
+        export.write_keras_checkpoint(model, staging)
         predicted = _predict_with_signature(staging, evaluation, batch_size)
         metrics = classification_report(
             np.asarray([s.label for s in evaluation]), predicted, split.class_names, train_counts
@@ -271,14 +316,7 @@ def _metadata(
         "version": version,
         "class_names": list(split.class_names),
         "created_at": datetime.now(UTC).isoformat(),
-        "signature": {
-            "name": export.SIGNATURE_NAME,
-            "inputs": {export.INPUT_NAME: {"dtype": "DT_STRING", "shape": [-1], "content": "encoded JPEG or PNG"}},
-            "outputs": {
-                export.SCORES_OUTPUT: {"dtype": "DT_FLOAT", "shape": [-1, len(split.class_names)]},
-                export.CLASSES_OUTPUT: {"dtype": "DT_STRING", "shape": [-1, len(split.class_names)]},
-            },
-        },
+        "signature": export.signature_description(len(split.class_names)),
         "image_size": params.image_size,
         "training": {
             "data_dir": str(data_dir.resolve()),

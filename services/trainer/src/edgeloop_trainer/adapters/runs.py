@@ -1,0 +1,284 @@
+"""The trainings table (SQLite standalone, PostgreSQL distributed): runs, the requests they serve, label counts.
+
+Two partial unique indexes hold the queue's rules in the database itself: at
+most one ``queued`` run and at most one ``running`` run per model. A request is
+keyed by its id (the event id, or the id given to an HTTP request), so a
+redelivered event finds its row and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from edgeloop_trainer.ports import Enqueued, Run, RunState, TrainingRequest
+
+metadata = MetaData()
+
+trainings = Table(
+    "trainings",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("progress", JSON, nullable=False, default=dict),
+    Column("snapshot_id", String(64)),
+    Column("candidate_version", Integer),
+    Column("result", JSON),
+    Column("error", Text),
+)
+Index(
+    "trainings_one_queued_per_model",
+    trainings.c.model_name,
+    unique=True,
+    sqlite_where=trainings.c.state == "queued",
+    postgresql_where=trainings.c.state == "queued",
+)
+Index(
+    "trainings_one_running_per_model",
+    trainings.c.model_name,
+    unique=True,
+    sqlite_where=trainings.c.state == "running",
+    postgresql_where=trainings.c.state == "running",
+)
+Index("trainings_by_model_created", trainings.c.model_name, trainings.c.created_at)
+
+training_requests = Table(
+    "training_requests",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("run_id", String(64), ForeignKey("trainings.run_id"), nullable=False, index=True),
+    Column("model_name", String(200), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)
+
+label_counts = Table(
+    "training_label_counts",
+    metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("labels_since_request", Integer, nullable=False),
+)
+
+_UPDATABLE = {"state", "started_at", "finished_at", "progress", "snapshot_id", "candidate_version", "result", "error"}
+
+
+def create_sql_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a queued request survives power loss
+    cursor.close()
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back; every time here is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class SqlRunStore:
+    """Blocking calls: async callers run them in a thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata.create_all(engine)
+
+    def reachable(self) -> bool:
+        with self.engine.connect() as connection:
+            connection.execute(select(1))
+        return True
+
+    # -- the queue ---------------------------------------------------------------
+
+    def enqueue(self, request: TrainingRequest, *, attempt: int = 1) -> Enqueued:
+        for _ in range(3):  # a concurrent writer may create the queued run between our read and our insert
+            try:
+                return self._enqueue_once(request, attempt)
+            except IntegrityError:
+                existing = self._run_of_request(request.request_id)
+                if existing is not None:
+                    return Enqueued(existing, coalesced=False, duplicate=True)
+        raise RuntimeError(f"could not queue training request {request.request_id} (the queue kept changing)")
+
+    def _enqueue_once(self, request: TrainingRequest, attempt: int) -> Enqueued:
+        with self.engine.begin() as connection:
+            known = connection.execute(
+                select(training_requests.c.run_id).where(training_requests.c.request_id == request.request_id)
+            ).scalar_one_or_none()
+            if known is not None:
+                return Enqueued(known, coalesced=False, duplicate=True)
+            queued = connection.execute(
+                select(trainings.c.run_id, trainings.c.attempt).where(
+                    trainings.c.model_name == request.model_name, trainings.c.state == "queued"
+                )
+            ).first()
+            if queued is None:
+                run_id = f"run-{uuid.uuid4().hex[:12]}"
+                connection.execute(
+                    insert(trainings).values(
+                        run_id=run_id,
+                        model_name=request.model_name,
+                        state="queued",
+                        attempt=attempt,
+                        created_at=request.requested_at,
+                        progress={"stage": "queued", "fraction": 0.0, "epoch": 0, "epochs": 0, "message": ""},
+                    )
+                )
+            else:
+                run_id = queued.run_id
+                if attempt > queued.attempt:
+                    connection.execute(update(trainings).where(trainings.c.run_id == run_id).values(attempt=attempt))
+            connection.execute(
+                insert(training_requests).values(
+                    request_id=request.request_id,
+                    run_id=run_id,
+                    model_name=request.model_name,
+                    reason=request.reason,
+                    requested_by=request.requested_by,
+                    detail=request.detail,
+                    requested_at=request.requested_at,
+                )
+            )
+        return Enqueued(run_id, coalesced=queued is not None, duplicate=False)
+
+    def _run_of_request(self, request_id: str) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(training_requests.c.run_id).where(training_requests.c.request_id == request_id)
+            ).scalar_one_or_none()
+
+    def start_next(self, model_name: str, now: datetime) -> Run | None:
+        with self.engine.begin() as connection:
+            run_id = connection.execute(
+                select(trainings.c.run_id).where(trainings.c.model_name == model_name, trainings.c.state == "queued")
+            ).scalar_one_or_none()
+            if run_id is None:
+                return None
+            connection.execute(
+                update(trainings).where(trainings.c.run_id == run_id).values(state="running", started_at=now)
+            )
+            return self._read(connection, run_id)
+
+    def queued_models(self) -> list[str]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(trainings.c.model_name).where(trainings.c.state == "queued").distinct())
+            return sorted(row.model_name for row in rows)
+
+    # -- runs ----------------------------------------------------------------------
+
+    def update(self, run_id: str, **changes: Any) -> None:
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not a field of a training run: {sorted(unknown)}")
+        with self.engine.begin() as connection:
+            connection.execute(update(trainings).where(trainings.c.run_id == run_id).values(**changes))
+
+    def get(self, run_id: str) -> Run | None:
+        with self.engine.connect() as connection:
+            return self._read(connection, run_id)
+
+    def find(self, *, model_name: str | None = None, state: RunState | None = None, limit: int = 50) -> list[Run]:
+        query = select(trainings.c.run_id).order_by(trainings.c.created_at.desc(), trainings.c.run_id).limit(limit)
+        if model_name is not None:
+            query = query.where(trainings.c.model_name == model_name)
+        if state is not None:
+            query = query.where(trainings.c.state == state)
+        with self.engine.connect() as connection:
+            run_ids = connection.execute(query).scalars().all()
+            runs = [self._read(connection, run_id) for run_id in run_ids]
+        return [run for run in runs if run is not None]
+
+    def _read(self, connection: Connection, run_id: str) -> Run | None:
+        row = connection.execute(select(trainings).where(trainings.c.run_id == run_id)).first()
+        if row is None:
+            return None
+        requests = connection.execute(
+            select(training_requests)
+            .where(training_requests.c.run_id == run_id)
+            .order_by(training_requests.c.requested_at, training_requests.c.request_id)
+        ).all()
+        return Run(
+            run_id=row.run_id,
+            model_name=row.model_name,
+            state=row.state,
+            attempt=row.attempt,
+            created_at=_aware(row.created_at),  # type: ignore[arg-type]
+            requests=tuple(
+                TrainingRequest(
+                    request_id=r.request_id,
+                    model_name=r.model_name,
+                    reason=r.reason,
+                    requested_by=r.requested_by,
+                    detail=r.detail,
+                    requested_at=_aware(r.requested_at),  # type: ignore[arg-type]
+                )
+                for r in requests
+            ),
+            started_at=_aware(row.started_at),
+            finished_at=_aware(row.finished_at),
+            progress=row.progress or {},
+            snapshot_id=row.snapshot_id,
+            candidate_version=row.candidate_version,
+            result=row.result,
+            error=row.error,
+        )
+
+    # -- label counts ----------------------------------------------------------------
+
+    def add_labels(self, model_name: str, count: int) -> int:
+        with self.engine.begin() as connection:
+            current = connection.execute(
+                select(label_counts.c.labels_since_request).where(label_counts.c.model_name == model_name)
+            ).scalar_one_or_none()
+            if current is None:
+                connection.execute(insert(label_counts).values(model_name=model_name, labels_since_request=count))
+                return count
+            connection.execute(
+                update(label_counts)
+                .where(label_counts.c.model_name == model_name)
+                .values(labels_since_request=label_counts.c.labels_since_request + count)
+            )
+            return int(current) + count
+
+    def reset_labels(self, model_name: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(label_counts).where(label_counts.c.model_name == model_name).values(labels_since_request=0)
+            )
