@@ -96,6 +96,14 @@ async def test_events_from_kafka_become_runs_in_postgres(
         async with app.router.lifespan_context(app):
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://trainer")
             await others.publish(TrainingRequested(model_name="catdog", reason="drift", requested_by="drift"))
+
+            async def first_run_done() -> bool:
+                runs = (await client.get("/v1/trainings")).json()["trainings"]
+                return len(runs) == 1 and runs[0]["state"] == "succeeded"
+
+            # Labels count towards the *next* snapshot: the counter restarts when a run takes its snapshot,
+            # so publish them once the drift run is done.
+            await wait_for(first_run_done, timeout_s=60)
             image = BlobRef(sha256="a" * 64, uri="file:///x", content_type="image/jpeg", size_bytes=1)
             for index in range(2):
                 await others.publish(
