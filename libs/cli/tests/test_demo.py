@@ -38,6 +38,7 @@ def test_the_demo_classifies_every_capture_with_the_embedded_broker(
             str(catdog_captures_dir),
             "--train-data",
             str(catdog_train_dir),
+            "--no-learning-loop",
         ],
         capture_output=True,
         text=True,
@@ -47,6 +48,7 @@ def test_the_demo_classifies_every_capture_with_the_embedded_broker(
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "mqtt:  embedded broker" in output
+    assert "learning loop" not in output
     captures = sorted(path.name for path in catdog_captures_dir.glob("*.jpg"))
     result_lines = [line for line in output.splitlines() if line.startswith("result: ")]
     assert sorted(line.split()[1] for line in result_lines) == captures
@@ -66,3 +68,65 @@ def test_the_demo_says_what_is_missing_when_it_has_no_photos(tmp_path: Path) -> 
     )
     assert completed.returncode == 2
     assert "is not a folder" in completed.stderr
+
+
+def test_the_demo_plays_the_learning_loop_in_standalone_mode(
+    tmp_path: Path, catdog_train_dir: Path, catdog_captures_dir: Path
+) -> None:
+    """After the captures: drift, labels, retraining, promotion, rollout (local target), and the new version."""
+    environment = {**os.environ, "EDGELOOP_MODE": "standalone"}
+    environment.update(EDGELOOP_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", EDGELOOP_DATABASE_URL="postgresql://nowhere:1/x")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeloop_cli.main",
+            "demo",
+            "--broker",
+            "embedded",
+            "--epochs",  # the first act's model: tiny, its accuracy is not the point here
+            "1",
+            "--image-size",
+            "32",
+            "--rate",
+            "20",
+            "--state",
+            str(tmp_path / "demo"),
+            "--images",
+            str(catdog_captures_dir),
+            "--train-data",
+            str(catdog_train_dir),
+            "--learning-loop",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    act_two = output[output.index("--- the learning loop") :]
+    steps = [
+        "TrainingRequested (manual by demo)",
+        "ModelRegistered version 1",
+        "ModelPromoted version 1 to production",
+        "DeploymentUpdated site-a: ready, version 1",
+        "photos in normal light: answered by version 1,",
+        "DriftDetected on edgeloop-classifier v1 at site-a",
+        "darker photos: answered by version 1,",
+        "labeled 64 of the",
+        "TrainingRequested (new_labels",
+        "ModelRegistered version 2: accuracy",
+        "ModelPromoted version 2 to production",
+        "DeploymentUpdated site-a: ready, version 2",
+        "result: dark-",
+        "the retrained version was promoted and serving version 2",
+    ]
+    positions = [act_two.find(step) for step in steps]
+    assert all(position >= 0 for position in positions), [s for s, p in zip(steps, positions, strict=True) if p < 0]
+    assert positions == sorted(positions), act_two
+    results = [line for line in act_two.splitlines() if line.startswith("result: ")]
+    assert results and all("(edgeloop-classifier v2;" in line for line in results), results
+    # Every service of the loop kept its state in SQLite under the state folder, none in PostgreSQL.
+    stores = {path.name for path in (tmp_path / "demo" / "loop" / "data").glob("*.sqlite3")}
+    assert {"registry.sqlite3", "trainer.sqlite3", "deployer.sqlite3", "ingest.sqlite3"} <= stores, stores

@@ -5,7 +5,11 @@ server, ingest and the inference gateway around one in-process event bus,
 SQLite and local folders under ``.edgeloop/demo/``, and an MQTT broker (the
 local Mosquitto if installed, else an embedded one). A simulated camera then
 publishes photos over MQTT and prints each classification as it comes back.
-The service code is the same as in distributed mode; only the adapters differ.
+
+The second act (``--learning-loop``, on by default) plays the whole learning
+loop the same way, with the registry, trainer, drift service and deployer
+added (``edgeloop_cli.demo_loop``). The service code is the same as in
+distributed mode; only the adapters differ.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from edgeloop_cli.paths import repo_root, state_dir
 HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
     "inference gateway in one process (in-process bus, SQLite, local folders, local or embedded MQTT broker), "
-    "and let a simulated camera send photos; each result prints as it arrives. Ctrl-C stops everything."
+    "and let a simulated camera send photos; each result prints as it arrives. Then the learning loop: a "
+    "lighting change is detected, hard examples are labeled, the model is retrained, promoted if better, "
+    "rolled out and serves (--no-learning-loop skips it). Ctrl-C stops everything."
 )
 
 DEFAULT_MODEL = "edgeloop-classifier"
@@ -57,6 +63,9 @@ class DemoOptions:
     keep_running: bool
     site: str
     device: str
+    learning_loop: bool
+    loop_image_size: int
+    loop_epochs: int
 
 
 def demo(
@@ -83,6 +92,14 @@ def demo(
     state: Path = typer.Option(
         None, help="Folder for the demo's models, blobs and databases. Default: .edgeloop/demo."
     ),
+    learning_loop: bool = typer.Option(
+        True,
+        "--learning-loop/--no-learning-loop",
+        help="After the captures, play the learning loop in standalone mode: a lighting change, drift, labels, "
+        "retraining, promotion, rollout, and the new version answering (about a minute on 2 cores).",
+    ),
+    loop_image_size: int = typer.Option(64, help="Input size of the learning loop's model, in pixels."),
+    loop_epochs: int = typer.Option(30, help="Epochs of the learning loop's first version."),
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow's C++ start-up chatter (no GPU here, dataset buffer notes) is noise in a demo.
@@ -108,6 +125,9 @@ def demo(
         keep_running=keep_running,
         site=site,
         device=device,
+        learning_loop=learning_loop,
+        loop_image_size=loop_image_size,
+        loop_epochs=loop_epochs,
     )
     home = (state or state_dir() / "demo").resolve()
     model_base = home / "models"
@@ -150,7 +170,7 @@ def _ensure_model(options: DemoOptions, model_base: Path) -> None:
     typer.echo(f"model: {options.model} version {result.version} exported to {result.path}{figure}")
 
 
-class _EmbeddedServer:
+class EmbeddedServer:
     """A uvicorn server that leaves signals to the demo (several servers share one loop)."""
 
     def __init__(self, name: str, app: Any, host: str, port: int) -> None:
@@ -184,7 +204,7 @@ class _EmbeddedServer:
                 await asyncio.wait_for(self.task, timeout=15)
 
 
-async def _wait_ready(url: str, what: str, timeout_s: float = 120.0) -> None:
+async def wait_ready(url: str, what: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     async with httpx.AsyncClient(timeout=2.0) as client:
@@ -201,6 +221,57 @@ async def _wait_ready(url: str, what: str, timeout_s: float = 120.0) -> None:
 
 
 async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    broker: LocalBroker = await start_local_broker(1883, prefer=options.broker)
+    typer.echo(f"mqtt:  {broker.kind} broker on {broker.host}:{broker.port}")
+    try:
+        keep_act_one = options.keep_running and not options.learning_loop
+        missing = await _classify_captures(options, home, model_base, broker, stop, keep_running=keep_act_one)
+        if options.learning_loop and not stop.is_set():
+            await _learning_loop(options, home, broker, stop)
+        if missing:
+            raise typer.Exit(1)
+    finally:
+        await broker.stop()
+
+
+async def _learning_loop(options: DemoOptions, home: Path, broker: LocalBroker, stop: asyncio.Event) -> None:
+    """Act two: the loop in standalone mode (edgeloop_cli.demo_loop)."""
+    from edgeloop_cli.demo_loop import LoopScenario, run_learning_loop
+
+    if options.train_data is None or not options.train_data.is_dir():
+        typer.echo("loop:  skipped: it needs photos in class folders (--train-data DIR)")
+        return
+    typer.echo("")
+    typer.echo(f"--- the learning loop, standalone: the light changes at {options.site} ---")
+    scenario = LoopScenario(
+        model_name=options.model,
+        site=options.site,
+        device=options.device,
+        image_size=options.loop_image_size,
+        epochs=options.loop_epochs,
+    )
+    try:
+        outcome = await run_learning_loop(
+            scenario, options.train_data, home / "loop", broker, stop, typer.echo, keep_running=options.keep_running
+        )
+    except (TimeoutError, RuntimeError, ValueError, httpx.HTTPError) as exc:
+        # A step that did not happen (a service's log above says why): say which, without a stack trace.
+        typer.secho(f"loop:  stopped: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if outcome is not None:
+        verdict = "promoted and serving" if outcome.promoted else "refused; the edge keeps"
+        typer.echo(f"loop:  done: the retrained version was {verdict} version {outcome.served_version}")
+
+
+async def _classify_captures(
+    options: DemoOptions, home: Path, model_base: Path, broker: LocalBroker, stop: asyncio.Event, *, keep_running: bool
+) -> int:
+    """Act one: model server, ingest and gateway; the camera sends the captures. Returns the results missing."""
     from edgeloop_common.bus.inprocess import InProcessBus
     from edgeloop_common.settings import CommonSettings
     from edgeloop_inference_gateway.app import create_app as create_gateway
@@ -212,17 +283,10 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
 
     from edgeloop_cli.device import DeviceSimulator, SimulatorConfig, format_result
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    broker: LocalBroker = await start_local_broker(1883, prefer=options.broker)
-    typer.echo(f"mqtt:  {broker.kind} broker on {broker.host}:{broker.port}")
     common = CommonSettings(mode="standalone", data_dir=home / "data", mqtt_host=broker.host, mqtt_port=broker.port)
     bus = InProcessBus(source="edgeloop-demo")
     rest_port, grpc_port = free_port(8501), free_port(8500)
-    model_server = _EmbeddedServer(
+    model_server = EmbeddedServer(
         "model-server",
         create_model_server(
             ModelServerSettings(
@@ -239,7 +303,7 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
         rest_port,
     )
     ingest_port, gateway_port = free_port(8081), free_port(8082)
-    ingest = _EmbeddedServer(
+    ingest = EmbeddedServer(
         "ingest",
         create_ingest(
             IngestSettings(
@@ -254,7 +318,7 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
         "127.0.0.1",
         ingest_port,
     )
-    gateway = _EmbeddedServer(
+    gateway = EmbeddedServer(
         "inference-gateway",
         create_gateway(
             GatewaySettings(
@@ -275,9 +339,9 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
         await bus.start()
         for server in servers:
             await server.start()
-        await _wait_ready(f"{model_server.url}/readyz", "model server")
-        await _wait_ready(f"{ingest.url}/readyz", "ingest")
-        await _wait_ready(f"{gateway.url}/readyz", "inference gateway")
+        await wait_ready(f"{model_server.url}/readyz", "model server")
+        await wait_ready(f"{ingest.url}/readyz", "ingest")
+        await wait_ready(f"{gateway.url}/readyz", "inference gateway")
         typer.echo(
             f"up:    model server {model_server.url} (gRPC :{grpc_port}), ingest {ingest.url}, "
             f"gateway {gateway.url}; data in {home}"
@@ -303,15 +367,13 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
             simulator.stop()
         summary = await camera
         typer.echo(f"camera: {summary.describe()}")
-        if options.keep_running and not stop.is_set():
+        if keep_running and not stop.is_set():
             typer.echo(f"services keep running; try e.g. curl {ingest.url}/v1/samples/<id> — Ctrl-C stops")
             await stop.wait()
         stopper.cancel()
-        if summary.missing:
-            raise typer.Exit(1)
+        return summary.missing
     finally:
         typer.echo("stopping ...")
         for server in reversed(servers):
             await server.stop()
         await bus.stop()
-        await broker.stop()

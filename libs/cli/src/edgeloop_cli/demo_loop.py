@@ -1,0 +1,815 @@
+"""The learning loop in standalone mode: the second act of ``edgeloop demo``.
+
+Every service of the loop runs in this process around one in-process event bus, with SQLite and local folders
+under ``<state>/loop/`` and the deployer's ``local`` target (it switches the lite model server's version):
+
+1. the trainer trains a first version on part of the photos (the seed); the registry promotes it (there is no
+   production version yet), the deployer rolls it out, the gateway serves it;
+2. a camera sends photos in normal light, then darker ones (a lighting change);
+3. the drift service compares the live statistics with the version's reference and raises DriftDetected;
+4. a simulated labeler answers the alarm and labels the oldest hard examples of ingest's queue with their true
+   class (it knows the photos); after enough new labels the trainer retrains (warm start);
+5. the registry promotes the candidate only if it beats production on the same evaluation set; the deployer
+   rolls it out; the camera's next photos are answered by the new version.
+
+Each step is printed as it happens, from the events on the bus. The pieces that play the world around EdgeLoop
+(:func:`split_photos`, :func:`send_photos`, :class:`SimulatedLabeler`) are also used by the end-to-end test of
+the distributed path (tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgeloop_cli.local_mqtt import LocalBroker, free_port
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+Echo = Callable[[str], None]
+
+
+# -- photos ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    label: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoopPhotos:
+    """The photos of one scenario, each used once: a seed folder, a normal-light stream, a darkened stream."""
+
+    seed_dir: Path  # <seed_dir>/<class>/<photo>: what the first version learns from (the trainer's seed data)
+    bright: tuple[Photo, ...]  # what the camera sees before the lighting change
+    dark: tuple[Photo, ...]  # other photos, darkened: what it sees after
+    brightness_factor: float
+
+    def label_of(self) -> dict[str, str]:
+        """True class by sha256 of every photo the camera may send: what the simulated labeler knows."""
+        return {photo.sha256: photo.label for photo in (*self.bright, *self.dark)}
+
+
+def darken(data: bytes, factor: float) -> bytes:
+    """The same scene under poorer light: every pixel's brightness times ``factor`` (JPEG out)."""
+    from PIL import Image, ImageEnhance
+
+    with Image.open(io.BytesIO(data)) as image:
+        darker = ImageEnhance.Brightness(image.convert("RGB")).enhance(factor)
+    out = io.BytesIO()
+    darker.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def _shuffle_key(path: Path) -> str:
+    """A fixed pseudo-random order of the photos, independent of the trainer's split (a hash of the bytes)."""
+    return hashlib.sha256(b"edgeloop-closed-loop:" + path.read_bytes()).hexdigest()
+
+
+def class_photos(train_dir: Path) -> dict[str, list[Path]]:
+    """``train_dir/<class>/`` photos per class, classes sorted."""
+    classes = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {
+        folder.name: [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        for folder in classes
+    }
+
+
+def split_photos(
+    train_dir: Path,
+    destination: Path,
+    *,
+    seed_per_class: int,
+    bright_count: int,
+    dark_count: int,
+    brightness_factor: float = 0.25,
+) -> LoopPhotos:
+    """Split ``train_dir/<class>/`` deterministically (by content hash) into seed, bright and dark photos.
+
+    The seed photos are linked into ``destination/seed/<class>/``. The streams alternate the classes, so any
+    prefix of them is balanced; no photo appears twice across the three parts.
+    """
+    by_class = {label: sorted(files, key=_shuffle_key) for label, files in class_photos(train_dir).items()}
+    needed = seed_per_class + math.ceil((bright_count + dark_count) / max(1, len(by_class)))
+    short = {label: len(files) for label, files in by_class.items() if len(files) < needed}
+    if len(by_class) < 2 or short:
+        raise ValueError(f"{train_dir} needs two or more class folders of {needed} photos each (short: {short})")
+    seed_dir = destination / "seed"
+    for label, files in by_class.items():
+        (seed_dir / label).mkdir(parents=True, exist_ok=True)
+        for path in files[:seed_per_class]:
+            link = seed_dir / label / path.name
+            if not link.exists():
+                link.symlink_to(path.resolve())
+    rest = {label: files[seed_per_class:] for label, files in by_class.items()}
+    stream = [rest[label][index] for index in range(max(map(len, rest.values()))) for label in rest
+              if index < len(rest[label])]  # fmt: skip
+    chosen = stream[: bright_count + dark_count]
+    bright = tuple(Photo(path.name, path.parent.name, path.read_bytes()) for path in chosen[:bright_count])
+    dark = tuple(
+        Photo(f"dark-{path.name}", path.parent.name, darken(path.read_bytes(), brightness_factor))
+        for path in chosen[bright_count:]
+    )
+    return LoopPhotos(seed_dir=seed_dir, bright=bright, dark=dark, brightness_factor=brightness_factor)
+
+
+# -- the camera ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraResult:
+    photo: Photo
+    payload: dict[str, Any]  # the result JSON the gateway sent to the device
+
+    @property
+    def model_version(self) -> int | None:
+        version = self.payload.get("model_version")
+        return int(version) if version is not None else None
+
+    @property
+    def right(self) -> bool:
+        return self.payload.get("top_label") == self.photo.label
+
+    def describe(self) -> str:
+        confidence = self.payload.get("confidence")
+        figure = f"{confidence:.3f}" if isinstance(confidence, int | float) else "?"
+        verdict = "right" if self.right else f"wrong, it is a {self.photo.label}"
+        model = f"{self.payload.get('model_name')} v{self.model_version}"
+        return f"{self.photo.name} -> {self.payload.get('top_label')} {figure} ({model}; {verdict})"
+
+
+async def send_photos(
+    photos: Iterable[Photo],
+    *,
+    site: str,
+    device: str,
+    model_name: str,
+    mqtt_host: str,
+    mqtt_port: int,
+    rate: float = 20.0,
+    timeout_s: float = 60.0,
+) -> list[CameraResult]:
+    """A camera at ``site`` publishes ``photos`` over MQTT (QoS 1, like ``edgeloop device simulate``) and waits
+    for the result of each on its result topic, matched by ``image_sha256``.
+
+    A broker may be shared (the tests' Mosquitto): other installations' gateways may see this camera's images and
+    answer with their own model, so only results from ``model_name`` count.
+    """
+    from edgeloop_common import topics
+    from edgeloop_common.mqtt_asyncio import AsyncMqttClient
+
+    waiting: dict[str, list[Photo]] = {}
+    results: list[CameraResult] = []
+    all_in = asyncio.Event()
+    expected = 0
+
+    def on_message(topic: str, payload: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            result = json.loads(payload)
+            pending = waiting.get(str(result.get("image_sha256")))
+            if result.get("model_name") == model_name and pending:
+                results.append(CameraResult(pending.pop(0), result))
+                if len(results) == expected:
+                    all_in.set()
+
+    client_id = f"camera-{device}-{uuid.uuid4().hex[:6]}"
+    client = AsyncMqttClient(mqtt_host, mqtt_port, client_id=client_id, on_message=on_message)
+    await client.connect()
+    try:
+        await client.subscribe(topics.mqtt_topic(topics.MQTT_RESULT, site=site, device=device), qos=1)
+        image_topic = topics.mqtt_topic(topics.MQTT_IMAGE, site=site, device=device)
+        acks = []
+        for photo in photos:
+            waiting.setdefault(photo.sha256, []).append(photo)
+            expected += 1
+            acks.append(client.publish(image_topic, photo.data, qos=1))
+            await asyncio.sleep(1.0 / rate)
+        await asyncio.gather(*acks)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await all_in.wait()
+        except TimeoutError:
+            missing = [photo.name for pending in waiting.values() for photo in pending]
+            raise TimeoutError(f"camera {device}@{site}: no result from {model_name} for {missing}") from None
+    finally:
+        await client.close()
+    return results
+
+
+# -- the labeler -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimulatedLabeler:
+    """A person labeling hard examples from ingest's queue with their true class (known from the photo).
+
+    A site's queue may also hold samples of other devices (a shared broker); the labeler takes only those of
+    ``devices``, and fails on one of them it does not recognise.
+    """
+
+    ingest_url: str
+    label_of: dict[str, str]  # sha256 -> true class
+    site: str
+    devices: frozenset[str]
+    name: str = "labeler"
+    labeled: list[str] = field(default_factory=list)  # sample ids
+    labeled_sha256: set[str] = field(default_factory=set)
+
+    async def queue(self, client: httpx.AsyncClient) -> list[dict[str, Any]]:
+        """The site's labeling queue, oldest first, only this labeler's devices."""
+        params: dict[str, Any] = {"site_id": self.site, "limit": 1000}
+        response = await client.get(f"{self.ingest_url}/v1/labeling/queue", params=params)
+        response.raise_for_status()
+        return [sample for sample in response.json()["samples"] if sample["device_id"] in self.devices]
+
+    async def label_queue(self, *, limit: int, batch: bool = True) -> int:
+        """Label the ``limit`` oldest samples waiting in the queue; return how many.
+
+        ``batch``: in one ``POST /v1/labels`` (the console's "label selected"), else one ``PUT`` per sample.
+        """
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            chosen = (await self.queue(client))[:limit]
+            labels = [self._true_label(sample) for sample in chosen]
+            if batch and labels:
+                body = {"labels": labels, "labeled_by": self.name}
+                response = await client.post(f"{self.ingest_url}/v1/labels", json=body)
+                if response.status_code != 200 or response.json().get("errors"):
+                    raise RuntimeError(f"batch labeling: HTTP {response.status_code} {response.text[:500]}")
+            else:
+                for item in labels:
+                    response = await client.put(
+                        f"{self.ingest_url}/v1/samples/{item['sample_id']}/label",
+                        json={"label": item["label"], "labeled_by": self.name},
+                    )
+                    if response.status_code != 200:
+                        raise RuntimeError(f"labeling {item}: HTTP {response.status_code} {response.text}")
+            self.labeled.extend(item["sample_id"] for item in labels)
+            self.labeled_sha256.update(sample["sha256"] for sample in chosen)
+        return len(labels)
+
+    def _true_label(self, sample: dict[str, Any]) -> dict[str, str]:
+        label = self.label_of.get(sample["sha256"])
+        if label is None:
+            raise RuntimeError(f"a sample of the labeler's devices is not one of the known photos: {sample}")
+        return {"sample_id": sample["sample_id"], "label": label}
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[Any]], what: str, *, timeout_s: float, interval_s: float = 0.25
+) -> Any:
+    """Poll ``probe`` until it returns something truthy; TimeoutError naming ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what} (last seen: {last!r})")
+        await asyncio.sleep(interval_s)
+
+
+# -- the standalone loop ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopScenario:
+    """Sizes and thresholds of the demo's loop; the defaults are those the end-to-end test is tuned with."""
+
+    model_name: str = "edgeloop-classifier"
+    site: str = "site-a"
+    device: str = "cam-1"
+    image_size: int = 64
+    epochs: int = 30  # the first version, from scratch
+    incremental_epochs: int = 8  # each warm-started version
+    incremental_learning_rate: float = 1e-3
+    seed: int = 42
+    seed_per_class: int = 150
+    bright_photos: int = 24
+    dark_photos: int = 82
+    labels_per_training: int = 64
+    brightness_factor: float = 0.25
+    drift_window: int = 20
+    drift_check_every: int = 5
+    promotion_margin: float = 0.02
+    rate: float = 25.0
+    photos_shown: int = 8  # results printed one by one once the new version serves
+
+    def fitted_to(self, train_dir: Path) -> LoopScenario:
+        """The same proportions on a smaller data set (``--train-data`` of your own)."""
+        counts = [len(files) for files in class_photos(train_dir).values()]
+        if len(counts) < 2:
+            raise ValueError(f"{train_dir} needs two or more class folders of photos")
+        stream_total = self.bright_photos + self.dark_photos
+        needed = self.seed_per_class + math.ceil(stream_total / len(counts))
+        if min(counts) >= needed:
+            return self
+        scale = min(counts) / needed
+        bright, dark = max(4, int(self.bright_photos * scale)), max(8, int(self.dark_photos * scale))
+        return LoopScenario(
+            **{
+                **self.__dict__,
+                "seed_per_class": max(4, int(self.seed_per_class * scale)),
+                "bright_photos": bright,
+                "dark_photos": dark,
+                "labels_per_training": max(4, int(self.labels_per_training * scale)),
+                "drift_window": max(10, min(self.drift_window, bright)),
+            }
+        )
+
+
+class _Narrator:
+    """Prints the loop's steps as their events pass on the bus."""
+
+    def __init__(self, echo: Echo, started: float) -> None:
+        self.echo = echo
+        self.started = started
+        self.drift_alarms = 0
+        self.labels = 0
+        self.deployments: list[Any] = []
+        self.changed = asyncio.Event()
+
+    def say(self, who: str, text: str) -> None:
+        self.echo(f"[{time.monotonic() - self.started:6.1f} s] {who:<9} {text}")
+
+    def subscribe(self, bus: Any) -> None:
+        from edgeloop_common.events import (
+            DeploymentUpdated,
+            DriftDetected,
+            ModelPromoted,
+            ModelRegistered,
+            SampleLabeled,
+            TrainingRequested,
+        )
+
+        handlers: list[tuple[type[Any], Callable[[Any, Any], Awaitable[None]]]] = [
+            (DriftDetected, self._drift),
+            (TrainingRequested, self._training),
+            (ModelRegistered, self._registered),
+            (ModelPromoted, self._promoted),
+            (DeploymentUpdated, self._deployment),
+            (SampleLabeled, self._labeled),
+        ]
+        for event_cls, handler in handlers:
+            bus.subscribe(event_cls, handler, group="demo-narrator")
+
+    async def _drift(self, event: Any, context: Any) -> None:
+        self.drift_alarms += 1
+        if self.drift_alarms == 1:
+            self.say(
+                "drift",
+                f"DriftDetected on {event.model_name} v{event.model_version} at {event.site_id}: {event.test} of "
+                f"{event.feature} {event.statistic:.3g} > {event.threshold:.3g} (window of {event.window_size})",
+            )
+
+    async def _training(self, event: Any, context: Any) -> None:
+        detail = f": {event.detail}" if event.detail else ""
+        self.say("trainer", f"TrainingRequested ({event.reason} by {event.requested_by}{detail})")
+
+    async def _registered(self, event: Any, context: Any) -> None:
+        metrics = event.metrics
+        baseline = metrics.get("baseline") or {}
+        versus = (
+            f", production v{baseline['version']} {baseline['accuracy']:.3f} on the same evaluation set"
+            if baseline
+            else ""
+        )
+        self.say("registry", f"ModelRegistered version {event.version}: accuracy {metrics['accuracy']:.3f}{versus}")
+
+    async def _promoted(self, event: Any, context: Any) -> None:
+        self.say("registry", f"ModelPromoted version {event.version} to {event.alias} ({event.reason})")
+
+    async def _deployment(self, event: Any, context: Any) -> None:
+        self.deployments.append(event)
+        self.changed.set()
+        if event.phase in ("ready", "failed", "rolled_back"):
+            self.say(
+                "deployer",
+                f"DeploymentUpdated {event.node_group}: {event.phase}, version {event.actual_version} ({event.reason})",
+            )
+
+    async def _labeled(self, event: Any, context: Any) -> None:
+        self.labels += 1
+
+    async def wait_deployed(self, version: int, timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not any(d.phase == "ready" and d.actual_version == version for d in self.deployments):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@dataclass
+class _LoopServices:
+    """The loop's services in this process: uvicorn servers around one in-process bus, plus the model server."""
+
+    scenario: LoopScenario
+    home: Path
+    seed_dir: Path
+    broker: LocalBroker
+    urls: dict[str, str] = field(default_factory=dict)
+    servers: list[Any] = field(default_factory=list)
+    exit_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    bus: Any = None
+
+    async def start(self, narrator: _Narrator) -> None:
+        from edgeloop_common.bus.inprocess import InProcessBus
+
+        self.bus = InProcessBus(source="edgeloop-demo-loop")
+        narrator.subscribe(self.bus)
+        await asyncio.to_thread(self._start_model_server)
+        await self.bus.start()
+        for name, port, build in (
+            ("registry", 8083, self._registry),
+            ("ingest", 8081, self._ingest),
+            ("inference-gateway", 8082, self._gateway),
+            ("drift", 8085, self._drift),
+            ("trainer", 8084, self._trainer),
+            ("deployer", 8086, self._deployer),
+        ):
+            await self._serve(name, free_port(port), build())
+
+    async def stop(self) -> None:
+        for server in reversed(self.servers):
+            await server.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+        await asyncio.to_thread(self.exit_stack.close)
+
+    async def _serve(self, name: str, port: int, app: Any) -> None:
+        from edgeloop_cli.demo import EmbeddedServer, wait_ready
+
+        server = EmbeddedServer(name, app, "127.0.0.1", port)
+        await server.start()
+        self.servers.append(server)
+        self.urls[name] = server.url
+        # The gateway is ready only once the model server has a version: there is none before the first training.
+        probe = "/healthz" if name == "inference-gateway" else "/readyz"
+        await wait_ready(f"{server.url}{probe}", name, timeout_s=120)
+
+    @property
+    def model_base(self) -> Path:
+        return self.home / "models"
+
+    def common(self) -> Any:
+        from edgeloop_common.settings import CommonSettings
+
+        return CommonSettings(
+            mode="standalone", data_dir=self.home / "data", mqtt_host=self.broker.host, mqtt_port=self.broker.port
+        )
+
+    def _start_model_server(self) -> None:
+        from edgeloop_model_server.embedded import serve_in_thread
+        from edgeloop_model_server.settings import Settings
+
+        self.model_base.joinpath(self.scenario.model_name).mkdir(parents=True, exist_ok=True)
+        running = self.exit_stack.enter_context(
+            serve_in_thread(
+                Settings(
+                    http_host="127.0.0.1",
+                    http_port=free_port(8501),
+                    grpc_host="127.0.0.1",
+                    grpc_port=free_port(8500),
+                    model_name=self.scenario.model_name,
+                    model_base_path=self.model_base,
+                    model_version_policy="all",  # the gateway picks the version per site
+                    poll_interval_s=0.3,
+                    common=self.common(),
+                )
+            )
+        )
+        self.urls["model-server"] = running.rest_url
+        self.urls["model-server-grpc"] = running.grpc_target
+
+    def _registry(self) -> Any:
+        from edgeloop_registry.app import create_app
+        from edgeloop_registry.settings import Settings
+
+        settings = Settings(promotion_margin=self.scenario.promotion_margin, common=self.common())
+        return create_app(settings, bus=self.bus)
+
+    def _ingest(self) -> Any:
+        from edgeloop_ingest.app import create_app
+        from edgeloop_ingest.settings import Settings
+
+        protocol = "5" if self.broker.kind == "mosquitto" else "3.1.1"  # the embedded broker speaks 3.1.1 only
+        settings = Settings(
+            mqtt_client_id=f"edgeloop-demo-ingest-{uuid.uuid4().hex[:6]}",
+            mqtt_session_expiry_s=60,
+            mqtt_protocol=protocol,
+            common=self.common(),
+        )
+        return create_app(settings, bus=self.bus)
+
+    def _gateway(self) -> Any:
+        from edgeloop_inference_gateway.app import create_app
+        from edgeloop_inference_gateway.settings import Settings
+
+        settings = Settings(
+            model_server_rest_url=self.urls["model-server"],
+            model_server_grpc_target=self.urls["model-server-grpc"],
+            model_name=self.scenario.model_name,
+            metadata_refresh_s=0.5,
+            common=self.common(),
+        )
+        return create_app(settings, bus=self.bus)
+
+    def _drift(self) -> Any:
+        from edgeloop_drift.app import create_app
+        from edgeloop_drift.settings import Settings
+
+        settings = Settings(
+            registry_url=self.urls["registry"],
+            window_size=self.scenario.drift_window,
+            check_every=self.scenario.drift_check_every,
+            reference_retry_s=1.0,
+            # The labeler answers the alarm and the trainer retrains on the new labels: a training requested by
+            # the alarm itself would start before any photo of the new light has a label.
+            request_training=False,
+            common=self.common(),
+        )
+        return create_app(settings, bus=self.bus)
+
+    def _trainer(self) -> Any:
+        from edgeloop_trainer.app import create_app
+        from edgeloop_trainer.settings import Settings
+
+        scenario = self.scenario
+        settings = Settings(
+            registry_url=self.urls["registry"],
+            ingest_url=self.urls["ingest"],
+            seed_data_dir=self.seed_dir,
+            data_dir=self.home / "trainer",
+            model_base=self.model_base,
+            models=scenario.model_name,
+            retrain_every_labels=scenario.labels_per_training,
+            epochs=scenario.epochs,
+            incremental_epochs=scenario.incremental_epochs,
+            incremental_learning_rate=scenario.incremental_learning_rate,
+            image_size=scenario.image_size,
+            seed=scenario.seed,
+            common=self.common(),
+        )
+        return create_app(settings, bus=self.bus)
+
+    def _deployer(self) -> Any:
+        from edgeloop_deployer.app import create_app
+        from edgeloop_deployer.settings import Settings
+
+        settings = Settings(
+            target="local",
+            node_groups=self.scenario.site,
+            model_server_url=self.urls["model-server"],
+            rollout_timeout_s=60,
+            poll_interval_s=0.25,
+            common=self.common(),
+        )
+        return create_app(settings, bus=self.bus)
+
+
+@dataclass(frozen=True)
+class LoopOutcome:
+    promoted: bool
+    served_version: int | None
+
+
+async def run_learning_loop(
+    scenario: LoopScenario,
+    train_dir: Path,
+    home: Path,
+    broker: LocalBroker,
+    stop: asyncio.Event,
+    echo: Echo,
+    *,
+    keep_running: bool = False,
+) -> LoopOutcome | None:
+    """Play the loop once, from a cold start under ``home`` (wiped first). None if ``stop`` was set meanwhile.
+
+    ``keep_running``: afterwards, leave the services up until ``stop`` (to look at their HTTP APIs).
+    """
+    scenario, photos = await asyncio.to_thread(_prepare, scenario, train_dir, home)
+    _quiet_service_warnings()  # the narrator tells what they would warn about (drift, no version yet)
+    narrator = _Narrator(echo, time.monotonic())
+    services = _LoopServices(scenario, home, photos.seed_dir, broker)
+    await services.start(narrator)
+    try:
+        echo(
+            f"loop:  registry {services.urls['registry']}, trainer {services.urls['trainer']}, drift "
+            f"{services.urls['drift']}, deployer {services.urls['deployer']} (local target), ingest, gateway and "
+            f"model server around one in-process bus; SQLite and folders in {home}"
+        )
+        steps = _LoopSteps(scenario, services, narrator, photos, echo)
+        outcome = await _unless_stopped(steps.play(), stop)
+        if keep_running and not stop.is_set():
+            registry = services.urls["registry"]
+            echo(f"loop:  services keep running; try curl {registry}/v1/models/{scenario.model_name}/versions — Ctrl-C")
+            await stop.wait()
+        return outcome
+    finally:
+        await services.stop()
+
+
+def _prepare(scenario: LoopScenario, train_dir: Path, home: Path) -> tuple[LoopScenario, LoopPhotos]:
+    """A cold start: an empty ``home`` and the photos split for the scenario (fitted to the data set)."""
+    scenario = scenario.fitted_to(train_dir)
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    photos = split_photos(
+        train_dir,
+        home / "photos",
+        seed_per_class=scenario.seed_per_class,
+        bright_count=scenario.bright_photos,
+        dark_count=scenario.dark_photos,
+        brightness_factor=scenario.brightness_factor,
+    )
+    return scenario, photos
+
+
+async def _unless_stopped(play: Awaitable[LoopOutcome], stop: asyncio.Event) -> LoopOutcome | None:
+    playing = asyncio.ensure_future(play)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({playing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not playing.done():
+        playing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await playing
+        return None
+    return playing.result()
+
+
+@dataclass
+class _LoopSteps:
+    scenario: LoopScenario
+    services: _LoopServices
+    narrator: _Narrator
+    photos: LoopPhotos
+    echo: Echo
+
+    async def play(self) -> LoopOutcome:
+        scenario, say = self.scenario, self.narrator.say
+        say("trainer", f"first training of {scenario.model_name} on {self.photos.seed_dir} (the seed photos)")
+        first = await self._train_by_hand()
+        await self._deployed(first["version"])
+
+        before = await self._camera(self.photos.bright)
+        say("camera", f"{len(before)} photos in normal light: {_tally(before)}")
+        say(
+            "camera", f"the light changes (brightness x{self.photos.brightness_factor}): {len(self.photos.dark)} photos"
+        )
+        dark = await self._camera(self.photos.dark)
+        say("camera", f"darker photos: {_tally(dark)}")
+        await wait_until(self._drift_raised, "a drift alarm", timeout_s=60)
+
+        await self._predictions_stored(len(before) + len(dark))
+        labeler = SimulatedLabeler(
+            self.services.urls["ingest"],
+            self.photos.label_of(),
+            scenario.site,
+            devices=frozenset({scenario.device}),
+            name="demo-labeler",
+        )
+        async with httpx.AsyncClient(timeout=30) as http:
+            queued = len(await labeler.queue(http))
+        labeled = await labeler.label_queue(limit=scenario.labels_per_training)
+        say("labeler", f"labeled {labeled} of the {queued} hard examples waiting in the queue (their true class)")
+
+        run = await self._wait_for_run(_finished_after_labels)
+        if run["state"] != "succeeded":
+            raise RuntimeError(f"the training after the new labels failed: {run['error']}")
+        result = run["result"]
+        if not result["promotion"]["promoted"]:
+            say("registry", f"version {result['version']} NOT promoted: {result['promotion']['decision']}")
+            return LoopOutcome(promoted=False, served_version=first["version"])
+        await self._deployed(result["version"])
+
+        # The darker photos no one labeled: the new version never saw them.
+        unseen = [photo for photo in self.photos.dark if photo.sha256 not in labeler.labeled_sha256]
+        earlier = {r.photo.sha256: r for r in dark}
+        after = await self._camera(unseen)
+        for answer in after[: scenario.photos_shown]:
+            was = earlier[answer.photo.sha256]
+            self.echo(f"result: {answer.describe()}   (v{was.model_version} said {was.payload.get('top_label')})")
+        say(
+            "camera",
+            f"the {len(after)} darker photos no one labeled: version {result['version']} right on "
+            f"{sum(r.right for r in after)}, version {first['version']} was right on "
+            f"{sum(earlier[r.photo.sha256].right for r in after)}",
+        )
+        return LoopOutcome(promoted=True, served_version=result["version"])
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+
+    async def _train_by_hand(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.services.urls["trainer"], timeout=30) as http:
+            response = await http.post(
+                "/v1/trainings",
+                json={"model_name": self.scenario.model_name, "reason": "manual", "requested_by": "demo"},
+            )
+            response.raise_for_status()
+        run_id = response.json()["run_id"]
+        run = await self._wait_for_run(lambda r: r["run_id"] == run_id and r["state"] in ("succeeded", "failed"))
+        if run["state"] != "succeeded":
+            raise RuntimeError(f"the first training failed: {run['error']}")
+        return dict(run["result"])
+
+    async def _wait_for_run(self, finished: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Follow the trainer's runs (each new stage printed) until one matches ``finished``."""
+        shown: set[tuple[str, str]] = set()
+
+        async def probe() -> dict[str, Any] | None:
+            async with httpx.AsyncClient(base_url=self.services.urls["trainer"], timeout=30) as http:
+                runs = (await http.get("/v1/trainings", params={"model_name": self.scenario.model_name})).json()
+            for run in runs["trainings"]:
+                if finished(run):
+                    return dict(run)
+                stage = (run.get("progress") or {}).get("stage")
+                if run["state"] == "running" and stage and (run["run_id"], stage) not in shown:
+                    shown.add((run["run_id"], stage))
+                    self.narrator.say("trainer", f"run {run['run_id']}: {_progress_text(run['progress'])}")
+            return None
+
+        return dict(await wait_until(probe, "the training run", timeout_s=1800, interval_s=0.5))
+
+    async def _deployed(self, version: int) -> None:
+        from edgeloop_cli.demo import wait_ready
+
+        await self.narrator.wait_deployed(version, timeout_s=120)
+
+        async def routed() -> bool:
+            async with httpx.AsyncClient(base_url=self.services.urls["inference-gateway"], timeout=10) as http:
+                routes = (await http.get("/v1/routes")).json()
+            return bool(routes["sites"].get(self.scenario.site) == f"{self.scenario.model_name}:{version}")
+
+        await wait_until(routed, f"the gateway to serve version {version}", timeout_s=60)
+        await wait_ready(f"{self.services.urls['inference-gateway']}/readyz", "inference gateway", timeout_s=60)
+        self.narrator.say("gateway", f"{self.scenario.site} is served by {self.scenario.model_name} v{version}")
+
+    async def _camera(self, photos: Iterable[Photo]) -> list[CameraResult]:
+        return await send_photos(
+            photos,
+            site=self.scenario.site,
+            device=self.scenario.device,
+            model_name=self.scenario.model_name,
+            mqtt_host=self.services.broker.host,
+            mqtt_port=self.services.broker.port,
+            rate=self.scenario.rate,
+            timeout_s=120,
+        )
+
+    async def _drift_raised(self) -> bool:
+        return self.narrator.drift_alarms > 0
+
+    async def _predictions_stored(self, count: int) -> None:
+        """Ingest keeps the gateway's prediction and hard-example verdict on each sample (from its events)."""
+
+        async def stored() -> bool:
+            async with httpx.AsyncClient(base_url=self.services.urls["ingest"], timeout=30) as http:
+                params: dict[str, Any] = {"device_id": self.scenario.device, "limit": 1000}
+                page = (await http.get("/v1/samples", params=params)).json()
+            return sum(1 for sample in page["samples"] if sample.get("predicted_label")) >= count
+
+        await wait_until(stored, "ingest to store every prediction", timeout_s=60)
+
+
+def _quiet_service_warnings() -> None:
+    import logging
+
+    for name in ("edgeloop_drift.service", "edgeloop_model_server.service"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # readiness probes that connect and leave
+
+
+def _finished_after_labels(run: dict[str, Any]) -> bool:
+    reasons = {request["reason"] for request in run["requests"]}
+    return run["state"] in ("succeeded", "failed") and "new_labels" in reasons
+
+
+def _tally(results: list[CameraResult]) -> str:
+    versions = sorted({r.model_version for r in results if r.model_version is not None})
+    return (
+        f"answered by version {', '.join(map(str, versions))}, {sum(r.right for r in results)} of {len(results)} right"
+    )
+
+
+def _progress_text(progress: dict[str, Any]) -> str:
+    epochs = f" ({progress['epochs']} epochs)" if progress.get("stage") == "training" and progress.get("epochs") else ""
+    message = f": {progress['message']}" if progress.get("message") else ""
+    return f"{progress['stage']}{epochs}{message}"
