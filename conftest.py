@@ -9,11 +9,15 @@ Addresses can be overridden with the usual ``EDGELOOP_*`` variables.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import delete_topics, fresh_postgres_schema
 
 pytest_plugins = ["tests.model_fixtures"]
 
@@ -62,6 +66,22 @@ def postgres_url() -> str:
 def topic_prefix() -> str:
     """A fresh Kafka topic namespace per test (the bus prefixes every topic with it)."""
     return f"test-{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
+    """The test's topic prefix; its topics are deleted afterwards so the shared broker does not fill up."""
+    yield topic_prefix
+    await delete_topics(kafka_bootstrap, topic_prefix)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The shared database with a schema of this test only on the search path (named after the test module,
+    so a leftover says whose it is), dropped afterwards."""
+    module = re.sub(r"\W", "_", request.module.__name__.rpartition(".")[2])[:40]
+    with fresh_postgres_schema(postgres_url, prefix=module) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

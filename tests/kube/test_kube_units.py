@@ -58,7 +58,7 @@ def test_versions_toml_agrees_with_the_build_module() -> None:
 
 def test_ports_prefer_the_last_ones_and_never_collide(monkeypatch: pytest.MonkeyPatch) -> None:
     taken_by_others = {6443, 12379}
-    monkeypatch.setattr("edgeloop_cli.kube.process.port_free", lambda port, host="": port not in taken_by_others)
+    monkeypatch.setattr("edgeloop_cli.processes.port_free", lambda port, host="": port not in taken_by_others)
 
     ports = _choose_ports({"kwok": 20247}, running=set())
 

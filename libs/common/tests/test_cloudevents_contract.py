@@ -15,7 +15,7 @@ from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.codec import encode
 from edgeloop_common.events import Event, ImageReceived
 
-from conftest import eventually, read_records
+from tests.helpers import eventually, read_topic_records
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -68,7 +68,7 @@ async def test_records_on_the_broker_parse_with_the_sdk(kafka_bootstrap: str, ka
     finally:
         await bus.stop()
 
-    [record] = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.IMAGES_RECEIVED}", count=1)
+    [record] = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.IMAGES_RECEIVED}", count=1)
     parsed = ce_kafka.from_binary_event(
         ce_kafka.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
     )

@@ -23,7 +23,7 @@ from edgeloop_common.codec import decode, encode
 from edgeloop_common.events import DeadLetter, ImageReceived, TelemetryReceived
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, SqlProcessedEventStore
 
-from conftest import FAST_GROUP, eventually, read_records
+from tests.helpers import FAST_GROUP, eventually, read_topic_records
 
 pytestmark = pytest.mark.kafka
 
@@ -79,7 +79,7 @@ async def test_round_trip_with_cloudevents_headers_and_device_key(
     assert context.traceparent == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert isinstance(by_id[telemetry_id][0], TelemetryReceived)
 
-    [record] = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.IMAGES_RECEIVED}", count=1)
+    [record] = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.IMAGES_RECEIVED}", count=1)
     headers = dict(record.headers)
     assert record.key == b"cam-3"
     assert headers["ce_id"] == image_id.encode()
@@ -129,7 +129,7 @@ async def test_poison_records_are_dead_lettered_and_the_next_event_is_handled(
     await bus.publish(image_received("cam-9", sample_id="s-after-poison"))
 
     await eventually(lambda: handled == ["s-after-poison"], what="the event after the poison handled")
-    dead_records = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=2)
+    dead_records = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=2)
     dead = [decode(topic=r.topic, key=r.key, value=r.value, headers=list(r.headers))[0] for r in dead_records]
     assert all(isinstance(letter, DeadLetter) for letter in dead)
     by_value = {base64.b64decode(letter.original_value_b64): letter for letter in dead}  # type: ignore[attr-defined]
@@ -184,7 +184,7 @@ async def test_retries_run_out_then_a_dead_letter_with_attempts_and_the_consumer
         await bus.publish(image_received("cam-2", sample_id=sample_id))
 
     await eventually(lambda: handled == ["s-good"], what="the good event handled")
-    records = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=2)
+    records = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=2)
     letters = [decode(topic=r.topic, key=r.key, value=r.value, headers=list(r.headers))[0] for r in records]
     assert [(d.reason, d.error_type, d.attempts) for d in letters] == [  # type: ignore[attr-defined]
         ("gateway: cannot resize a 0x0 image", "ValueError", 3),
@@ -210,7 +210,7 @@ async def test_a_duplicate_delivery_has_one_effect(
     await bus.publish(image_received(), event_id="evt-next")
 
     await eventually(lambda: "evt-next" in effects, what="the event after the duplicate handled")
-    records = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.IMAGES_RECEIVED}", count=3)
+    records = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.IMAGES_RECEIVED}", count=3)
     assert [dict(r.headers)["ce_id"] for r in records] == [b"evt-dup", b"evt-dup", b"evt-next"]
     assert effects == ["evt-dup", "evt-next"]
     assert bus.stats.duplicates_skipped == 1
@@ -223,7 +223,7 @@ async def test_enqueue_keeps_call_order_and_resolves_on_the_ack(
     acks = [await bus.enqueue(telemetry_received("cam-5", seq=seq)) for seq in range(200)]
     event_ids = await asyncio.gather(*acks)
 
-    records = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.TELEMETRY_RECEIVED}", count=200)
+    records = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.TELEMETRY_RECEIVED}", count=200)
     assert [dict(r.headers)["ce_id"].decode() for r in records] == event_ids
     assert len({r.partition for r in records}) == 1
     assert bus.stats.published == 200
@@ -377,7 +377,7 @@ async def test_a_poison_record_too_big_to_copy_is_dead_lettered_without_its_valu
     await bus.publish(image_received("cam-6", sample_id="s-after-big"))
 
     await eventually(lambda: handled == ["s-after-big"], what="the event after the big poison handled")
-    [record] = await read_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=1)
+    [record] = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=1)
     letter = decode(topic=record.topic, key=record.key, value=record.value, headers=list(record.headers))[0]
     assert isinstance(letter, DeadLetter)
     assert letter.original_value_b64 == ""

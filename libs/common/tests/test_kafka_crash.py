@@ -13,7 +13,7 @@ import pytest
 from common_samples import telemetry_received
 from edgeloop_common.bus.kafka import KafkaBus
 
-from conftest import eventually
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +12,8 @@ from edgeloop_common.events import DeploymentUpdated, ModelPromoted
 from edgeloop_common.settings import CommonSettings
 from edgeloop_deployer.service import RolloutObservation, TargetError, WorkloadPlan
 from edgeloop_deployer.settings import Settings
+
+from tests import helpers
 
 Outcome = Literal["ready", "never", "failed", "refused"]
 
@@ -92,19 +92,7 @@ def phases(bus: InProcessBus, group: str) -> list[tuple[str, int | None, int | N
     return [(e.phase, e.desired_version, e.actual_version) for e in updates(bus, group=group)]
 
 
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], *, what: str, timeout_s: float = 30.0, interval_s: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s:g} s")
-        await asyncio.sleep(interval_s)
+eventually = partial(helpers.eventually, timeout_s=30.0)  # a rollout takes longer than the default allows
 
 
 def final_update(bus: InProcessBus, group: str) -> DeploymentUpdated | None:

@@ -3,12 +3,9 @@ real Kubernetes control plane, DeploymentUpdated read back from Kafka by another
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from deployer_kube import kube_settings, running_deployer, serving_summary
 from deployer_testing import eventually, promotion
 from edgeloop_common.bus import EventContext
@@ -18,7 +15,7 @@ from edgeloop_common.settings import CommonSettings
 from edgeloop_deployer.adapters.store import deployments
 from kube_helpers import KubeCluster
 from kubernetes import client
-from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy import create_engine, select
 
 pytestmark = [
     pytest.mark.kube,
@@ -27,34 +24,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("edge_pods_run"),
 ]
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """The shared database with a schema of this test only on the search path, dropped afterwards."""
-    schema = f"deployer_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    admin.dispose()
-
-
-@pytest.fixture
-async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
-    """The test's topic prefix; its topics are deleted afterwards so the shared broker does not fill up."""
-    yield topic_prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [name for name in await admin.list_topics() if name.startswith(topic_prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 class Observer:
@@ -79,11 +48,13 @@ async def test_a_promotion_over_kafka_is_rolled_out_to_every_group_and_reported_
     tmp_path: Path,
     kafka_bootstrap: str,
     kafka_topics: str,
-    database_url: str,
+    fresh_postgres_url: str,
 ) -> None:
     registry = KafkaBus(bootstrap_servers=kafka_bootstrap, source="registry", topic_prefix=kafka_topics)
     observer = Observer(kafka_bootstrap, kafka_topics)
-    common = CommonSettings(mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, database_url=database_url)
+    common = CommonSettings(
+        mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, database_url=fresh_postgres_url
+    )
     settings = kube_settings(kube_cluster.kubeconfig, namespace, tmp_path, common=common, topic_prefix=kafka_topics)
     await registry.start()
     await observer.bus.start()
@@ -120,7 +91,7 @@ async def test_a_promotion_over_kafka_is_rolled_out_to_every_group_and_reported_
         assert serving_summary(kube_api, namespace, group) == [
             (node, version, True) for node in sorted(kube_cluster.groups[group])
         ]
-    engine = create_engine(database_url)
+    engine = create_engine(fresh_postgres_url)
     with engine.connect() as connection:
         rows = connection.execute(
             select(deployments.c.node_group, deployments.c.actual_version, deployments.c.previous_version)

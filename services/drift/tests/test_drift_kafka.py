@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from drift_samples import REGISTRY, inference_events, reference_stats, registry_client
 from edgeloop_common.bus import EventContext
 from edgeloop_common.bus.kafka import KafkaBus
@@ -21,29 +18,9 @@ from edgeloop_common.settings import CommonSettings
 from edgeloop_drift.app import create_app
 from edgeloop_drift.settings import Settings
 
+from tests.helpers import eventually
+
 pytestmark = pytest.mark.kafka
-
-
-async def eventually(condition: Callable[[], bool], *, timeout_s: float = 60.0, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s}s")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
-    """The test's topic prefix; its topics are deleted afterwards so the shared broker does not fill up."""
-    yield topic_prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [name for name in await admin.list_topics() if name.startswith(topic_prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 class Trainer:
@@ -87,8 +64,8 @@ async def test_darkened_images_on_kafka_come_out_as_drift_and_a_training_request
             for event in dark[1:]:
                 last = await gateway.enqueue(event)
             await last
-            await eventually(lambda: len(trainer.training) >= 1, what="a TrainingRequested on Kafka")
-            await eventually(lambda: _samples_seen(app) == 600, what="every InferenceCompleted consumed")
+            await eventually(lambda: len(trainer.training) >= 1, what="a TrainingRequested on Kafka", timeout_s=60)
+            await eventually(lambda: _samples_seen(app) == 600, what="every InferenceCompleted consumed", timeout_s=60)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://drift") as http:
                 view = (await http.get("/v1/drift", params={"site_id": "site-a"})).json()
                 ready = await http.get("/readyz")

@@ -6,16 +6,13 @@ Simulated device --MQTT--> ingest --Kafka--> gateway --TF Serving REST--> edgelo
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig
 from edgeloop_common.bus import EventContext
 from edgeloop_common.bus.kafka import KafkaBus
@@ -28,6 +25,8 @@ from edgeloop_ingest.settings import Settings as IngestSettings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
 from edgeloop_model_server.settings import Settings as ModelServerSettings
 from gateway_fakes import free_port
+
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt, pytest.mark.tf, pytest.mark.slow]
 
@@ -45,19 +44,6 @@ def model_server(trained_model_base: Path, trained_model_name: str) -> Iterator[
     )
     with serve_in_thread(settings) as server:
         yield server
-
-
-@pytest.fixture
-async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
-    yield topic_prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [name for name in await admin.list_topics() if name.startswith(topic_prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 async def test_eight_captures_come_back_classified_over_mqtt_and_kafka(
@@ -110,7 +96,12 @@ async def test_eight_captures_come_back_classified_over_mqtt_and_kafka(
         await observer.start()
         stack.push_async_callback(observer.stop)
         summary = await DeviceSimulator(config, on_result=results.append).run()
-        await _until(lambda: len([e for e in completed if e.site_id == site]) >= 8)
+        await eventually(
+            lambda: len([e for e in completed if e.site_id == site]) >= 8,
+            what="the 8 InferenceCompleted events",
+            timeout_s=30,
+            interval_s=0.1,
+        )
 
     assert (summary.sent, summary.acked, summary.results, summary.missing) == (8, 8, 8, 0), summary.describe()
     ours = {event.image.sha256: event for event in completed if event.site_id == site}
@@ -131,10 +122,3 @@ async def test_eight_captures_come_back_classified_over_mqtt_and_kafka(
         assert sum(event.scores.values()) == pytest.approx(1.0, abs=1e-5)
         assert result.top_label == event.top_label and result.confidence == pytest.approx(event.confidence)
         assert event.image_stats["width"] > 0
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "InferenceCompleted events did not all arrive"
-        await asyncio.sleep(0.1)

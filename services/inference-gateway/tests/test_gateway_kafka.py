@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from edgeloop_common.bus import EventContext
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import DeadLetter, ImageReceived, InferenceCompleted
@@ -20,15 +17,9 @@ from edgeloop_inference_gateway.handlers import inference_event_id
 from edgeloop_inference_gateway.settings import Settings
 from gateway_fakes import FakeModelClient, FakeResults, image_event, jpeg_bytes, model_server_down, store_blob
 
+from tests.helpers import eventually
+
 pytestmark = pytest.mark.kafka
-
-
-async def eventually(condition: Callable[[], bool], *, timeout_s: float = 30.0, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s}s")
-        await asyncio.sleep(0.05)
 
 
 class Observer:
@@ -46,20 +37,6 @@ class Observer:
 
     async def _dead(self, event: DeadLetter, context: EventContext) -> None:
         self.dead.append(event)
-
-
-@pytest.fixture
-async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[str]:
-    """The test's topic prefix; its topics are deleted afterwards so the shared broker does not fill up."""
-    yield topic_prefix
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        mine = [name for name in await admin.list_topics() if name.startswith(topic_prefix)]
-        if mine:
-            await admin.delete_topics(mine)
-    finally:
-        await admin.close()
 
 
 @pytest.fixture
@@ -99,7 +76,7 @@ async def test_image_events_become_inference_events_on_kafka(
     events = [image_event(store_blob(tmp_path, image), sample_id=f"s-{i}") for i, image in enumerate(images)]
     async with app.router.lifespan_context(app):
         ids = [await producer.publish(event) for event in events]
-        await eventually(lambda: len(observer.completed) == 3, what="three InferenceCompleted events")
+        await eventually(lambda: len(observer.completed) == 3, what="three InferenceCompleted events", timeout_s=30)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
             ready = await http.get("/readyz")
@@ -125,7 +102,7 @@ async def test_model_server_down_dead_letters_every_event_and_says_not_ready(
     async with app.router.lifespan_context(app):
         for event in events:
             await producer.publish(event)
-        await eventually(lambda: len(observer.dead) == 3, what="three dead letters")
+        await eventually(lambda: len(observer.dead) == 3, what="three dead letters", timeout_s=30)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
             ready = await http.get("/readyz")

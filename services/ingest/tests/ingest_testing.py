@@ -7,12 +7,11 @@ import io
 import struct
 import uuid
 import zlib
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from edgeloop_common.bus.base import BusUnavailableError
 from edgeloop_common.bus.inprocess import InProcessBus
@@ -29,10 +28,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
     insert,
-    text,
 )
+
+from tests.helpers import eventually
 
 
 def catdog_photos(catdog_train_dir: Path, count: int = 6) -> list[Path]:
@@ -138,57 +137,15 @@ class SwitchableBus(InProcessBus):
         return not self.down
 
 
-async def wait_for(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail the test saying what did not happen."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
+wait_for = partial(eventually, timeout_s=10.0, interval_s=0.01)  # in-process conditions: poll often
 
 
 # -- real brokers -------------------------------------------------------------------------------------------------
 
 
-async def read_records(
-    bootstrap: str, topic: str, *, count: int, timeout_s: float = 30.0, where: Any = None
-) -> list[Any]:
-    """Records of ``topic`` from the beginning until ``count`` match ``where`` (all when None) or time runs out."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    matching: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(matching) < count and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                matching.extend(record for record in records if where is None or where(record))
-    finally:
-        await consumer.stop()
-    return matching
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
-
-
 def publish_qos1(host: str, port: int, messages: list[tuple[str, bytes]], *, timeout_s: float = 30.0) -> None:
     """Publish at QoS 1 and return once the broker acknowledged every message (blocking; run it in a thread)."""
     import time
-    import uuid
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -253,20 +210,3 @@ def create_previous_schema(engine: Engine) -> None:
     old.create_all(engine)
     with engine.begin() as connection:
         connection.execute(insert(table), [OLD_ROW])
-
-
-@contextmanager
-def fresh_postgres_schema(postgres_url: str, prefix: str = "ingest_test") -> Iterator[str]:
-    """A database URL whose tables land in a schema of their own, dropped afterwards (the test user may not
-    create databases; a schema isolates as well)."""
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in postgres_url else "?"
-    try:
-        yield f"{postgres_url}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()

@@ -7,7 +7,6 @@ previous schema is upgraded in place, by replicas starting together, with its da
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import uuid
@@ -34,25 +33,18 @@ from ingest_testing import (
     OLD_ROW,
     catdog_photos,
     create_previous_schema,
-    delete_topics,
-    fresh_postgres_schema,
-    read_records,
     tagged_jpeg,
 )
 from sqlalchemy import Engine, inspect
+
+from tests.helpers import delete_topics, eventually, read_topic_records
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    with fresh_postgres_schema(postgres_url) as url:
-        yield url
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_sql_engine(database_url)
+def engine(fresh_postgres_url: str) -> Iterator[Engine]:
+    engine = create_sql_engine(fresh_postgres_url)
     yield engine
     engine.dispose()
 
@@ -118,23 +110,12 @@ def inference(sample: dict[str, Any], scores: dict[str, float], *, reason: str |
     )
 
 
-async def eventually(probe: Any, what: str, timeout_s: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 async def test_hard_example_to_queue_to_label_to_kafka(
-    tmp_path: Path, database_url: str, kafka_bootstrap: str, topic_prefix: str, catdog_train_dir: Path
+    tmp_path: Path, fresh_postgres_url: str, kafka_bootstrap: str, topic_prefix: str, catdog_train_dir: Path
 ) -> None:
     site = f"site-{uuid.uuid4().hex[:8]}"
     photos = catdog_photos(catdog_train_dir)
-    async with running_ingest(tmp_path, database_url, kafka_bootstrap, topic_prefix) as ingest:
+    async with running_ingest(tmp_path, fresh_postgres_url, kafka_bootstrap, topic_prefix) as ingest:
         http = ingest.http
         hard = await upload(http, tagged_jpeg(photos[0], "pg-hard"), device="cam-1", site=site)
         easy = await upload(http, tagged_jpeg(photos[3], "pg-easy"), device="cam-2", site=site)
@@ -145,7 +126,7 @@ async def test_hard_example_to_queue_to_label_to_kafka(
             listed = (await http.get("/v1/samples", params={"site_id": site, "min_confidence": 0.0})).json()
             return len(listed["samples"]) == 2
 
-        await eventually(predicted, "both predictions stored from Kafka")
+        await eventually(predicted, what="both predictions stored from Kafka", timeout_s=30, interval_s=0.2)
         queue = (await http.get("/v1/labeling/queue", params={"site_id": site})).json()
         assert [s["sample_id"] for s in queue["samples"]] == [hard["sample_id"]]
         [queued] = queue["samples"]
@@ -195,7 +176,9 @@ async def test_hard_example_to_queue_to_label_to_kafka(
         assert batch.status_code == 200, batch.text
         assert batch.json()["labeled"] == 1 and len(batch.json()["errors"]) == 2
 
-        records = await read_records(kafka_bootstrap, f"{topic_prefix}{topics.SAMPLES_LABELED}", count=2, timeout_s=30)
+        records = await read_topic_records(
+            kafka_bootstrap, f"{topic_prefix}{topics.SAMPLES_LABELED}", count=2, timeout_s=30
+        )
     by_sample = {json.loads(record.value)["sample_id"]: record for record in records}  # partitions: by device
     assert set(by_sample) == {hard["sample_id"], easy["sample_id"]}
     announced = json.loads(by_sample[hard["sample_id"]].value)

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 from edgeloop_common.bus.base import BusUnavailableError
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import Event
-from sqlalchemy import create_engine, text
+
+from tests.helpers import eventually, fresh_postgres_schema
 
 
 @pytest.fixture(scope="module")
 def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
     """A database URL whose tables land in a schema of their own, created for this test module and dropped after
     (the test user may not create databases; a schema isolates as well)."""
-    schema = f"registry_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in postgres_url else "?"
-    try:
-        yield f"{postgres_url}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_postgres_schema(postgres_url, prefix="registry_test") as url:
+        yield url
 
 
 class SwitchableBus(InProcessBus):
@@ -85,45 +75,4 @@ def version_body(
     }
 
 
-async def wait_for(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail the test saying what did not happen."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-# -- real Kafka ---------------------------------------------------------------------------------------------------
-
-
-async def read_records(bootstrap: str, topic: str, *, count: int, timeout_s: float = 30.0) -> list[Any]:
-    """The first ``count`` records of ``topic``, read from the beginning by a plain aiokafka consumer (no group)."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(records) < count and asyncio.get_running_loop().time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return sorted(records, key=lambda record: (record.partition, record.offset))
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+wait_for = partial(eventually, timeout_s=10.0, interval_s=0.01)  # in-process conditions: poll often

@@ -14,7 +14,9 @@ from edgeloop_common import topics
 from edgeloop_common.settings import CommonSettings
 from edgeloop_registry.app import create_app
 from edgeloop_registry.settings import Settings
-from registry_testing import delete_topics, fresh_postgres_url, read_records, version_body
+from registry_testing import fresh_postgres_url, version_body
+
+from tests.helpers import delete_topics, read_topic_records
 
 __all__ = ["fresh_postgres_url"]  # a fixture, imported for pytest
 
@@ -78,8 +80,8 @@ async def test_register_promote_refuse_and_roll_back_seen_on_kafka(
     assert rolled.status_code == 200 and (rolled.json()["version"], rolled.json()["previous_version"]) == (1, 2)
     assert (await registry.get("/v1/models/catdog")).json()["production_version"] == 1
 
-    registered = await read_records(kafka_bootstrap, f"{topic_prefix}{topics.MODELS_REGISTERED}", count=3)
-    promoted = await read_records(kafka_bootstrap, f"{topic_prefix}{topics.MODELS_PROMOTED}", count=3)
+    registered = await read_topic_records(kafka_bootstrap, f"{topic_prefix}{topics.MODELS_REGISTERED}", count=3)
+    promoted = await read_topic_records(kafka_bootstrap, f"{topic_prefix}{topics.MODELS_PROMOTED}", count=3)
 
     registered_events = cloud_events(registered)
     assert [event["type"] for event in registered_events] == ["io.edgeloop.models.registered.v1"] * 3

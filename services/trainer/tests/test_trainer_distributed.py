@@ -9,11 +9,9 @@ and the queue's rules hold in PostgreSQL under concurrent writers.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -27,23 +25,9 @@ from edgeloop_trainer.settings import Settings
 from sqlalchemy import create_engine, text
 from trainer_testing import FakeEngine, FakeRegistry, seed_folder, wait_for
 
+from tests.helpers import delete_topics
+
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
-    """Tables in a schema of this test only, dropped afterwards (other engineers' tests share the database)."""
-    schema = f"trainer_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in postgres_url else "?"
-    try:
-        yield f"{postgres_url}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def test_concurrent_requests_make_exactly_one_queued_run_in_postgres(fresh_postgres_url: str) -> None:
@@ -122,7 +106,7 @@ async def test_events_from_kafka_become_runs_in_postgres(
             await client.aclose()
     finally:
         await others.stop()
-        await _delete_topics(kafka_bootstrap, topic_prefix)
+        await delete_topics(kafka_bootstrap, topic_prefix)
 
     reasons = sorted(request["reason"] for run in runs for request in run["requests"])
     assert reasons == ["drift", "new_labels"]
@@ -136,16 +120,3 @@ async def test_events_from_kafka_become_runs_in_postgres(
         stored = connection.execute(text("SELECT count(*) FROM trainings WHERE state = 'succeeded'")).scalar_one()
     check.dispose()
     assert stored == 2
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()

@@ -31,7 +31,7 @@ async def run_to_end(trainer: httpx.AsyncClient, run_id: str, timeout_s: float =
     async def ended() -> bool:
         return (await trainer.get(f"/v1/trainings/{run_id}")).json()["state"] in ("succeeded", "failed")
 
-    await wait_for(ended, timeout_s)
+    await wait_for(ended, timeout_s=timeout_s)
     body: dict = (await trainer.get(f"/v1/trainings/{run_id}")).json()  # type: ignore[type-arg]
     return body
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import threading
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,8 @@ from edgeloop_trainer.ports import (
 )
 from edgeloop_trainer.service import TrainerConfig, TrainerService
 from PIL import Image
+
+from tests.helpers import eventually
 
 
 def png(colour: tuple[int, int, int], seed: int, size: int = 12) -> bytes:
@@ -256,14 +256,4 @@ def version_folders(model_base: Path, model: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        outcome = condition()
-        if isinstance(outcome, Awaitable):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+wait_for = partial(eventually, timeout_s=10.0, interval_s=0.01)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
 import warnings
@@ -20,26 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop_cli.processes import pick_port
+
 log = logging.getLogger(__name__)
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def free_port(preferred: int) -> int:
     """``preferred`` if it is free, else any free port the kernel gives."""
-    if port_is_free(preferred):
-        return preferred
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return pick_port(preferred)
 
 
 async def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:

@@ -22,6 +22,8 @@ class CommonSettings(BaseSettings):
 
     mode: Mode = "distributed"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Longest a consumer's fetch waits at the broker when nothing is new (edgeloop_common.bus.kafka.FETCH_MAX_WAIT_MS).
+    kafka_fetch_max_wait_ms: int = 50
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     # PostgreSQL in distributed mode; standalone mode uses SQLite under data_dir.

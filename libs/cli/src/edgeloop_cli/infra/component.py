@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import psutil
 
+from edgeloop_cli import processes
 from edgeloop_cli.infra import process
 from edgeloop_cli.infra.errors import InfraError
 from edgeloop_cli.infra.packages import Requirement
@@ -133,7 +134,7 @@ class Component(ABC):
 
     def running_process(self) -> psutil.Process | None:
         """Our running server, or None."""
-        return process.owned_process(self.pid_file, self.marker)
+        return processes.owned_process(self.pid_file, self.marker)
 
     def launch(self, echo: Echo) -> Launch:
         running = self.running_process()
@@ -149,7 +150,9 @@ class Component(ABC):
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("a") as log:
             log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} edgeloop infra: {' '.join(command)}\n")
-        pid = process.spawn(command, log_file=self.log_file, pid_file=self.pid_file, user=self.run_as(), cwd=self.home)
+        pid = processes.spawn(
+            command, log_file=self.log_file, pid_file=self.pid_file, user=self.run_as(), cwd=self.home
+        )
         echo(f"{self.name}: starting (pid {pid}, log {self._shown(self.log_file)})")
         return Launch(pid, started_at, already_running=False)
 
@@ -175,7 +178,7 @@ class Component(ABC):
         echo(f"{self.name}: stopping (pid {running.pid})...")
         started_at = time.monotonic()
         try:
-            outcome = process.terminate(running, self.stop_signal, self.stop_timeout_s)
+            outcome = processes.terminate(running, self.stop_signal, self.stop_timeout_s)
         except psutil.AccessDenied as exc:
             raise InfraError(f"{self.name}: not allowed to stop pid {running.pid} (it was started as root?)") from exc
         self.pid_file.unlink(missing_ok=True)
@@ -220,7 +223,7 @@ class Component(ABC):
     def _wait_until_ready(self, pid: int) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
-            if process.exited(pid):
+            if processes.exited(pid):
                 self.pid_file.unlink(missing_ok=True)
                 raise InfraError(
                     f"{self.name}: exited while starting; the end of {self._shown(self.log_file)}:\n{self.log_tail()}"
@@ -261,7 +264,7 @@ class Component(ABC):
         return "Stop that process or free the port, then run `edgeloop infra up` again."
 
     def _forget_stale_pid_file(self, echo: Echo) -> None:
-        pid = process.read_pid(self.pid_file)
+        pid = processes.read_pid(self.pid_file)
         if pid is not None and self.running_process() is None:
             echo(f"{self.name}: removing stale pid file (pid {pid} is not an edgeloop {self.name})")
             self.pid_file.unlink(missing_ok=True)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import yaml
 
-from edgeloop_cli.kube import edge, kubeconfig, process
+from edgeloop_cli import processes
+from edgeloop_cli.kube import edge, kubeconfig
 from edgeloop_cli.kube.build import Binaries, binaries_location, ensure_binaries
 from edgeloop_cli.kube.components import (
     COMPONENT_NAMES,
@@ -123,9 +124,9 @@ def down(*, purge: bool = False, echo: Echo = print) -> list[str]:
     with _state_lock(state):
         marker = str(state.root)
         for component in reversed(COMPONENTS):
-            running = process.owned_process(state.pid(component.name), marker)
+            running = processes.owned_process(state.pid(component.name), marker)
             if running is not None:
-                outcome = process.terminate(running)
+                outcome = processes.terminate(running)
                 echo(f"{component.name} (pid {running.pid}): {outcome}")
                 stopped.append(component.name)
             state.pid(component.name).unlink(missing_ok=True)
@@ -145,7 +146,7 @@ def status(*, with_nodes: bool = True) -> ClusterStatus:
     marker = str(state.root)
     components = []
     for component in COMPONENTS:
-        running = process.owned_process(state.pid(component.name), marker)
+        running = processes.owned_process(state.pid(component.name), marker)
         components.append(
             ComponentStatus(
                 name=component.name,
@@ -193,14 +194,14 @@ def helm_path() -> Path:
 
 def _start_components(binaries: Binaries, state: Paths, saved: dict[str, Any], echo: Echo) -> Ports:
     marker = str(state.root)
-    running = {c.name: process.owned_process(state.pid(c.name), marker) for c in COMPONENTS}
+    running = {c.name: processes.owned_process(state.pid(c.name), marker) for c in COMPONENTS}
     core_up = running["etcd"] is not None and running["kube-apiserver"] is not None
     if not core_up and any(running.values()):
         # Everything else is configured with etcd's and the API server's ports: restart in order.
         echo("etcd or the API server is not running: restarting the whole control plane")
         for component in reversed(COMPONENTS):
             if (proc := running[component.name]) is not None:
-                process.terminate(proc)
+                processes.terminate(proc)
                 running[component.name] = None
     ports = _choose_ports(saved.get("ports", {}), {name for name, proc in running.items() if proc is not None})
     _write_kubeconfigs(state, ports)
@@ -217,8 +218,8 @@ def _start_components(binaries: Binaries, state: Paths, saved: dict[str, Any], e
                     _apply(api, edge.kwok_rbac())  # before KWOK starts, so it is never refused
     except KubeError:
         for name in reversed(started):
-            if (proc := process.owned_process(state.pid(name), marker)) is not None:
-                process.terminate(proc)
+            if (proc := processes.owned_process(state.pid(name), marker)) is not None:
+                processes.terminate(proc)
         raise
     return ports
 
@@ -243,7 +244,7 @@ def _choose_ports(saved: dict[str, int], running: set[str]) -> Ports:
             continue
         taken = set(chosen.values())
         last = int(saved.get(key, preferred))
-        chosen[key] = last if last not in taken and process.port_free(last) else process.pick_port(preferred, taken)
+        chosen[key] = last if last not in taken and processes.port_free(last) else processes.pick_port(preferred, taken)
     return Ports(**chosen)
 
 
@@ -254,7 +255,7 @@ def _start_one(component: Component, binaries: Binaries, state: Paths, ports: Po
     env = {"PATH": "/usr/bin:/bin", "HOME": str(state.kwok_home if component.name == "kwok" else state.root)}
     state.kwok_home.mkdir(parents=True, exist_ok=True)
     log = state.log(component.name)
-    pid = process.spawn(
+    pid = processes.spawn(
         component.argv(binaries, state, ports),
         log_file=log,
         pid_file=state.pid(component.name),
@@ -263,7 +264,7 @@ def _start_one(component: Component, binaries: Binaries, state: Paths, ports: Po
     )
     deadline = started + component.start_timeout
     while time.monotonic() < deadline:
-        if process.exited(pid):
+        if processes.exited(pid):
             state.pid(component.name).unlink(missing_ok=True)
             raise KubeError(f"{component.name} exited while starting; the end of {log}:\n{_tail(log)}")
         if component.healthy(state, ports):

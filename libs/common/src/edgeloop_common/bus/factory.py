@@ -27,6 +27,7 @@ def create_bus(
 
     return KafkaBus(
         bootstrap_servers=common.kafka_bootstrap_servers,
+        fetch_max_wait_ms=common.kafka_fetch_max_wait_ms,
         source=source,
         processed=processed,
         topic_prefix=topic_prefix,

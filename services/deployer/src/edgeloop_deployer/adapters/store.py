@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from edgeloop_common import sql
 from sqlalchemy import (
     JSON,
     Column,
@@ -23,8 +24,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    event,
     insert,
     select,
     text,
@@ -67,17 +66,7 @@ rollouts = Table(
 
 
 def create_sql_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=3, max_overflow=2)
-
-
-def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.close()
+    return sql.create_sql_engine(url, sqlite_pragmas=("journal_mode=WAL",), pool_size=3, max_overflow=2)
 
 
 class SqlDeploymentStore:

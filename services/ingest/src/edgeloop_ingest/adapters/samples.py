@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 
+from edgeloop_common.sql import create_sql_engine as create_sql_engine  # re-exported; SQLite: WAL, synchronous=FULL
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -33,8 +34,6 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    create_engine,
-    event,
     false,
     insert,
     or_,
@@ -106,21 +105,6 @@ samples = Table(
 RECORD_FIELDS = tuple(f.name for f in fields(SampleRecord))
 _RECORD_COLUMNS = [samples.c[name] for name in RECORD_FIELDS]
 _PAGE_ORDER = (samples.c.received_at, samples.c.sample_id)
-
-
-def create_sql_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-
-
-def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # a committed sample survives power loss
-    cursor.close()
 
 
 class SqlSampleRepository:

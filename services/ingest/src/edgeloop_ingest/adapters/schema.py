@@ -15,36 +15,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, text
+from edgeloop_common.migrations import AlembicMigrations
+from sqlalchemy import Engine
 
 VERSION_TABLE = "ingest_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-_UPGRADE_LOCK_KEY = 0x696E67657374  # "ingest": pg_advisory_xact_lock's key for the schema upgrade
-
-
-def alembic_config(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["connection"] = connection
-    return config
+_MIGRATIONS = AlembicMigrations(
+    MIGRATIONS_DIR,
+    VERSION_TABLE,
+    lock_key=0x696E67657374,  # "ingest": pg_advisory_xact_lock's key for the upgrade
+)
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
-        command.upgrade(alembic_config(connection), revision)
+    _MIGRATIONS.upgrade(engine, revision)
 
 
 def downgrade_schema(engine: Engine, revision: str) -> None:
-    with engine.begin() as connection:
-        command.downgrade(alembic_config(connection), revision)
+    _MIGRATIONS.downgrade(engine, revision)
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
+    return _MIGRATIONS.current_revision(engine)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from edgeloop_common import sql
 from edgeloop_common.events import Event
 from sqlalchemy import (
     JSON,
@@ -30,8 +31,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    create_engine,
-    event,
     func,
     select,
     text,
@@ -190,25 +189,9 @@ class OutboxRow(Base):
 def create_sql_engine(url: str) -> Engine:
     """An engine for ``url``. On SQLite every transaction is ``BEGIN IMMEDIATE`` (takes the write lock at once),
     the stand-in for PostgreSQL's ``SELECT ... FOR UPDATE``: concurrent alias moves queue instead of failing."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below), not the driver
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _sqlite_begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return sql.create_sql_engine(
+        url, sqlite_pragmas=(*sql.DURABLE_SQLITE_PRAGMAS, "foreign_keys=ON"), sqlite_begin_immediate=True
+    )
 
 
 def database_reachable(engine: Engine) -> bool:

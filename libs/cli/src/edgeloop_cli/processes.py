@@ -1,8 +1,9 @@
-"""Starting the control plane's processes in the background and stopping them by pid.
+"""Background processes the CLI owns (``infra`` servers, ``kube`` control plane): start, recognise, stop; free ports.
 
 A process is "ours" when its pid file names a live process whose command line
-contains this checkout's ``.edgeloop/kube`` path (every component is given files
-from there), so a recycled pid, or another checkout's control plane, is never stopped.
+contains a marker path under this checkout's ``.edgeloop/`` (every process is
+given files from there), so a recycled pid, or another checkout's process, is
+never mistaken for ours and never stopped.
 """
 
 from __future__ import annotations
@@ -10,17 +11,26 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import psutil
 
-# Popen objects of the processes this Python process started: kept so they are
+# Popen objects of the processes this Python process started, kept so they are
 # neither garbage-collected (ResourceWarning) nor left as zombies after a stop.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def spawn(argv: list[str], *, log_file: Path, pid_file: Path, cwd: Path, env: dict[str, str]) -> int:
-    """Start argv in its own session, output appended to log_file; write its pid to pid_file."""
+def spawn(
+    argv: list[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+) -> int:
+    """Start argv in the background, in its own session, output appended to log_file; write its pid to pid_file."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
@@ -31,7 +41,10 @@ def spawn(argv: list[str], *, log_file: Path, pid_file: Path, cwd: Path, env: di
             stderr=subprocess.STDOUT,
             cwd=cwd,
             env=env,
-            start_new_session=True,  # Ctrl-C in the terminal that ran `kube up` must not reach the servers
+            user=user,
+            group=_primary_group(user) if user else None,
+            extra_groups=[] if user else None,  # drop root's supplementary groups too
+            start_new_session=True,  # Ctrl-C in the terminal that ran `infra up`/`kube up` must not reach them
         )
     _children[process.pid] = process
     pid_file.write_text(f"{process.pid}\n")
@@ -47,7 +60,7 @@ def read_pid(pid_file: Path) -> int | None:
 
 
 def owned_process(pid_file: Path, marker: str) -> psutil.Process | None:
-    """The live process pid_file names, if its command line contains marker; else None."""
+    """The live process named by pid_file, if its command line contains marker; else None."""
     pid = read_pid(pid_file)
     if pid is None:
         return None
@@ -68,31 +81,37 @@ def exited(pid: int) -> bool:
     if pid in _children:
         return _children[pid].poll() is not None
     try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        status: str = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
         return True
+    return bool(status == psutil.STATUS_ZOMBIE)
 
 
-def terminate(process: psutil.Process, timeout: float = 20.0) -> str:
-    """SIGTERM, wait, then SIGKILL. Returns "stopped" or "killed"."""
+def terminate(process: psutil.Process, stop_signal: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> str:
+    """Send stop_signal, wait, then SIGKILL the process and its descendants. Returns "stopped" or "killed"."""
+    descendants = _descendants(process)
     try:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         process.wait(timeout)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        try:
-            process.kill()
-            process.wait(10)
-        except psutil.NoSuchProcess:
-            pass
         _reap(process.pid)
-        return "killed"
+        return "stopped"
+    except psutil.NoSuchProcess:
+        _reap(process.pid)
+        return "stopped"
+    except psutil.TimeoutExpired:
+        pass
+    for victim in (process, *descendants):
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs([process, *descendants], timeout=10)
     _reap(process.pid)
-    return "stopped"
+    return "killed"
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP server could bind host:port now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -102,7 +121,7 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def pick_port(preferred: int, taken: set[int], host: str = "127.0.0.1") -> int:
+def pick_port(preferred: int, taken: Collection[int] = (), host: str = "127.0.0.1") -> int:
     """``preferred`` when it is free, else a free port the kernel picks; never one in ``taken``."""
     if preferred not in taken and port_free(preferred, host):
         return preferred
@@ -114,7 +133,21 @@ def pick_port(preferred: int, taken: set[int], host: str = "127.0.0.1") -> int:
             return port
 
 
+def _descendants(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        children: list[psutil.Process] = process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return children
+
+
 def _reap(pid: int) -> None:
     child = _children.pop(pid, None)
     if child is not None:
         child.poll()
+
+
+def _primary_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid

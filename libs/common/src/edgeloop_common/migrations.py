@@ -1,0 +1,52 @@
+"""Running a service's Alembic migrations from code: ``upgrade`` at service start, ``downgrade`` in tests.
+
+Each service keeps its own version table (``<service>_alembic_version``, not Alembic's default) because the
+services share one database. On PostgreSQL an upgrade holds an advisory lock of the service's own, so replicas
+starting together migrate once, one after the other. The service's ``env.py`` runs the migrations on the
+connection handed over in ``config.attributes["connection"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+
+
+@dataclass(frozen=True)
+class AlembicMigrations:
+    """A service's migrations: their folder, its version table and its advisory lock key (any fixed integer)."""
+
+    migrations_dir: Path
+    version_table: str
+    lock_key: int
+
+    def config(self, connection: Connection | None = None) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(self.migrations_dir))
+        if connection is not None:
+            config.attributes["connection"] = connection
+        return config
+
+    def upgrade(self, engine: Engine, revision: str = "head") -> None:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.lock_key})
+            command.upgrade(self.config(connection), revision)
+
+    def downgrade(self, engine: Engine, revision: str) -> None:
+        with engine.begin() as connection:
+            command.downgrade(self.config(connection), revision)
+
+    def current_revision(self, engine: Engine) -> str | None:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"version_table": self.version_table})
+            return context.get_current_revision()
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self.config()).get_current_head()
