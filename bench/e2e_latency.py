@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -44,9 +45,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,10 @@ class ModeResult:
     foreign_results: int
     direct_errors: int
     load_average: tuple[float, float]
+    service_log_problems: list[str] = field(default_factory=list)
+    """Warnings and errors the services logged while measuring (a broker restarting under us, retries)."""
+    per_image: list[dict[str, float]] = field(default_factory=list, repr=False)
+    """Each end-to-end image in sending order: published (epoch s), e2e and stage times (ms)."""
     verdict: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,8 +150,9 @@ def frames(pool: list[bytes], count: int, run: str, unique: bool) -> list[bytes]
 
 
 def blocks(items: list[bytes], rounds: int) -> list[list[bytes]]:
-    size = math.ceil(len(items) / rounds)
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    """``items`` in ``rounds`` consecutive blocks of near-equal size."""
+    bounds = [len(items) * number // rounds for number in range(rounds + 1)]
+    return [items[start:end] for start, end in itertools.pairwise(bounds) if end > start]
 
 
 # -- the services ---------------------------------------------------------------------------------------------------
@@ -267,10 +273,14 @@ def wait_ready(dep: Deployment, processes: list[subprocess.Popen], timeout_s: fl
 
 def cleanup(dep: Deployment, keep: bool) -> None:
     """Remove what the run created on the shared brokers and database, and its data folder."""
-    end_mqtt_session(dep)
+    steps: list[tuple[str, Callable[[Deployment], None]]] = [("MQTT session", end_mqtt_session)]
     if dep.mode == "distributed":
-        asyncio.run(delete_topics(dep.env.get("EDGELOOP_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), dep.topic_prefix))
-        delete_sample_rows(dep)
+        steps += [("Kafka topics", delete_run_topics), ("PostgreSQL rows", delete_sample_rows)]
+    for what, step in steps:
+        try:
+            step(dep)
+        except Exception as exc:  # noqa: BLE001 - reported; the other clean-ups still run
+            print(f"  note: could not remove the run's {what}: {exc!r}", file=sys.stderr)
     if not keep:
         shutil.rmtree(dep.run_dir, ignore_errors=True)
 
@@ -286,12 +296,13 @@ def end_mqtt_session(dep: Deployment) -> None:
     properties.SessionExpiryInterval = 0
     host = dep.env.get("EDGELOOP_MQTT_HOST", "127.0.0.1")
     port = int(dep.env.get("EDGELOOP_MQTT_PORT", "1883"))
-    try:
-        client.connect(host, port, clean_start=True, properties=properties)
-        client.loop(timeout=2.0)
-        client.disconnect()
-    except OSError as exc:
-        print(f"  note: could not end the MQTT session {dep.mqtt_client_id}: {exc}", file=sys.stderr)
+    client.connect(host, port, clean_start=True, properties=properties)
+    client.loop(timeout=2.0)
+    client.disconnect()
+
+
+def delete_run_topics(dep: Deployment) -> None:
+    asyncio.run(delete_topics(dep.env.get("EDGELOOP_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), dep.topic_prefix))
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> None:
@@ -359,6 +370,7 @@ STAGES = {
 class DeviceBlock:
     latencies_ms: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
+    per_image: list[dict[str, float]] = field(default_factory=list)
     missing: int = 0
     foreign: int = 0
 
@@ -366,6 +378,7 @@ class DeviceBlock:
         self.latencies_ms.extend(other.latencies_ms)
         for stage, values in other.stages.items():
             self.stages[stage].extend(values)
+        self.per_image.extend(other.per_image)
         self.missing += other.missing
         self.foreign += other.foreign
 
@@ -431,6 +444,8 @@ async def device_block(
         block.stages["ingest_to_gateway"].append((handler_started - received[timeline.sample_id]) * 1000.0)
         block.stages["gateway"].append(timeline.gateway_ms)
         block.stages["after_gateway"].append((timeline.arrived - timeline.completed) * 1000.0)
+        image = {"published": timeline.published, "e2e": (timeline.arrived - timeline.published) * 1000.0}
+        block.per_image.append(image | {stage: round(values[-1], 2) for stage, values in block.stages.items()})
     return block
 
 
@@ -441,7 +456,8 @@ async def received_times(ingest_url: str, sample_ids: list[str]) -> dict[str, fl
         async def one(sample_id: str) -> tuple[str, float]:
             response = await http.get(f"/v1/samples/{sample_id}")
             response.raise_for_status()
-            return sample_id, datetime.fromisoformat(response.json()["received_at"]).timestamp()
+            received = datetime.fromisoformat(response.json()["received_at"])
+            return sample_id, received.replace(tzinfo=received.tzinfo or UTC).timestamp()  # SQLite drops the zone
 
         answers: list[tuple[str, float]] = []
         for start in range(0, len(sample_ids), 20):
@@ -550,6 +566,7 @@ async def measure(dep: Deployment, args: argparse.Namespace, rest_url: str, grpc
         foreign_results=device.foreign,
         direct_errors=direct_errors,
         load_average=(round(load_before, 2), round(os.getloadavg()[0], 2)),
+        per_image=sorted(device.per_image, key=lambda image: image["published"]),
     )
 
 
@@ -569,6 +586,11 @@ def report(result: ModeResult) -> None:
     if result.missing_results or result.foreign_results or result.direct_errors:
         print(f"  WARNING: {result.missing_results} results missing, {result.foreign_results} results from another "
               f"pipeline on the shared broker, {result.direct_errors} direct calls failed")  # fmt: skip
+    if result.service_log_problems:
+        print(f"  WARNING: the services logged {len(result.service_log_problems)} warning(s)/error(s) while measuring "
+              "(the figures may not describe a healthy pipeline), e.g.:")  # fmt: skip
+        for line in result.service_log_problems[:3]:
+            print(f"    {line[:200]}")
 
 
 async def run_mode(mode: str, args: argparse.Namespace, rest_url: str, grpc_target: str) -> ModeResult:
@@ -577,9 +599,28 @@ async def run_mode(mode: str, args: argparse.Namespace, rest_url: str, grpc_targ
     try:
         with running_services(dep):
             print(f"== {mode}: measuring {args.count} images at {args.rate:g}/s in {args.rounds} alternating rounds")
-            return await measure(dep, args, rest_url, grpc_target)
+            logs = LogWatch(dep.run_dir / "logs")
+            result = await measure(dep, args, rest_url, grpc_target)
+            result.service_log_problems = logs.problems()
+            return result
     finally:
         await asyncio.to_thread(cleanup, dep, args.keep)
+
+
+class LogWatch:
+    """What the services' log files gained since it was made: their warnings and errors."""
+
+    def __init__(self, folder: Path) -> None:
+        self.offsets = {path: path.stat().st_size for path in folder.glob("*.log")}
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        for path, offset in self.offsets.items():
+            with path.open("rb") as log_file:
+                log_file.seek(offset)
+                lines = log_file.read().decode(errors="replace").splitlines()
+            found += [f"{path.stem}: {line}" for line in lines if " WARNING " in line or " ERROR " in line]
+        return found
 
 
 # -- standalone: ingest + gateway around one in-process bus (a child process of the benchmark) ------------------------
@@ -676,6 +717,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def source_version() -> str:
+    """The commit the figures were measured on, ``+changes`` when the working tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True)
+    except OSError:
+        return "unknown (no git)"
+    return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
 def main() -> None:
     args = parse_args()
     if args.serve_standalone:
@@ -691,7 +742,7 @@ def main() -> None:
         for mode in modes:
             results.append(asyncio.run(run_mode(mode, args, rest_url, grpc_target)))
             report(results[-1])
-    document = {"modes": [asdict(result) for result in results]}
+    document = {"code": source_version(), "cpus": os.cpu_count(), "modes": [asdict(result) for result in results]}
     if args.json:
         args.json.write_text(json.dumps(document, indent=2))
     print(

@@ -13,10 +13,12 @@ working when Kafka returns. ``publish`` waits for the acknowledgement at most
 
 Consumers: one ``AIOKafkaConsumer`` per consumer group, auto-commit off. Each
 record, in partition order: decode (CloudEvents binary mode), run the handler
-through :func:`dispatch.deliver` (idempotency, retries, DeadLetter), then commit
-that record's offset + 1. A failure of the bus itself (dead-letter topic or
-processed-event store unreachable) commits nothing: the consumer seeks back and
-tries the record again after a backoff.
+through :func:`dispatch.deliver` (idempotency, retries, DeadLetter), then hand
+that record's offset + 1 to the group's committer, which commits it while the
+next record is handled (one commit request at a time; a rebalance and a stop wait
+for it). A failure of the bus itself (dead-letter topic or processed-event store
+unreachable) commits nothing: the consumer seeks back and tries the record again
+after a backoff.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ _TOPIC_ALREADY_EXISTS = 36
 DEFAULT_TOPIC_PARTITIONS = 3
 POLL_TIMEOUT_MS = 250
 MAX_POLL_RECORDS = 100
+# How long the broker may hold a fetch that finds no new record. aiokafka's default, 500 ms, is a latency trap:
+# a partition whose fetched records wait over 100 ms to be taken (one slow handler) is left out of the next fetch
+# request and fetched again only when that request returns, up to this long later; the records that pile up
+# meanwhile arrive as a burst, whose handling makes the next records wait too long again, so the stall sustains
+# itself (docs/benchmarks-e2e.md). 50 ms bounds it and lets it die out; an idle group then sends about 20 small
+# fetch requests a second (1.6% of a core here, against 0.4% at 500 ms and 4.8% at 10 ms).
+FETCH_MAX_WAIT_MS = 50
 READY_CACHE_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_S = 0.5
@@ -71,7 +80,7 @@ TOPIC_VISIBLE_TIMEOUT_S = 10.0
 
 
 class _Outcome(enum.Enum):
-    COMMITTED = "committed"
+    HANDLED = "handled"  # its effects are done; its offset is with the committer
     STALE = "stale"  # fetched before a rebalance: not started, the partition's owner reads it again
     FAILED = "failed"  # the bus could not finish it: nothing committed, read it again
 
@@ -97,6 +106,7 @@ class KafkaBus(EventBus):
         heartbeat_interval_ms: int = 3_000,
         shutdown_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         super().__init__(source=source, retry=retry)
         self.bootstrap_servers = bootstrap_servers
@@ -111,6 +121,7 @@ class KafkaBus(EventBus):
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.shutdown_timeout_s = shutdown_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.fetch_max_wait_ms = fetch_max_wait_ms
 
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
@@ -459,6 +470,7 @@ class KafkaBus(EventBus):
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             max_poll_records=MAX_POLL_RECORDS,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
 
 
@@ -472,13 +484,15 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer: AIOKafkaConsumer | None = None
         self.generation = 0  # bumped when partitions are revoked: fetched records from before are stale
         self.assigned = asyncio.Event()
-        self._in_flight = asyncio.Lock()  # held while one record is handled and committed
+        self._in_flight = asyncio.Lock()  # held while one record is handled
+        self.committer: _OffsetCommitter | None = None
 
     def subscription_for(self, topic: str) -> Subscription:
         return self._by_topic[topic]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before giving partitions away: start no more fetched records, let the one in flight finish and commit."""
+        """Before giving partitions away: start no more fetched records, let the one in flight finish, and commit
+        what was handled."""
         self.generation += 1
         self.assigned.clear()
         try:
@@ -490,6 +504,8 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.group_id,
                 self.bus.shutdown_timeout_s,
             )
+        if self.committer is not None:
+            await self.committer.flush(self.bus.shutdown_timeout_s)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("group %s assigned %s", self.group_id, sorted((tp.topic, tp.partition) for tp in assigned))
@@ -507,8 +523,9 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 async with asyncio.timeout(self.bus.connect_timeout_s * 2):
                     await consumer.start()
                 self.consumer = consumer
+                self.committer = _OffsetCommitter(consumer, self.group_id)
                 backoff = RECONNECT_BACKOFF_S
-                await self._consume(consumer)
+                await self._consume(consumer, self.committer)
             except (KafkaError, OSError, TimeoutError) as exc:
                 log.warning("group %s: Kafka consumer failed (%s); reconnecting in %.1fs", self.group_id, exc, backoff)
                 await self.bus._sleep_unless_stopping(backoff)
@@ -518,11 +535,14 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self.bus._sleep_unless_stopping(backoff)
                 backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
             finally:
+                if self.committer is not None:
+                    await self.committer.flush(self.bus.shutdown_timeout_s)  # what was handled stays handled
+                self.committer = None
                 self.consumer = None
                 self.assigned.clear()
                 await consumer.stop()  # leaves the group, so its partitions move on at once
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, committer: _OffsetCommitter) -> None:
         backoff = self.bus.retry.initial_backoff_s
         while not self.bus._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
@@ -533,11 +553,11 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 for record in records:
                     if self.bus._stopping.is_set():
                         return  # not committed: the next consumer of the group reads it
-                    outcome = await self._process(consumer, record, generation)
+                    outcome = await self._process(committer, record, generation)
                     if outcome is _Outcome.FAILED:
                         failed = True
                         _seek_back(consumer, tp, record.offset)
-                    if outcome is not _Outcome.COMMITTED:
+                    if outcome is not _Outcome.HANDLED:
                         break  # the rest of this partition's batch is read again, in order
             if failed:
                 await self.bus._sleep_unless_stopping(backoff)
@@ -546,7 +566,7 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 backoff = self.bus.retry.initial_backoff_s
 
     async def _process(
-        self, consumer: AIOKafkaConsumer, record: ConsumerRecord[bytes, bytes], generation: int
+        self, committer: _OffsetCommitter, record: ConsumerRecord[bytes, bytes], generation: int
     ) -> _Outcome:
         async with self._in_flight:
             if generation != self.generation:
@@ -562,18 +582,68 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     record.offset,
                 )
                 return _Outcome.FAILED
-            await _commit(consumer, self.group_id, record)
-            return _Outcome.COMMITTED
+            committer.handled(record)
+            return _Outcome.HANDLED
 
 
-async def _commit(consumer: AIOKafkaConsumer, group_id: str, record: ConsumerRecord[bytes, bytes]) -> None:
-    """Commit past ``record``, whose effects are done. A lost partition is not an error: its new owner reads the
-    record again and the processed-event record makes that harmless."""
-    tp = TopicPartition(record.topic, record.partition)
-    try:
-        await consumer.commit({tp: record.offset + 1})
-    except (CommitFailedError, IllegalStateError) as exc:
-        log.warning("group %s: commit of %s@%d failed (%s); it will be redelivered", group_id, tp, record.offset, exc)
+class _OffsetCommitter:
+    """Commits the offsets of handled records without holding up the next record.
+
+    A commit is a broker round trip (several ms: Kafka's group coordinator lingers before appending it); awaited
+    per record it sat in the consumer loop and capped the rate a group could follow. Here one commit request is
+    in flight at a time and carries, per partition, the offset past the last record handled by then. An offset
+    is committed only once its record's effects are done, so delivery stays at least once; a crash can leave
+    uncommitted the records handled during one commit round trip (instead of one), which consumers skip as
+    duplicates. A failed commit is raised by the next ``handled`` or ``flush``, so the group reconnects.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, group_id: str) -> None:
+        self.consumer = consumer
+        self.group_id = group_id
+        self._pending: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def handled(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """``record``'s effects are done: commit past it (soon, in the background)."""
+        self._raise_failure()
+        self._pending[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._commit_pending(), name=f"kafka-commit:{self.group_id}")
+
+    async def flush(self, timeout_s: float) -> None:
+        """Wait until what was handled so far is committed (before a rebalance or a stop), at most ``timeout_s``.
+        A commit that fails or takes longer is logged: those records are read again by the partition's next reader."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await task  # cancelled at the deadline
+        except TimeoutError:
+            log.warning(
+                "group %s: offsets not committed within %ss; redelivering those records", self.group_id, timeout_s
+            )
+        except Exception as exc:  # noqa: BLE001 - logged; the uncommitted records are delivered again
+            log.warning("group %s: committing offsets failed (%r); redelivering those records", self.group_id, exc)
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            offsets, self._pending = self._pending, {}
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A lost partition is not an error: its new owner reads the records again and skips what was done.
+                log.warning("group %s: commit of %s failed (%s); they will be redelivered", self.group_id, offsets, exc)
+
+    def _raise_failure(self) -> None:
+        """A commit that failed (Kafka away) stops this consumer, as an awaited one did: the group reconnects."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return
+        self._task = None
+        error = task.exception()
+        if error is not None:
+            raise error
 
 
 def _seek_back(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
