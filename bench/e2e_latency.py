@@ -717,6 +717,34 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+async def broker_store(host: str, port: int, timeout_s: float = 12.0) -> tuple[int, int] | None:
+    """Messages and bytes Mosquitto holds (``$SYS``, published every 10 s); None if it does not say in time.
+
+    Each autosave rewrites all of them while the (single-threaded) broker stalls every client: hundreds of MB
+    of QoS 1 messages queued for an offline persistent session mean a half-second stall a minute."""
+    from edgeloop_common.mqtt_asyncio import AsyncMqttClient
+
+    figures: dict[str, int] = {}
+    have_both = asyncio.Event()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        figures[topic.rsplit("/", 1)[-1]] = int(payload)
+        if len(figures) == 2:
+            have_both.set()
+
+    client = AsyncMqttClient(host, port, on_message=on_message)
+    await client.connect()
+    try:
+        await client.subscribe("$SYS/broker/store/messages/+", qos=0)
+        async with asyncio.timeout(timeout_s):
+            await have_both.wait()
+    except TimeoutError:
+        return None
+    finally:
+        await client.close()
+    return figures.get("count", 0), figures.get("bytes", 0)
+
+
 def source_version() -> str:
     """The commit the figures were measured on, ``+changes`` when the working tree differs from it."""
     try:
@@ -732,17 +760,31 @@ def main() -> None:
     if args.serve_standalone:
         asyncio.run(serve_standalone())
         return
+    from edgeloop_common.settings import CommonSettings
+
     model_base, model_name = ensure_model(args.model_base, args.model, args.train_epochs)
     args.model_name_resolved = model_name
     modes = ["distributed", "standalone"] if args.mode == "both" else [args.mode]
     print(f"end-to-end latency benchmark: model {model_name} from {model_base}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}; modes {', '.join(modes)}")  # fmt: skip
+    common = CommonSettings()
+    store = asyncio.run(broker_store(common.mqtt_host, common.mqtt_port))
+    if store is not None:
+        print(f"mosquitto holds {store[0]} messages, {store[1] / 2**20:.0f} MiB", end="")
+        print(
+            " (its autosave stalls every client while it writes them: expect p99 outliers)" if store[1] > 2**25 else ""
+        )
     results: list[ModeResult] = []
     with model_server(model_base, model_name, args.server_threads) as (rest_url, grpc_target):
         for mode in modes:
             results.append(asyncio.run(run_mode(mode, args, rest_url, grpc_target)))
             report(results[-1])
-    document = {"code": source_version(), "cpus": os.cpu_count(), "modes": [asdict(result) for result in results]}
+    document = {
+        "code": source_version(),
+        "cpus": os.cpu_count(),
+        "mosquitto_store": {"messages": store[0], "bytes": store[1]} if store else None,
+        "modes": [asdict(result) for result in results],
+    }
     if args.json:
         args.json.write_text(json.dumps(document, indent=2))
     print(
