@@ -14,7 +14,7 @@ ModelServerProtocol = Literal["rest", "grpc"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_INFERENCE_GATEWAY_", extra="ignore")
 
-    http_host: str = "0.0.0.0"
+    http_host: str = Field("127.0.0.1", description="HTTP bind address.")
     http_port: int = 8082
 
     # The model server (TF Serving or `edgeloop model-server`).

@@ -15,9 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_MODEL_SERVER_", extra="ignore")
 
-    http_host: str = Field("0.0.0.0", description="REST bind address.")
+    http_host: str = Field("127.0.0.1", description="REST bind address (0.0.0.0 in a container).")
     http_port: int = Field(8501, description="REST port (TF Serving's --rest_api_port).")
-    grpc_host: str = Field("0.0.0.0", description="gRPC bind address.")
+    grpc_host: str = Field("127.0.0.1", description="gRPC bind address (0.0.0.0 in a container).")
     grpc_port: int = Field(8500, description="gRPC port (TF Serving's --port); 0 picks a free port.")
     model_name: str = Field("model", description="Name of the served model (TF Serving's MODEL_NAME).")
     model_base_path: Path = Field(

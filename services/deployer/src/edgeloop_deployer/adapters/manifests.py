@@ -167,6 +167,7 @@ def _container(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
         container["args"] = ["model-server"]  # EdgeLoop's image: ENTRYPOINT ["edgeloop"]
         container["env"] = [
             {"name": "EDGELOOP_MODEL_SERVER_HTTP_HOST", "value": "0.0.0.0"},
+            {"name": "EDGELOOP_MODEL_SERVER_GRPC_HOST", "value": "0.0.0.0"},
             {"name": "EDGELOOP_MODEL_SERVER_HTTP_PORT", "value": str(spec.rest_port)},
             {"name": "EDGELOOP_MODEL_SERVER_GRPC_PORT", "value": str(spec.grpc_port)},
             {"name": "EDGELOOP_MODEL_SERVER_MODEL_NAME", "value": plan.model_name},
