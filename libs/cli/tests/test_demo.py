@@ -12,39 +12,23 @@ import pytest
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
-def test_the_demo_classifies_every_capture_with_the_embedded_broker(
-    tmp_path: Path, catdog_train_dir: Path, catdog_captures_dir: Path
-) -> None:
+def _run_tiny_demo(
+    tmp_path: Path, train_dir: Path, captures_dir: Path, *extra: str, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`edgeloop demo` with an embedded broker and a tiny first model (its accuracy is not the point here)."""
     environment = {**os.environ, "EDGELOOP_MODE": "standalone"}
     # Nothing of the distributed path may be needed: point its addresses at closed ports.
     environment.update(EDGELOOP_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", EDGELOOP_DATABASE_URL="postgresql://nowhere:1/x")
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeloop_cli.main",
-            "demo",
-            "--broker",
-            "embedded",
-            "--epochs",
-            "1",
-            "--image-size",
-            "32",
-            "--rate",
-            "20",
-            "--state",
-            str(tmp_path / "demo"),
-            "--images",
-            str(catdog_captures_dir),
-            "--train-data",
-            str(catdog_train_dir),
-            "--no-learning-loop",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environment,
-    )
+    command = [sys.executable, "-m", "edgeloop_cli.main", "demo", "--broker", "embedded", "--epochs", "1"]
+    command += ["--image-size", "32", "--rate", "20", "--state", str(tmp_path / "demo")]
+    command += ["--images", str(captures_dir), "--train-data", str(train_dir), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environment)
+
+
+def test_the_demo_classifies_every_capture_with_the_embedded_broker(
+    tmp_path: Path, catdog_train_dir: Path, catdog_captures_dir: Path
+) -> None:
+    completed = _run_tiny_demo(tmp_path, catdog_train_dir, catdog_captures_dir, "--no-learning-loop")
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "mqtt:  embedded broker" in output
@@ -74,35 +58,7 @@ def test_the_demo_plays_the_learning_loop_in_standalone_mode(
     tmp_path: Path, catdog_train_dir: Path, catdog_captures_dir: Path
 ) -> None:
     """After the captures: drift, labels, retraining, promotion, rollout (local target), and the new version."""
-    environment = {**os.environ, "EDGELOOP_MODE": "standalone"}
-    environment.update(EDGELOOP_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", EDGELOOP_DATABASE_URL="postgresql://nowhere:1/x")
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeloop_cli.main",
-            "demo",
-            "--broker",
-            "embedded",
-            "--epochs",  # the first act's model: tiny, its accuracy is not the point here
-            "1",
-            "--image-size",
-            "32",
-            "--rate",
-            "20",
-            "--state",
-            str(tmp_path / "demo"),
-            "--images",
-            str(catdog_captures_dir),
-            "--train-data",
-            str(catdog_train_dir),
-            "--learning-loop",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=environment,
-    )
+    completed = _run_tiny_demo(tmp_path, catdog_train_dir, catdog_captures_dir, "--learning-loop", timeout_s=600)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     act_two = output[output.index("--- the learning loop") :]
