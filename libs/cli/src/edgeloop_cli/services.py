@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
+from edgeloop_common.settings import CommonSettings
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,18 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 
 def env_help(settings_cls: type[Any]) -> str:
-    """One line per environment variable the settings class reads."""
+    """One paragraph per environment variable the settings class reads, then the shared ones."""
     prefix = settings_cls.model_config.get("env_prefix", "")
-    lines = ["Environment variables:", ""]
+    paragraphs = ["Environment variables:"]
     for name, field in settings_cls.model_fields.items():
         if name == "common":
             continue
         default = field.default if field.default is not None else ""
         description = f" {field.description}" if field.description else ""
-        lines.append(f"  {prefix}{name.upper()} (default: {default!s}).{description}")
-        lines.append("")
-    lines.append("  Shared: EDGELOOP_MODE, EDGELOOP_KAFKA_BOOTSTRAP_SERVERS, EDGELOOP_MQTT_HOST, EDGELOOP_MQTT_PORT,")
-    lines.append("  EDGELOOP_DATABASE_URL, EDGELOOP_DATA_DIR, EDGELOOP_LOG_LEVEL (see README, 'Configuration').")
-    return "\n\n".join(["\n".join(lines[i : i + 2]) for i in range(0, len(lines), 2)])
+        paragraphs.append(f"{prefix}{name.upper()} (default: {default!s}).{description}")
+    shared = ", ".join(f"EDGELOOP_{name.upper()}" for name in CommonSettings.model_fields)
+    paragraphs.append(f"Shared: {shared} (see README, 'Configuration').")
+    return "\n\n".join(paragraphs)
 
 
 def _runner(spec: ServiceSpec) -> Callable[..., None]:
