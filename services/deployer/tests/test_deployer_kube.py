@@ -159,7 +159,9 @@ async def test_a_version_failing_readiness_is_rolled_back_after_the_progress_dea
 async def test_http_deploy_with_failing_pods_times_out_rolls_back_and_delete_removes_everything(
     kube_cluster: KubeCluster, kube_api: client.ApiClient, namespace: str, tmp_path: Path, bus: InProcessBus
 ) -> None:
-    settings = kube_settings(kube_cluster.kubeconfig, namespace, tmp_path, rollout_timeout_s=5)
+    # The Deployment's own progress deadline is set far beyond the deployer's timeout, so the deployer's
+    # timeout is what fires (by default the two are equal and race each other).
+    settings = kube_settings(kube_cluster.kubeconfig, namespace, tmp_path, rollout_timeout_s=5, progress_deadline_s=600)
     name = workload_name(MODEL, "site-b")
     async with running_deployer(settings, bus) as app, http(app) as api:
         first = await api.post("/v1/deployments", json={"model_name": MODEL, "version": 3, "node_group": "site-b"})
