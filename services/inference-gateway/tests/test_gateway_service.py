@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -132,6 +133,9 @@ async def test_event_becomes_inference_completed_and_device_result(tmp_path: Pat
         "brightness_mean",
         "contrast_std",
         "sharpness_laplacian_var",
+        "saturation_mean",
+        "red_green_mean",
+        "blue_yellow_mean",
         "width",
         "height",
     }
@@ -295,6 +299,36 @@ def test_image_statistics_follow_the_picture() -> None:
     assert sharp.stats["width"] == 320.0 and sharp.stats["height"] == 240.0
     png = inspect_image(png_bytes())
     assert png.format == "png" and 0.0 <= png.stats["brightness_mean"] <= 1.0
+
+
+def test_colour_statistics_see_a_colour_cast_and_a_grayscale_camera(catdog_train_dir: Path) -> None:
+    """Brightness hardly moves under a white-balance shift or a grayscale camera; the colour statistics do."""
+    from PIL import Image, ImageOps
+
+    daylight = (path for path in sorted((catdog_train_dir / "dog").iterdir()) if path.suffix == ".jpg")
+    chosen = next(path for path in daylight if inspect_image(path.read_bytes()).stats["brightness_mean"] > 0.3)
+    with Image.open(chosen) as photo:
+        original = photo.convert("RGB")
+    red, green, blue = original.split()
+    warm = Image.merge("RGB", (red.point(lambda v: min(255, v * 1.3)), green, blue.point(lambda v: v * 0.7)))
+    cool = Image.merge("RGB", (red.point(lambda v: v * 0.7), green, blue.point(lambda v: min(255, v * 1.3))))
+
+    def measured(image: Image.Image) -> dict[str, float]:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        return inspect_image(buffer.getvalue()).stats
+
+    base, warmer, cooler = measured(original), measured(warm), measured(cool)
+    gray = measured(ImageOps.grayscale(original).convert("RGB"))
+    gray_jpeg = measured(ImageOps.grayscale(original))  # a single-channel JPEG
+    assert warmer["red_green_mean"] > base["red_green_mean"] + 0.03 > cooler["red_green_mean"] + 0.06
+    assert warmer["blue_yellow_mean"] < base["blue_yellow_mean"] - 0.03 < cooler["blue_yellow_mean"] - 0.06
+    assert base["saturation_mean"] > 0.1
+    for grayscale in (gray, gray_jpeg):
+        assert grayscale["saturation_mean"] < 0.02, grayscale
+        assert abs(grayscale["red_green_mean"]) < 0.01 and abs(grayscale["blue_yellow_mean"]) < 0.01, grayscale
+        assert grayscale["brightness_mean"] == pytest.approx(base["brightness_mean"], abs=0.02)
+    assert all(-1.0 <= base[name] <= 1.0 for name in ("red_green_mean", "blue_yellow_mean"))
 
 
 def test_a_photo_is_measured_quickly(catdog_captures_dir: Path) -> None:

@@ -8,6 +8,7 @@ agree. The shape is plain JSON::
     {"n": 82,
      "features": {"confidence": [...], "score:cat": [...], "score:dog": [...],
                   "brightness_mean": [...], "contrast_std": [...], "sharpness_laplacian_var": [...],
+                  "saturation_mean": [...], "red_green_mean": [...], "blue_yellow_mean": [...],
                   "width": [...], "height": [...]},
      "class_frequencies": {"cat": 0.5, "dog": 0.5}}
 
@@ -29,7 +30,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_SAMPLES_PER_FEATURE = 1000
 CONFIDENCE = "confidence"
 SCORE_PREFIX = "score:"
-IMAGE_FEATURES: tuple[str, ...] = ("brightness_mean", "contrast_std", "sharpness_laplacian_var", "width", "height")
+IMAGE_FEATURES: tuple[str, ...] = (
+    "brightness_mean",
+    "contrast_std",
+    "sharpness_laplacian_var",
+    "saturation_mean",
+    "red_green_mean",
+    "blue_yellow_mean",
+    "width",
+    "height",
+)
 
 
 def score_feature(class_name: str) -> str:

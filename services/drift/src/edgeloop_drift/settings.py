@@ -11,7 +11,10 @@ from edgeloop_common.settings import CommonSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_FEATURES = "confidence,score:*,brightness_mean,contrast_std,sharpness_laplacian_var,width,height"
+DEFAULT_FEATURES = (
+    "confidence,score:*,brightness_mean,contrast_std,sharpness_laplacian_var,"
+    "saturation_mean,red_green_mean,blue_yellow_mean,width,height"
+)
 
 
 class Settings(BaseSettings):
