@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -317,11 +317,11 @@ class FlakyBlobStore(LocalBlobStore):
         super().__init__(root)
         self.failures = failures
 
-    def put(self, data: bytes, *, sha256: str | None = None) -> str:
+    def put_many(self, blobs: Sequence[tuple[bytes, str]]) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise OSError(28, "No space left on device")
-        return super().put(data, sha256=sha256)
+        super().put_many(blobs)
 
 
 async def test_a_failing_store_holds_messages_back_instead_of_dropping_them(rig: Rig, photos: list[Path]) -> None:

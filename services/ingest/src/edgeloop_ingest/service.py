@@ -100,6 +100,7 @@ class Publication:
 class Accepted:
     publication: Publication
     new_sample: SampleRecord | None = None  # to record before publishing; None for telemetry and redeliveries
+    blob: bytes | None = field(default=None, repr=False)  # the new sample's image, stored by ``record``
     sample: SampleRecord | None = None
     redelivery: bool = False
 
@@ -124,7 +125,7 @@ class IngestService:
     redelivery_window: timedelta = field(default_factory=lambda: timedelta(minutes=10))
 
     def prepare(self, message: DeviceMessage) -> Outcome:
-        """Validate and store what must exist before the event is published. Blocking."""
+        """Validate, and say what must be stored before the event is published (``record`` stores it). Blocking."""
         try:
             if message.kind == "unknown":
                 raise RejectedInput(
@@ -140,8 +141,13 @@ class IngestService:
             return self.reject(message, rejection)
 
     def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Record the new samples of ``outcomes`` in one transaction. Blocking."""
-        self.samples.add_many([o.new_sample for o in outcomes if isinstance(o, Accepted) and o.new_sample])
+        """Store the new samples' images (one group commit) and record the samples (one transaction). Blocking.
+
+        The images first: a recorded sample always has its blob.
+        """
+        new = [o for o in outcomes if isinstance(o, Accepted) and o.new_sample is not None]
+        self.blobs.put_many([(o.blob, o.new_sample.sha256) for o in new if o.blob is not None and o.new_sample])
+        self.samples.add_many([o.new_sample for o in new if o.new_sample is not None])
 
     def reject(self, message: DeviceMessage, rejection: RejectedInput) -> Rejected:
         if message.ingress != "mqtt":
@@ -187,7 +193,6 @@ class IngestService:
             )
             if earlier is not None:
                 return Accepted(publication=image_publication(earlier), sample=earlier, redelivery=True)
-        self.blobs.put(message.payload, sha256=sha256)
         record = SampleRecord(
             sample_id=str(uuid.uuid4()),
             device_id=device_id,
@@ -202,7 +207,7 @@ class IngestService:
             mqtt_topic=message.mqtt_topic,
             blob_uri=self.blobs.uri(sha256),
         )
-        return Accepted(publication=image_publication(record), new_sample=record, sample=record)
+        return Accepted(publication=image_publication(record), new_sample=record, sample=record, blob=message.payload)
 
     def _accept_telemetry(self, message: DeviceMessage, *, device_id: str, site_id: str) -> Accepted:
         telemetry = parse_telemetry(message.payload, max_bytes=self.max_telemetry_bytes)
