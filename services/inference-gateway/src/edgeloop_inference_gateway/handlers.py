@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -27,9 +28,20 @@ class ImageReceivedHandler:
 
     async def __call__(self, event: ImageReceived, context: EventContext) -> None:
         completed = await self.service.classify_event(event)
-        await self.bus.publish(
+        publishing = self.bus.publish(
             completed, event_id=inference_event_id(context.event_id), traceparent=context.traceparent
         )
-        if self.results is not None:
-            payload = json.dumps(device_result(completed), separators=(",", ":")).encode()
-            await self.results.send(completed.site_id, completed.device_id, payload)
+        if self.results is None:
+            await publishing
+            return
+        # The device's answer does not wait for Kafka's acknowledgement of the event (about 1.5 ms): both go
+        # out at once, and the handler succeeds only when both did. If either fails the bus redelivers the
+        # ImageReceived and both are sent again -- the event under the same id (consumers dedupe it), the
+        # result possibly a second time (a device may get the same answer twice; at least once).
+        payload = json.dumps(device_result(completed), separators=(",", ":")).encode()
+        outcomes = await asyncio.gather(
+            publishing, self.results.send(completed.site_id, completed.device_id, payload), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome

@@ -223,11 +223,14 @@ class Bridge:
             try:
                 # A few jobs per batch, not one per message: each completion wakes the event loop.
                 chunks = _chunks([message for message, _ in batch], self._chunks_per_batch)
-                prepared = await asyncio.gather(
-                    *(loop.run_in_executor(self._executor, self._prepare_chunk, chunk) for chunk in chunks)
-                )
-                outcomes = [outcome for chunk_outcomes in prepared for outcome in chunk_outcomes]
-                await loop.run_in_executor(self._executor, self.service.record, outcomes)
+                if len(chunks) == 1:  # a lone message (light traffic): one thread hop, not two
+                    outcomes = await loop.run_in_executor(self._executor, self._prepare_and_record, chunks[0])
+                else:
+                    prepared = await asyncio.gather(
+                        *(loop.run_in_executor(self._executor, self._prepare_chunk, chunk) for chunk in chunks)
+                    )
+                    outcomes = [outcome for chunk_outcomes in prepared for outcome in chunk_outcomes]
+                    await loop.run_in_executor(self._executor, self.service.record, outcomes)
             except Exception as exc:  # noqa: BLE001 - storage trouble (disk, database): retried, never dropped
                 # Not the device's fault (bad input is a Rejected outcome, not an exception): keep the messages.
                 log.error("storing a batch of %d message(s) failed, retrying: %r", len(batch), exc)
@@ -238,6 +241,11 @@ class Bridge:
 
     def _prepare_chunk(self, messages: list[DeviceMessage]) -> list[Outcome]:
         return [self.service.prepare(message) for message in messages]
+
+    def _prepare_and_record(self, messages: list[DeviceMessage]) -> list[Outcome]:
+        outcomes = self._prepare_chunk(messages)
+        self.service.record(outcomes)
+        return outcomes
 
     async def _dispatch(self, message: DeviceMessage, outcome: Outcome, on_durable: OnDurable) -> None:
         publication = outcome.publication
