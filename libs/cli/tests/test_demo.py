@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.synthetic_photos import write_data_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -67,15 +71,17 @@ def test_the_demo_plays_the_learning_loop_in_standalone_mode(
         "ModelRegistered version 1",
         "ModelPromoted version 1 to production",
         "DeploymentUpdated site-a: ready, version 1",
-        "photos in normal light: answered by version 1,",
+        "photos before the change: answered by version 1,",
+        "the pictures change: darker light (brightness x0.25): 82 photos",
         "DriftDetected on edgeloop-classifier v1 at site-a",
-        "darker photos: answered by version 1,",
+        "photos after the change: answered by version 1,",
+        "the change was expected to move brightness_mean: seen",
         "labeled 64 of the",
         "TrainingRequested (new_labels",
         "ModelRegistered version 2: accuracy",
         "ModelPromoted version 2 to production",
         "DeploymentUpdated site-a: ready, version 2",
-        "result: dark-",
+        "result: darken-",
         "the retrained version was promoted and serving version 2",
     ]
     positions = [act_two.find(step) for step in steps]
@@ -86,3 +92,29 @@ def test_the_demo_plays_the_learning_loop_in_standalone_mode(
     # Every service of the loop kept its state in SQLite under the state folder, none in PostgreSQL.
     stores = {path.name for path in (tmp_path / "demo" / "loop" / "data").glob("*.sqlite3")}
     assert {"registry.sqlite3", "trainer.sqlite3", "deployer.sqlite3", "ingest.sqlite3"} <= stores, stores
+
+
+def test_the_loop_runs_on_a_data_set_and_a_drift_it_has_never_seen(tmp_path: Path) -> None:
+    """Three synthetic classes (tests/synthetic_photos.py), sensor noise: the sizes fit the data set, the alarm
+    comes from the statistic noise moves, and the registry's verdict follows the accuracies it printed."""
+    train_dir = write_data_set(tmp_path / "patterns", per_class=120)
+    captures_dir = tmp_path / "captures"
+    captures_dir.mkdir()
+    for path in sorted(train_dir.rglob("*.jpg"))[:3]:
+        shutil.copy(path, captures_dir / path.name)
+    completed = _run_tiny_demo(tmp_path, train_dir, captures_dir, "--learning-loop", "--drift", "noise")
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    act_two = output[output.index("--- the learning loop") :]
+    assert "at site-a, sensor noise (standard deviation 0.08 of full scale per pixel and channel) ---" in act_two
+    assert "3 classes (checks, dots, stripes); seed 96 photos per class, 15 before the change, 52 after, " in act_two
+    assert "the change was expected to move sharpness_laplacian_var: seen" in act_two, act_two
+    registered = re.search(r"ModelRegistered version 2: accuracy ([\d.]+), production v1 ([\d.]+)", act_two)
+    decision = re.search(r"accuracy ([\d.]+) vs production version 1 [\d.]+ .*= ([\d.]+)", act_two)
+    assert registered and decision, act_two
+    promoted = float(decision[1]) >= float(decision[2])
+    assert promoted == ("the retrained version was promoted and serving version 2" in act_two), act_two
+    # Measured here: v2 0.841 against v1 0.730 on the same evaluation set (the new labels help).
+    assert promoted, act_two
+    results = [line for line in act_two.splitlines() if line.startswith("result: noise-")]
+    assert results and all("(edgeloop-classifier v2;" in line for line in results), results

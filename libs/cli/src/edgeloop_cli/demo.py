@@ -28,15 +28,18 @@ from typing import Any
 import httpx
 import typer
 
+from edgeloop_cli.demo_loop import LoopScenario
+from edgeloop_cli.drifts import DEFAULT_DRIFT, DRIFT_HELP, parse_drift
 from edgeloop_cli.local_mqtt import LocalBroker, free_port, start_local_broker
 from edgeloop_cli.paths import repo_root, state_dir
 
 HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
     "inference gateway in one process (in-process bus, SQLite, local folders, local or embedded MQTT broker), "
-    "and let a simulated camera send photos; each result prints as it arrives. Then the learning loop: a "
-    "lighting change is detected, hard examples are labeled, the model is retrained, promoted if better, "
-    "rolled out and serves (--no-learning-loop skips it). Ctrl-C stops everything."
+    "and let a simulated camera send photos; each result prints as it arrives. Then the learning loop on "
+    "--train-data: the camera's pictures change (darker light by default; --drift, --drifted-images), drift is "
+    "detected, hard examples are labeled, the model is retrained, promoted if better, rolled out and serves "
+    "(--no-learning-loop skips it). Ctrl-C stops everything."
 )
 
 DEFAULT_MODEL = "edgeloop-classifier"
@@ -66,6 +69,8 @@ class DemoOptions:
     learning_loop: bool
     loop_image_size: int
     loop_epochs: int
+    drift: str
+    drifted_images: Path | None
 
 
 def demo(
@@ -95,11 +100,22 @@ def demo(
     learning_loop: bool = typer.Option(
         True,
         "--learning-loop/--no-learning-loop",
-        help="After the captures, play the learning loop in standalone mode: a lighting change, drift, labels, "
-        "retraining, promotion, rollout, and the new version answering (about a minute on 2 cores).",
+        help="After the captures, play the learning loop in standalone mode on --train-data: a change in the "
+        "camera's pictures, drift, labels, retraining, promotion, rollout, and the new version answering (about a "
+        "minute on 2 cores).",
     ),
     loop_image_size: int = typer.Option(64, help="Input size of the learning loop's model, in pixels."),
     loop_epochs: int = typer.Option(30, help="Epochs of the learning loop's first version."),
+    drift: str = typer.Option(
+        None,
+        help=f"The learning loop's change: {DRIFT_HELP} (default strengths); what STRENGTH means: "
+        f"docs/closed-loop.md. Default: {DEFAULT_DRIFT}.",
+    ),
+    drifted_images: Path = typer.Option(
+        None,
+        help="Instead of --drift: a folder of class subfolders (classes of --train-data) of photos already under a "
+        "new condition of your own; the camera sends them after the change, as they are.",
+    ),
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow's C++ start-up chatter (no GPU here, dataset buffer notes) is noise in a demo.
@@ -111,6 +127,14 @@ def demo(
     )
     if not images.is_dir():
         _fail(f"--images {images} is not a folder")
+    if drift is not None and drifted_images is not None:
+        _fail("give --drift or --drifted-images, not both")
+    try:
+        parse_drift(drift or DEFAULT_DRIFT)
+    except ValueError as exc:
+        _fail(f"--drift: {exc}")
+    if drifted_images is not None and not drifted_images.is_dir():
+        _fail(f"--drifted-images {drifted_images} is not a folder")
     options = DemoOptions(
         images=images,
         train_data=train_data or _shared_dataset("train"),
@@ -128,7 +152,14 @@ def demo(
         learning_loop=learning_loop,
         loop_image_size=loop_image_size,
         loop_epochs=loop_epochs,
+        drift=drift or DEFAULT_DRIFT,
+        drifted_images=drifted_images,
     )
+    if options.learning_loop and options.train_data is not None and options.train_data.is_dir():
+        try:  # the loop's photos must do before anything starts, not after the first act
+            _loop_scenario(options).fitted_to(options.train_data)
+        except ValueError as exc:
+            _fail(f"the learning loop: {exc}")
     home = (state or state_dir() / "demo").resolve()
     model_base = home / "models"
     _ensure_model(options, model_base)
@@ -239,22 +270,30 @@ async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
         await broker.stop()
 
 
-async def _learning_loop(options: DemoOptions, home: Path, broker: LocalBroker, stop: asyncio.Event) -> None:
-    """Act two: the loop in standalone mode (edgeloop_cli.demo_loop)."""
-    from edgeloop_cli.demo_loop import LoopScenario, run_learning_loop
-
-    if options.train_data is None or not options.train_data.is_dir():
-        typer.echo("loop:  skipped: it needs photos in class folders (--train-data DIR)")
-        return
-    typer.echo("")
-    typer.echo(f"--- the learning loop, standalone: the light changes at {options.site} ---")
-    scenario = LoopScenario(
+def _loop_scenario(options: DemoOptions) -> LoopScenario:
+    return LoopScenario(
         model_name=options.model,
         site=options.site,
         device=options.device,
         image_size=options.loop_image_size,
         epochs=options.loop_epochs,
+        drift=options.drift,
+        drifted_images=options.drifted_images,
     )
+
+
+async def _learning_loop(options: DemoOptions, home: Path, broker: LocalBroker, stop: asyncio.Event) -> None:
+    """Act two: the loop in standalone mode (edgeloop_cli.demo_loop)."""
+    from edgeloop_cli.demo_loop import run_learning_loop
+
+    if options.train_data is None or not options.train_data.is_dir():
+        typer.echo("loop:  skipped: it needs photos in class folders (--train-data DIR)")
+        return
+    scenario = _loop_scenario(options)
+    drift = scenario.parsed_drift()
+    change = drift.describe() if drift else f"photos of {options.drifted_images}"
+    typer.echo("")
+    typer.echo(f"--- the learning loop, standalone: at {options.site}, {change} ---")
     try:
         outcome = await run_learning_loop(
             scenario, options.train_data, home / "loop", broker, stop, typer.echo, keep_running=options.keep_running

@@ -5,10 +5,12 @@ under ``<state>/loop/`` and the deployer's ``local`` target (it switches the lit
 
 1. the trainer trains a first version on part of the photos (the seed); the registry promotes it (there is no
    production version yet), the deployer rolls it out, the gateway serves it;
-2. a camera sends photos in normal light, then darker ones (a lighting change);
+2. a camera sends photos as before, then photos under a new condition (by default darker light; any drift of
+   :mod:`edgeloop_cli.drifts`, or photos of the operator's own taken under a condition of their own);
 3. the drift service compares the live statistics with the version's reference and raises DriftDetected;
 4. a simulated labeler answers the alarm and labels the oldest hard examples of ingest's queue with their true
-   class (it knows the photos); after enough new labels the trainer retrains (warm start);
+   class (it knows the photos; the newest other photos too if the queue is short); after enough new labels the
+   trainer retrains (warm start);
 5. the registry promotes the candidate only if it beats production on the same evaluation set; the deployer
    rolls it out; the camera's next photos are answered by the new version.
 
@@ -22,19 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import math
 import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from edgeloop_cli.drifts import DEFAULT_DRIFT, Drift, parse_drift
 from edgeloop_cli.local_mqtt import LocalBroker, free_port
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -57,27 +59,17 @@ class Photo:
 
 @dataclass(frozen=True)
 class LoopPhotos:
-    """The photos of one scenario, each used once: a seed folder, a normal-light stream, a darkened stream."""
+    """The photos of one scenario, each used once: a seed folder, a stream before the change, one after it."""
 
     seed_dir: Path  # <seed_dir>/<class>/<photo>: what the first version learns from (the trainer's seed data)
-    bright: tuple[Photo, ...]  # what the camera sees before the lighting change
-    dark: tuple[Photo, ...]  # other photos, darkened: what it sees after
-    brightness_factor: float
+    before: tuple[Photo, ...]  # what the camera sees before the change
+    after: tuple[Photo, ...]  # other photos, under the new condition: what it sees after
+    change: str  # the change in words: "darker light (brightness x0.25)"
+    expected_features: tuple[str, ...] | None  # image statistics the change should move; None: not known
 
     def label_of(self) -> dict[str, str]:
         """True class by sha256 of every photo the camera may send: what the simulated labeler knows."""
-        return {photo.sha256: photo.label for photo in (*self.bright, *self.dark)}
-
-
-def darken(data: bytes, factor: float) -> bytes:
-    """The same scene under poorer light: every pixel's brightness times ``factor`` (JPEG out)."""
-    from PIL import Image, ImageEnhance
-
-    with Image.open(io.BytesIO(data)) as image:
-        darker = ImageEnhance.Brightness(image.convert("RGB")).enhance(factor)
-    out = io.BytesIO()
-    darker.save(out, format="JPEG", quality=90)
-    return out.getvalue()
+        return {photo.sha256: photo.label for photo in (*self.before, *self.after)}
 
 
 def _shuffle_key(path: Path) -> str:
@@ -86,7 +78,9 @@ def _shuffle_key(path: Path) -> str:
 
 
 def class_photos(train_dir: Path) -> dict[str, list[Path]]:
-    """``train_dir/<class>/`` photos per class, classes sorted."""
+    """``train_dir/<class>/`` photos per class, classes sorted; ValueError if ``train_dir`` is no folder."""
+    if not train_dir.is_dir():
+        raise ValueError(f"{train_dir} is not a folder (one subfolder of photos per class expected)")
     classes = sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     return {
         folder.name: [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
@@ -94,22 +88,47 @@ def class_photos(train_dir: Path) -> dict[str, list[Path]]:
     }
 
 
+def drifted_photos(drifted_dir: Path, classes: Iterable[str]) -> dict[str, list[Path]]:
+    """``drifted_dir/<class>/`` photos per class; every class folder must be a class of the data set."""
+    by_class = {label: files for label, files in class_photos(drifted_dir).items() if files}
+    unknown = sorted(set(by_class) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{drifted_dir}: {', '.join(unknown)} is no class of the data set ({', '.join(sorted(classes))}); "
+            "the class folders of the drifted photos must be among those of the data set"
+        )
+    if not by_class:
+        raise ValueError(f"{drifted_dir} holds no class folder with photos (JPEG or PNG)")
+    return by_class
+
+
+def _alternating(by_class: dict[str, list[Path]]) -> list[Path]:
+    """The photos of every class in their shuffled order, classes alternating: any prefix is balanced."""
+    ordered = {label: sorted(files, key=_shuffle_key) for label, files in by_class.items()}
+    longest = max(map(len, ordered.values()), default=0)
+    return [ordered[label][index] for index in range(longest) for label in ordered if index < len(ordered[label])]
+
+
 def split_photos(
     train_dir: Path,
     destination: Path,
     *,
     seed_per_class: int,
-    bright_count: int,
-    dark_count: int,
-    brightness_factor: float = 0.25,
+    before_count: int,
+    after_count: int,
+    drift: Drift | None = None,
+    drifted_dir: Path | None = None,
 ) -> LoopPhotos:
-    """Split ``train_dir/<class>/`` deterministically (by content hash) into seed, bright and dark photos.
+    """Split ``train_dir/<class>/`` deterministically (by content hash) into seed, before and after photos.
 
     The seed photos are linked into ``destination/seed/<class>/``. The streams alternate the classes, so any
-    prefix of them is balanced; no photo appears twice across the three parts.
+    prefix of them is balanced; no photo appears twice across the three parts. The after photos are other photos
+    of the data set put through ``drift`` (default :data:`DEFAULT_DRIFT`) — or, with ``drifted_dir``, photos
+    already under the new condition (``drifted_dir/<class>/``, classes of the data set), taken as they are.
     """
     by_class = {label: sorted(files, key=_shuffle_key) for label, files in class_photos(train_dir).items()}
-    needed = seed_per_class + math.ceil((bright_count + dark_count) / max(1, len(by_class)))
+    from_data_set = before_count + (0 if drifted_dir else after_count)
+    needed = seed_per_class + math.ceil(from_data_set / max(1, len(by_class)))
     short = {label: len(files) for label, files in by_class.items() if len(files) < needed}
     if len(by_class) < 2 or short:
         raise ValueError(f"{train_dir} needs two or more class folders of {needed} photos each (short: {short})")
@@ -120,16 +139,23 @@ def split_photos(
             link = seed_dir / label / path.name
             if not link.exists():
                 link.symlink_to(path.resolve())
-    rest = {label: files[seed_per_class:] for label, files in by_class.items()}
-    stream = [rest[label][index] for index in range(max(map(len, rest.values()))) for label in rest
-              if index < len(rest[label])]  # fmt: skip
-    chosen = stream[: bright_count + dark_count]
-    bright = tuple(Photo(path.name, path.parent.name, path.read_bytes()) for path in chosen[:bright_count])
-    dark = tuple(
-        Photo(f"dark-{path.name}", path.parent.name, darken(path.read_bytes(), brightness_factor))
-        for path in chosen[bright_count:]
+    stream = _alternating({label: files[seed_per_class:] for label, files in by_class.items()})
+    before = tuple(Photo(path.name, path.parent.name, path.read_bytes()) for path in stream[:before_count])
+    if drifted_dir is not None:
+        drifted = _alternating(drifted_photos(drifted_dir, by_class))
+        if len(drifted) < after_count:
+            raise ValueError(f"{drifted_dir} holds {len(drifted)} photos; {after_count} are needed")
+        after = tuple(
+            Photo(f"drifted-{path.name}", path.parent.name, path.read_bytes()) for path in drifted[:after_count]
+        )
+        change = f"photos of {drifted_dir} (a change brought by the operator)"
+        return LoopPhotos(seed_dir, before, after, change, expected_features=None)
+    drift = drift or parse_drift(DEFAULT_DRIFT)
+    after = tuple(
+        Photo(f"{drift.name}-{path.name}", path.parent.name, drift.apply(path.read_bytes()))
+        for path in stream[before_count : before_count + after_count]
     )
-    return LoopPhotos(seed_dir=seed_dir, bright=bright, dark=dark, brightness_factor=brightness_factor)
+    return LoopPhotos(seed_dir, before, after, drift.describe(), expected_features=drift.moves)
 
 
 # -- the camera ------------------------------------------------------------------------------------------------
@@ -181,6 +207,7 @@ async def send_photos(
     results: list[CameraResult] = []
     all_in = asyncio.Event()
     expected = 0
+    published = False  # every photo is out: a result may now be the last one
 
     def on_message(topic: str, payload: bytes) -> None:
         with contextlib.suppress(ValueError):
@@ -188,7 +215,7 @@ async def send_photos(
             pending = waiting.get(str(result.get("image_sha256")))
             if result.get("model_name") == model_name and pending:
                 results.append(CameraResult(pending.pop(0), result))
-                if len(results) == expected:
+                if published and len(results) == expected:
                     all_in.set()
 
     client_id = f"camera-{device}-{uuid.uuid4().hex[:6]}"
@@ -204,6 +231,9 @@ async def send_photos(
             acks.append(client.publish(image_topic, photo.data, qos=1))
             await asyncio.sleep(1.0 / rate)
         await asyncio.gather(*acks)
+        published = True
+        if len(results) == expected:
+            all_in.set()
         try:
             async with asyncio.timeout(timeout_s):
                 await all_in.wait()
@@ -233,6 +263,7 @@ class SimulatedLabeler:
     name: str = "labeler"
     labeled: list[str] = field(default_factory=list)  # sample ids
     labeled_sha256: set[str] = field(default_factory=set)
+    topped_up: int = 0  # labels given to samples that were not in the queue (see label_queue)
 
     async def queue(self, client: httpx.AsyncClient) -> list[dict[str, Any]]:
         """The site's labeling queue, oldest first, only this labeler's devices."""
@@ -241,13 +272,31 @@ class SimulatedLabeler:
         response.raise_for_status()
         return [sample for sample in response.json()["samples"] if sample["device_id"] in self.devices]
 
-    async def label_queue(self, *, limit: int, batch: bool = True) -> int:
+    async def unlabeled(self, client: httpx.AsyncClient) -> list[dict[str, Any]]:
+        """Every unlabeled sample of this labeler's devices at the site, newest first."""
+        samples: list[dict[str, Any]] = []
+        for device in sorted(self.devices):
+            params: dict[str, Any] = {"site_id": self.site, "device_id": device, "labeled": "false", "limit": 1000}
+            response = await client.get(f"{self.ingest_url}/v1/samples", params=params)
+            response.raise_for_status()
+            samples.extend(response.json()["samples"])
+        return sorted(samples, key=lambda sample: str(sample["received_at"]), reverse=True)
+
+    async def label_queue(self, *, limit: int, batch: bool = True, top_up: bool = False) -> int:
         """Label the ``limit`` oldest samples waiting in the queue; return how many.
 
         ``batch``: in one ``POST /v1/labels`` (the console's "label selected"), else one ``PUT`` per sample.
+        ``top_up``: when the queue holds fewer than ``limit`` (a model sure of itself mines few hard examples),
+        label the newest other unlabeled samples of the devices too, as a person answering a drift alarm looks
+        at the latest pictures: ``limit`` labels in all, as many as there are samples.
         """
         async with httpx.AsyncClient(timeout=30.0) as client:
             chosen = (await self.queue(client))[:limit]
+            if top_up and len(chosen) < limit:
+                queued = {sample["sample_id"] for sample in chosen}
+                others = [sample for sample in await self.unlabeled(client) if sample["sample_id"] not in queued]
+                self.topped_up += min(len(others), limit - len(chosen))
+                chosen += others[: limit - len(chosen)]
             labels = [self._true_label(sample) for sample in chosen]
             if batch and labels:
                 body = {"labels": labels, "labeled_by": self.name}
@@ -290,9 +339,18 @@ async def wait_until(
 # -- the standalone loop ---------------------------------------------------------------------------------------
 
 
+MIN_WINDOW = 10  # the drift service's smallest window: the least of each stream
+MIN_SEED_PER_CLASS = 8
+MIN_LABELS = 8
+UNLABELED_LEFT = 4  # photos after the change that the labels leave, to show the new version on
+
+
 @dataclass(frozen=True)
 class LoopScenario:
-    """Sizes and thresholds of the demo's loop; the defaults are those the end-to-end test is tuned with."""
+    """Sizes and thresholds of the loop; the defaults are those the end-to-end test is tuned with (cat/dog).
+
+    :meth:`fitted_to` fits the sizes to another data set; the demo and the end-to-end test both use it.
+    """
 
     model_name: str = "edgeloop-classifier"
     site: str = "site-a"
@@ -303,36 +361,81 @@ class LoopScenario:
     incremental_learning_rate: float = 1e-3
     seed: int = 42
     seed_per_class: int = 150
-    bright_photos: int = 24
-    dark_photos: int = 82
-    labels_per_training: int = 64
-    brightness_factor: float = 0.25
+    before_photos: int = 24  # the camera before the change: more than one drift window
+    after_photos: int = 82  # after it
+    labels_per_training: int = 64  # the trainer retrains after this many new labels; the labeler labels this many
+    drift: str = DEFAULT_DRIFT  # what changes (edgeloop_cli.drifts), unless drifted_images
+    drifted_images: Path | None = None  # <dir>/<class>/ photos already under a new condition: the after stream
     drift_window: int = 20
     drift_check_every: int = 5
     promotion_margin: float = 0.02
     rate: float = 25.0
     photos_shown: int = 8  # results printed one by one once the new version serves
 
+    def parsed_drift(self) -> Drift | None:
+        """The transform of the after photos; None when they come from ``drifted_images``."""
+        return None if self.drifted_images is not None else parse_drift(self.drift)
+
     def fitted_to(self, train_dir: Path) -> LoopScenario:
-        """The same proportions on a smaller data set (``--train-data`` of your own)."""
-        counts = [len(files) for files in class_photos(train_dir).values()]
-        if len(counts) < 2:
-            raise ValueError(f"{train_dir} needs two or more class folders of photos")
-        stream_total = self.bright_photos + self.dark_photos
-        needed = self.seed_per_class + math.ceil(stream_total / len(counts))
-        if min(counts) >= needed:
-            return self
-        scale = min(counts) / needed
-        bright, dark = max(4, int(self.bright_photos * scale)), max(8, int(self.dark_photos * scale))
-        return LoopScenario(
-            **{
-                **self.__dict__,
-                "seed_per_class": max(4, int(self.seed_per_class * scale)),
-                "bright_photos": bright,
-                "dark_photos": dark,
-                "labels_per_training": max(4, int(self.labels_per_training * scale)),
-                "drift_window": max(10, min(self.drift_window, bright)),
-            }
+        """The sizes fitted to the data set ``train_dir/<class>/`` (and to ``drifted_images``).
+
+        A data set large enough keeps them (the cat/dog set does). A smaller one, or one of more classes, gets the
+        same proportions scaled down to its smallest class, each stream at least one drift window
+        (:data:`MIN_WINDOW`) and the seed at least :data:`MIN_SEED_PER_CLASS` per class; ``drifted_images``
+        gives the after stream (at most ``after_photos`` of them). The drift window shrinks to the shorter
+        stream, the labels in proportion to the streams (leaving a few after photos unlabeled to show the new
+        version on). ValueError saying what is missing when the photos are too few for a loop.
+        """
+        parse_drift(self.drift)  # a bad spec fails before anything is done
+        counts = {label: len(files) for label, files in class_photos(train_dir).items()}
+        if len(counts) < 2 or min(counts.values()) == 0:
+            raise ValueError(f"{train_dir} needs two or more class folders of photos (found {counts or 'none'})")
+        classes, smallest = len(counts), min(counts.values())
+        after = self.after_photos
+        if self.drifted_images is not None:
+            available = sum(map(len, drifted_photos(self.drifted_images, counts).values()))
+            if available < MIN_WINDOW:
+                raise ValueError(
+                    f"{self.drifted_images} holds {available} photos: the loop needs at least {MIN_WINDOW} "
+                    "(a drift window)"
+                )
+            after = min(after, available)
+
+        def per_class(before: int, after: int) -> int:
+            """Photos of each class the streams take from the data set."""
+            return math.ceil((before + (0 if self.drifted_images is not None else after)) / classes)
+
+        seed, before = self.seed_per_class, self.before_photos
+        if smallest < seed + per_class(before, after):
+            scale = smallest / (seed + per_class(before, after))
+            before = max(MIN_WINDOW, int(before * scale))
+            if self.drifted_images is None:
+                after = max(MIN_WINDOW, int(after * scale))
+            seed = min(max(MIN_SEED_PER_CLASS, int(seed * scale)), smallest - per_class(before, after))
+            if seed < MIN_SEED_PER_CLASS:
+                least = MIN_SEED_PER_CLASS + per_class(MIN_WINDOW, MIN_WINDOW)
+                raise ValueError(
+                    f"{train_dir}: {smallest} photos in its smallest class; the loop needs at least {least} per "
+                    f"class ({MIN_SEED_PER_CLASS} to train the first version on, the rest for the camera)"
+                )
+        streamed = before + after
+        labels = round(self.labels_per_training * streamed / (self.before_photos + self.after_photos))
+        labels = max(MIN_LABELS, min(labels, streamed - UNLABELED_LEFT))
+        window = max(MIN_WINDOW, min(self.drift_window, before, after))
+        return replace(
+            self,
+            seed_per_class=seed,
+            before_photos=before,
+            after_photos=after,
+            labels_per_training=labels,
+            drift_window=window,
+        )
+
+    def describe_sizes(self) -> str:
+        return (
+            f"seed {self.seed_per_class} photos per class, {self.before_photos} before the change, "
+            f"{self.after_photos} after, {self.labels_per_training} labels per training, drift window "
+            f"{self.drift_window}"
         )
 
 
@@ -343,6 +446,7 @@ class _Narrator:
         self.echo = echo
         self.started = started
         self.drift_alarms = 0
+        self.alarmed: dict[str, set[str]] = {}  # feature -> the tests that alarmed on it
         self.labels = 0
         self.deployments: list[Any] = []
         self.changed = asyncio.Event()
@@ -373,6 +477,7 @@ class _Narrator:
 
     async def _drift(self, event: Any, context: Any) -> None:
         self.drift_alarms += 1
+        self.alarmed.setdefault(event.feature, set()).add(event.test)
         if self.drift_alarms == 1:
             self.say(
                 "drift",
@@ -541,7 +646,7 @@ class _LoopServices:
             check_every=self.scenario.drift_check_every,
             reference_retry_s=1.0,
             # The labeler answers the alarm and the trainer retrains on the new labels: a training requested by
-            # the alarm itself would start before any photo of the new light has a label.
+            # the alarm itself would start before any photo of the new condition has a label.
             request_training=False,
             common=self.common(),
         )
@@ -605,6 +710,9 @@ async def run_learning_loop(
     ``keep_running``: afterwards, leave the services up until ``stop`` (to look at their HTTP APIs).
     """
     scenario, photos = await asyncio.to_thread(_prepare, scenario, train_dir, home)
+    classes = sorted(class_photos(train_dir))
+    echo(f"loop:  data set {train_dir}: {len(classes)} classes ({', '.join(classes)}); {scenario.describe_sizes()}")
+    echo(f"loop:  the change: {photos.change}")
     _quiet_service_warnings()  # the narrator tells what they would warn about (drift, no version yet)
     narrator = _Narrator(echo, time.monotonic())
     services = _LoopServices(scenario, home, photos.seed_dir, broker)
@@ -635,9 +743,10 @@ def _prepare(scenario: LoopScenario, train_dir: Path, home: Path) -> tuple[LoopS
         train_dir,
         home / "photos",
         seed_per_class=scenario.seed_per_class,
-        bright_count=scenario.bright_photos,
-        dark_count=scenario.dark_photos,
-        brightness_factor=scenario.brightness_factor,
+        before_count=scenario.before_photos,
+        after_count=scenario.after_photos,
+        drift=scenario.parsed_drift(),
+        drifted_dir=scenario.drifted_images,
     )
     return scenario, photos
 
@@ -669,16 +778,15 @@ class _LoopSteps:
         first = await self._train_by_hand()
         await self._deployed(first["version"])
 
-        before = await self._camera(self.photos.bright)
-        say("camera", f"{len(before)} photos in normal light: {_tally(before)}")
-        say(
-            "camera", f"the light changes (brightness x{self.photos.brightness_factor}): {len(self.photos.dark)} photos"
-        )
-        dark = await self._camera(self.photos.dark)
-        say("camera", f"darker photos: {_tally(dark)}")
+        before = await self._camera(self.photos.before)
+        say("camera", f"{len(before)} photos before the change: {_tally(before)}")
+        say("camera", f"the pictures change: {self.photos.change}: {len(self.photos.after)} photos")
+        after = await self._camera(self.photos.after)
+        say("camera", f"photos after the change: {_tally(after)}")
         await wait_until(self._drift_raised, "a drift alarm", timeout_s=60)
 
-        await self._predictions_stored(len(before) + len(dark))
+        await self._predictions_stored(len(before) + len(after))
+        say("drift", self._alarms_text())
         labeler = SimulatedLabeler(
             self.services.urls["ingest"],
             self.photos.label_of(),
@@ -688,8 +796,13 @@ class _LoopSteps:
         )
         async with httpx.AsyncClient(timeout=30) as http:
             queued = len(await labeler.queue(http))
-        labeled = await labeler.label_queue(limit=scenario.labels_per_training)
-        say("labeler", f"labeled {labeled} of the {queued} hard examples waiting in the queue (their true class)")
+        labeled = await labeler.label_queue(limit=scenario.labels_per_training, top_up=True)
+        extra = f", and {labeler.topped_up} of the newest other photos" if labeler.topped_up else ""
+        say(
+            "labeler",
+            f"labeled {labeled - labeler.topped_up} of the {queued} hard examples waiting in the queue{extra} "
+            "(their true class)",
+        )
 
         run = await self._wait_for_run(_finished_after_labels)
         if run["state"] != "succeeded":
@@ -700,18 +813,21 @@ class _LoopSteps:
             return LoopOutcome(promoted=False, served_version=first["version"])
         await self._deployed(result["version"])
 
-        # The darker photos no one labeled: the new version never saw them.
-        unseen = [photo for photo in self.photos.dark if photo.sha256 not in labeler.labeled_sha256]
-        earlier = {r.photo.sha256: r for r in dark}
-        after = await self._camera(unseen)
-        for answer in after[: scenario.photos_shown]:
+        # The photos after the change that no one labeled: the new version never saw them.
+        unseen = [photo for photo in self.photos.after if photo.sha256 not in labeler.labeled_sha256]
+        which = "that no one labeled"
+        if not unseen:  # a short stream, every photo of it labeled: show the new version on some all the same
+            unseen, which = list(self.photos.after[: scenario.photos_shown]), "(all of them labeled)"
+        earlier = {r.photo.sha256: r for r in after}
+        answers = await self._camera(unseen)
+        for answer in answers[: scenario.photos_shown]:
             was = earlier[answer.photo.sha256]
             self.echo(f"result: {answer.describe()}   (v{was.model_version} said {was.payload.get('top_label')})")
         say(
             "camera",
-            f"the {len(after)} darker photos no one labeled: version {result['version']} right on "
-            f"{sum(r.right for r in after)}, version {first['version']} was right on "
-            f"{sum(earlier[r.photo.sha256].right for r in after)}",
+            f"the {len(answers)} photos after the change {which}: version {result['version']} right on "
+            f"{sum(r.right for r in answers)}, version {first['version']} was right on "
+            f"{sum(earlier[r.photo.sha256].right for r in answers)}",
         )
         return LoopOutcome(promoted=True, served_version=result["version"])
 
@@ -773,6 +889,17 @@ class _LoopSteps:
             rate=self.scenario.rate,
             timeout_s=120,
         )
+
+    def _alarms_text(self) -> str:
+        alarmed = self.narrator.alarmed
+        text = "alarms on " + ", ".join(f"{feature} ({'+'.join(sorted(tests))})" for feature, tests in alarmed.items())
+        expected = self.photos.expected_features
+        if expected is None:
+            return text
+        seen = [feature for feature in expected if feature in alarmed]
+        if seen:
+            return f"{text}; the change was expected to move {', '.join(expected)}: seen"
+        return f"{text}; NOT on {', '.join(expected)}, which the change was expected to move"
 
     async def _drift_raised(self) -> bool:
         return self.narrator.drift_alarms > 0
