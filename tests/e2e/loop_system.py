@@ -197,7 +197,7 @@ class DistributedLoop:
                 reference_retry_s=1.0,
                 debounce_s=3600,
                 # The labeler answers the alarm; the trainer retrains once enough labels came in. A training
-                # requested by drift itself would start before any label of the new light exists.
+                # requested by drift itself would start before any label of the new condition exists.
                 request_training=False,
                 topic_prefix=self.config.topic_prefix,
                 common=self.common("drift"),
