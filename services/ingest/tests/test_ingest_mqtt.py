@@ -109,3 +109,51 @@ async def test_a_dropped_connection_redelivers_what_was_not_acknowledged_without
         await asyncio.sleep(1.0)
         assert len(bus.events_of(ImageReceived)) == 10  # acknowledged on the new connection: no third copy
     await bus.stop()
+
+
+async def test_an_ingest_for_some_sites_bridges_only_theirs(
+    tmp_path: Path, mqtt_broker: tuple[str, int], catdog_train_dir: Path
+) -> None:
+    mine, other = f"site-{uuid.uuid4().hex[:8]}", f"site-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        mqtt_client_id=f"ingest-test-{uuid.uuid4().hex[:8]}",
+        mqtt_session_expiry_s=60,
+        sites=f"{mine}, {mine}-annex",
+        common=CommonSettings(
+            mode="distributed",
+            mqtt_host=mqtt_broker[0],
+            mqtt_port=mqtt_broker[1],
+            data_dir=tmp_path,
+            database_url=f"sqlite:///{tmp_path / 'ingest.sqlite3'}",
+        ),
+    )
+    bus = SwitchableBus()
+    await bus.start()
+    photos = catdog_photos(catdog_train_dir)
+    app = create_app(settings, bus=bus)
+    async with app.router.lifespan_context(app):
+        runtime: IngestRuntime = app.state.runtime
+        assert runtime.subscriber is not None and await runtime.subscriber.wait_connected(15)
+        messages = [
+            (f"dt/edgeloop/{other}/cam-1/image", tagged_jpeg(photos[0], f"{other}/0")),
+            (f"dt/edgeloop/{mine}/cam-1/image", tagged_jpeg(photos[1], f"{mine}/1")),
+            (f"dt/edgeloop/{mine}-annex/cam-2/image", tagged_jpeg(photos[2], f"{mine}-annex/2")),
+        ]
+        await asyncio.to_thread(publish_qos1, *mqtt_broker, messages)
+        await wait_for(lambda: len(bus.events_of(ImageReceived)) >= 2, what="the two images of my sites")
+        await asyncio.sleep(0.5)  # time for the other site's image to arrive, were it subscribed
+        sites = sorted(event.site_id for event in bus.events_of(ImageReceived) if isinstance(event, ImageReceived))
+    await bus.stop()
+    assert sites == [mine, f"{mine}-annex"]
+
+
+def test_the_site_list_gives_one_pair_of_subscriptions_per_site_and_refuses_bad_ids() -> None:
+    assert Settings().mqtt_subscriptions() == ("dt/edgeloop/+/+/image", "dt/edgeloop/+/+/telemetry")
+    assert Settings(sites=" site-a,site-b ,site-a").mqtt_subscriptions() == (
+        "dt/edgeloop/site-a/+/image",
+        "dt/edgeloop/site-a/+/telemetry",
+        "dt/edgeloop/site-b/+/image",
+        "dt/edgeloop/site-b/+/telemetry",
+    )
+    with pytest.raises(ValueError, match="site id '#' is not valid"):
+        Settings(sites="site-a,#")

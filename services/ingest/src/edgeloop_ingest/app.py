@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from edgeloop_common import topics
 from edgeloop_common.bus.base import EventBus, EventContext
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.events import InferenceCompleted
@@ -99,7 +98,7 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         host=settings.common.mqtt_host,
         port=settings.common.mqtt_port,
         client_id=settings.mqtt_client_id,
-        subscriptions=(topics.MQTT_IMAGE_SUBSCRIPTION, topics.MQTT_TELEMETRY_SUBSCRIPTION),
+        subscriptions=settings.mqtt_subscriptions(),
         receive_maximum=settings.mqtt_receive_maximum,
         session_expiry_s=settings.mqtt_session_expiry_s,
         keepalive_s=settings.mqtt_keepalive_s,

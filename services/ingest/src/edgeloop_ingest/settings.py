@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from edgeloop_common.settings import CommonSettings
-from pydantic import Field
+from edgeloop_common.topics import (
+    ID_PATTERN,
+    MQTT_IMAGE,
+    MQTT_IMAGE_SUBSCRIPTION,
+    MQTT_TELEMETRY,
+    MQTT_TELEMETRY_SUBSCRIPTION,
+)
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -31,6 +39,12 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=1, description="How long the broker keeps the session while the bridge is away."
     )
     mqtt_keepalive_s: int = Field(30, ge=5, description="MQTT keepalive.")
+    sites: str = Field(
+        "",
+        description="Comma-separated site ids this ingest bridges (dt/edgeloop/<site>/+/image and .../telemetry "
+        "for each); empty: every site (dt/edgeloop/+/+/...). A persistent session keeps its earlier "
+        "subscriptions: change the list together with MQTT_CLIENT_ID.",
+    )
     mqtt_protocol: Literal["5", "3.1.1"] = Field(
         "5", description="MQTT protocol version: 5, or 3.1.1 for brokers without MQTT 5 (the embedded one)."
     )
@@ -69,8 +83,33 @@ class Settings(BaseSettings):
 
     common: CommonSettings = Field(default_factory=CommonSettings)
 
+    @field_validator("sites")
+    @classmethod
+    def _valid_sites(cls, value: str) -> str:
+        for site in site_list(value):
+            if not re.fullmatch(ID_PATTERN, site):
+                raise ValueError(
+                    f"site id {site!r} is not valid (1-64 characters: letters, digits, '_', '.', '-'; "
+                    "starting with a letter or digit)"
+                )
+        return value
+
+    def mqtt_subscriptions(self) -> tuple[str, ...]:
+        """The MQTT topic filters the bridge subscribes to: every site, or one pair per listed site."""
+        sites = site_list(self.sites)
+        if not sites:
+            return (MQTT_IMAGE_SUBSCRIPTION, MQTT_TELEMETRY_SUBSCRIPTION)
+        return tuple(
+            template.format(site=site, device="+") for site in sites for template in (MQTT_IMAGE, MQTT_TELEMETRY)
+        )
+
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.common.data_dir / "blobs").resolve()
 
     def resolved_buffer_path(self) -> Path:
         return (self.buffer_path or self.common.data_dir / "ingest-buffer.sqlite3").resolve()
+
+
+def site_list(value: str) -> list[str]:
+    """``"site-a, site-b"`` -> ``["site-a", "site-b"]`` (order kept, duplicates dropped)."""
+    return list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
