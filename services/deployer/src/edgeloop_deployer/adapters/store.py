@@ -4,6 +4,10 @@ Two tables of the deployer's own (``deployer_`` prefix) in the shared database:
 ``deployer_deployments`` (one row per model and node group) and ``deployer_rollouts``
 (one row per rollout, rollback or deletion, with its pod annotations so a rollback
 re-applies exactly what served). Blocking SQLAlchemy calls run in a thread.
+
+The schema is owned by the Alembic migrations in ``edgeloop_deployer/migrations``
+(run at start by :func:`edgeloop_deployer.adapters.schema.upgrade_schema`); the
+tables here describe it for the queries, and a test checks the two agree.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy import (
     update,
 )
 
+from edgeloop_deployer.adapters.schema import upgrade_schema
 from edgeloop_deployer.service import DeploymentState, RolloutPhase, RolloutRecord
 
 metadata = MetaData()
@@ -70,9 +75,12 @@ def create_sql_engine(url: str) -> Engine:
 
 
 class SqlDeploymentStore:
-    def __init__(self, engine: Engine) -> None:
+    """Creating one brings the schema up to date (``upgrade=False``: as it is, for tests of the migrations)."""
+
+    def __init__(self, engine: Engine, *, upgrade: bool = True) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        if upgrade:
+            upgrade_schema(engine)
 
     # --- deployments ---
 
