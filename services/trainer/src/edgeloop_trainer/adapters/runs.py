@@ -4,6 +4,10 @@ Two partial unique indexes hold the queue's rules in the database itself: at
 most one ``queued`` run and at most one ``running`` run per model. A request is
 keyed by its id (the event id, or the id given to an HTTP request), so a
 redelivered event finds its row and changes nothing.
+
+The schema is owned by the Alembic migrations in ``edgeloop_trainer/migrations``
+(run at start by :func:`edgeloop_trainer.adapters.schema.upgrade_schema`); the
+tables here describe it for the queries, and a test checks the two agree.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from edgeloop_trainer.adapters.schema import upgrade_schema
 from edgeloop_trainer.ports import Enqueued, Run, RunState, TrainingRequest
 
 metadata = MetaData()
@@ -98,11 +103,13 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 class SqlRunStore:
-    """Blocking calls: async callers run them in a thread."""
+    """Blocking calls: async callers run them in a thread. Creating one brings the schema up to date
+    (``upgrade=False``: as it is, for tests of the migrations)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, upgrade: bool = True) -> None:
         self.engine = engine
-        metadata.create_all(engine)
+        if upgrade:
+            upgrade_schema(engine)
 
     def reachable(self) -> bool:
         with self.engine.connect() as connection:
