@@ -281,10 +281,18 @@ async def test_a_change_in_the_pictures_is_detected_learned_and_the_better_model
     change_sent_at = time.monotonic()
     after = await _camera(loop, photos.after, device)
     assert {result.model_version for result in after} == {1}
-    drift = await events.wait_for(
-        "drift.detected", lambda body: body["site_id"] == SITE and body["model_version"] == 1, timeout_s=STEP_TIMEOUT_S
-    )
-    await _drift_checked(loop, version=1, samples=scenario.before_photos + scenario.after_photos)
+    stream = await _drift_checked(loop, version=1, samples=scenario.before_photos + scenario.after_photos)
+    try:
+        drift = await events.wait_for(
+            "drift.detected", lambda body: body["site_id"] == SITE and body["model_version"] == 1, timeout_s=30
+        )
+    except AssertionError:
+        nearest = sorted(
+            (entry["statistic"] / entry["threshold"], f"{test} of {feature}")
+            for feature, tests in stream["statistics"].items()
+            for test, entry in tests.items()
+        )[-3:]
+        pytest.fail(f"no drift alarm for {photos.change}; nearest to their thresholds (ratio): {nearest}")
     alarms = events.events("drift.detected", lambda body: body["site_id"] == SITE)
     alarmed = sorted({alarm.body["feature"] for alarm in alarms})
     print(

@@ -302,7 +302,9 @@ async def _learning_loop(options: DemoOptions, home: Path, broker: LocalBroker, 
         # A step that did not happen (a service's log above says why): say which, without a stack trace.
         typer.secho(f"loop:  stopped: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from exc
-    if outcome is not None:
+    if outcome is not None and not outcome.drift_detected:
+        typer.echo(f"loop:  done: no drift detected; the edge keeps version {outcome.served_version}")
+    elif outcome is not None:
         verdict = "promoted and serving" if outcome.promoted else "refused; the edge keeps"
         typer.echo(f"loop:  done: the retrained version was {verdict} version {outcome.served_version}")
 
