@@ -86,7 +86,7 @@ async def test_a_promotion_over_kafka_is_rolled_out_to_every_group_and_reported_
         ("ready", 2, 2),
     ]
     assert {context.source for _, context in observer.updates} == {"deployer"}
-    assert {context.key for _, context in observer.updates} == {"catdog"}
+    assert {context.key for _, context in observer.updates} == {"catdog/site-a", "catdog/site-b"}
     for group, version in (("site-a", "1"), ("site-b", "2")):
         assert serving_summary(kube_api, namespace, group) == [
             (node, version, True) for node in sorted(kube_cluster.groups[group])

@@ -28,7 +28,7 @@ from edgeloop_common import topics
 from edgeloop_common.bus.kafka import DEFAULT_TOPIC_PARTITIONS
 from edgeloop_common.codec import CONTENT_TYPE, SPEC_VERSION
 from edgeloop_common.device_messages import DEVICE_MODELS
-from edgeloop_common.events import ALL_EVENTS, DeadLetter, Event
+from edgeloop_common.events import ALL_EVENTS, DeadLetter, DeploymentUpdated, Event
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
@@ -133,10 +133,19 @@ def _kafka_channel(event_cls: type[Event]) -> dict[str, Any]:
                 "topic": event_cls.topic,
                 "partitions": DEFAULT_TOPIC_PARTITIONS,
                 "replicas": 1,
+                **_topic_configuration(event_cls.topic),
                 "bindingVersion": KAFKA_BINDING_VERSION,
             }
         },
     }
+
+
+def _topic_configuration(topic: str) -> dict[str, Any]:
+    """The Kafka binding's ``topicConfiguration`` for a topic with configs of its own (a compacted one)."""
+    configs = topics.KAFKA_TOPIC_CONFIGS.get(topic)
+    if not configs:
+        return {}
+    return {"topicConfiguration": {"cleanup.policy": configs["cleanup.policy"].split(",")}}
 
 
 def _kafka_message(event_cls: type[Event]) -> dict[str, Any]:
@@ -185,6 +194,8 @@ def key_description(event_cls: type[Event]) -> str:
     fields = event_cls.model_fields
     if event_cls is DeadLetter:
         return "The device id of the failed message when known, else the original record's key."
+    if event_cls is DeploymentUpdated:
+        return "`<model_name>/<node_group>`: the topic is compacted by it, keeping the latest state of each deployment."
     if "device_id" in fields:
         return "The device id: a device's events keep their order."
     if "model_name" in fields:

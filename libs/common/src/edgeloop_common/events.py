@@ -195,6 +195,11 @@ class DeploymentUpdated(Event):
     reason: str = ""
     updated_at: datetime = Field(default_factory=utc_now)
 
+    def partition_key(self) -> str:
+        """``<model>/<node group>``: the topic is compacted by key (``topics.KAFKA_TOPIC_CONFIGS``), so Kafka keeps
+        the latest state of every deployment, and one deployment's updates stay in publish order."""
+        return f"{self.model_name}/{self.node_group}"
+
 
 class DeadLetter(Event):
     """A message that could not be handled, with everything needed to replay it."""

@@ -34,6 +34,13 @@ ALL_KAFKA_TOPICS: tuple[str, ...] = (
     DEAD_LETTER,
 )
 
+# Topic configs other than the broker's defaults, applied where topics are created (the bus, `edgeloop infra up`).
+# deployments.updated is compacted: Kafka keeps at least the latest record of each key (`<model>/<node group>`)
+# for ever, so a gateway replica that replays it from the beginning rebuilds the current routes (docs/bus.md).
+KAFKA_TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    DEPLOYMENTS_UPDATED: {"cleanup.policy": "compact"},
+}
+
 # MQTT topic templates. {site} and {device} are single topic levels.
 MQTT_IMAGE = "dt/edgeloop/{site}/{device}/image"
 MQTT_TELEMETRY = "dt/edgeloop/{site}/{device}/telemetry"

@@ -11,6 +11,18 @@ Delivery contract (DESIGN.md, "Delivery semantics"):
 * A handler that raises is retried with backoff up to ``RetryPolicy.max_attempts``;
   :class:`PermanentError` is not retried. Then a :class:`DeadLetter` with the
   reason goes to ``edgeloop.deadletter.v1`` and the consumer moves on.
+
+Two kinds of subscription:
+
+* group (the default): the processes subscribed with the same ``group`` share
+  the topic's events, each event goes to one of them, and the group resumes
+  where it left off (Kafka consumer groups with committed offsets).
+* ``broadcast=True``: every process gets every event of the topic, replayed
+  from the beginning of the log at start and then followed. For state every
+  replica must hold (the gateway's routes, rebuilt from the compacted
+  ``deployments.updated`` topic). Nothing is committed; ids are deduplicated in
+  memory only, so a restarted process replays the history. ``caught_up()`` says
+  when the replay reached the end the log had at start.
 """
 
 from __future__ import annotations
@@ -70,6 +82,7 @@ class Subscription:
     event_cls: type[Event]
     handler: Handler
     group: str
+    broadcast: bool = False
 
 
 @dataclass
@@ -92,10 +105,25 @@ class EventBus(abc.ABC):
         self.stats = BusStats()
 
     def subscribe(
-        self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str
+        self,
+        event_cls: type[E],
+        handler: Callable[[E, EventContext], Awaitable[None]],
+        *,
+        group: str,
+        broadcast: bool = False,
     ) -> None:
-        """Register ``handler`` for ``event_cls`` in consumer group ``group``. Call before ``start``."""
-        self.subscriptions.append(Subscription(event_cls=event_cls, handler=handler, group=group))
+        """Register ``handler`` for ``event_cls`` in consumer group ``group``. Call before ``start``.
+
+        ``broadcast=True``: this process gets every event of the topic, from the beginning of the log, whatever
+        other processes subscribed; ``group`` then only names the subscription (dead-letter reasons, logs). The
+        handler must be idempotent over a replay: a restart delivers the history again.
+        """
+        self.subscriptions.append(Subscription(event_cls=event_cls, handler=handler, group=group, broadcast=broadcast))
+
+    def caught_up(self) -> bool:
+        """True once every broadcast subscription has handled the events its topic held when the bus started
+        (always, for a bus without broadcast subscriptions). The in-process bus has no log to replay: True."""
+        return True
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -135,8 +163,10 @@ class EventBus(abc.ABC):
         done.set_result(event_id)
         return done
 
-    async def publish_dead_letter(self, dead_letter: DeadLetter) -> str:
-        return await self.publish(dead_letter, key=dead_letter.device_id or dead_letter.original_key)
+    async def publish_dead_letter(self, dead_letter: DeadLetter, *, event_id: str | None = None) -> str:
+        """Publish ``dead_letter``. ``event_id``: a stable id, so that the same failure reported again (a replayed
+        broadcast record, by every replica) is one event to consumers, who skip the duplicates."""
+        return await self.publish(dead_letter, key=dead_letter.device_id or dead_letter.original_key, event_id=event_id)
 
     @abc.abstractmethod
     async def ready(self) -> bool:

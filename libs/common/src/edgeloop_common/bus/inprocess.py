@@ -1,7 +1,9 @@
 """The in-process bus: standalone mode and fast unit tests.
 
 Each subscription has its own queue and worker task, so a slow consumer does
-not hold up a publisher, and handlers see events in publication order.
+not hold up a publisher, and handlers see events in publication order. A
+broadcast subscription also gets the events of its class published before it
+subscribed (the bus keeps what it published), like a replay of a Kafka topic.
 """
 
 from __future__ import annotations
@@ -41,12 +43,22 @@ class InProcessBus(EventBus):
         self._started = False
 
     def subscribe(
-        self, event_cls: type[E], handler: Callable[[E, EventContext], Awaitable[None]], *, group: str
+        self,
+        event_cls: type[E],
+        handler: Callable[[E, EventContext], Awaitable[None]],
+        *,
+        group: str,
+        broadcast: bool = False,
     ) -> None:
         """Register a handler. Unlike Kafka, also allowed after ``start``: services sharing one bus start in
-        any order. Events published before a subscription exists are not replayed to it (no retained log)."""
-        super().subscribe(event_cls, handler, group=group)
+        any order. Events published before a group subscription exists are not delivered to it; a broadcast
+        subscription gets them first, in publication order."""
+        super().subscribe(event_cls, handler, group=group, broadcast=broadcast)
         queue: asyncio.Queue[_Delivery] = asyncio.Queue()
+        if broadcast:
+            for event, context in self.published:
+                if isinstance(event, event_cls):
+                    queue.put_nowait((event, context))
         self._queues.append((self.subscriptions[-1], queue))
         if self._started:
             self._start_worker(self.subscriptions[-1], queue)
@@ -108,6 +120,8 @@ class InProcessBus(EventBus):
             await asyncio.gather(*(queue.join() for _, queue in self._queues))
 
     async def _work(self, subscription: Subscription, queue: asyncio.Queue[_Delivery]) -> None:
+        # A broadcast subscription is this process's own: its handled ids are not the group's shared record.
+        processed = InMemoryProcessedEventStore() if subscription.broadcast else self.processed
         while True:
             event, context = await queue.get()
             try:
@@ -116,7 +130,7 @@ class InProcessBus(EventBus):
                     event,
                     context,
                     retry=self.retry,
-                    processed=self.processed,
+                    processed=processed,
                     stats=self.stats,
                     service=self.source,
                     raw_value=event.model_dump_json().encode(),

@@ -19,6 +19,11 @@ next record is handled (one commit request at a time; a rebalance and a stop wai
 for it). A failure of the bus itself (dead-letter topic or processed-event store
 unreachable) commits nothing: the consumer seeks back and tries the record again
 after a backoff.
+
+Broadcast subscriptions (``subscribe(..., broadcast=True)``): one consumer per
+subscription name with no consumer group: it is assigned every partition of its
+topics, reads them from the beginning, commits nothing, and deduplicates event
+ids in memory. Decoding, retries and dead letters are the same as in a group.
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -61,6 +69,7 @@ _REFUSED_RECORD_ERRORS = (
     TopicAuthorizationFailedError,
 )
 _TOPIC_ALREADY_EXISTS = 36
+_DYNAMIC_TOPIC = 1  # DescribeConfigs config_source of a config set on the topic itself
 
 DEFAULT_TOPIC_PARTITIONS = 3
 POLL_TIMEOUT_MS = 250
@@ -134,7 +143,8 @@ class KafkaBus(EventBus):
         self._topics_lock = asyncio.Lock()
         self._topics_created = False
         self._groups: list[_GroupConsumer] = []
-        self._group_tasks: list[asyncio.Task[None]] = []
+        self._broadcasts: list[_BroadcastConsumer] = []
+        self._group_tasks: list[asyncio.Task[None]] = []  # the consumers' loops, broadcast ones included
         self._stopping = asyncio.Event()
 
     # -- topics -------------------------------------------------------------------------------------------------
@@ -152,7 +162,9 @@ class KafkaBus(EventBus):
         return self.topic_name(topics.DEAD_LETTER)
 
     async def ensure_topics(self) -> None:
-        """Create the contract's topics (prefixed) that are missing, so consumer groups start cleanly."""
+        """Create the contract's topics (prefixed) that are missing, so consumer groups start cleanly, and give
+        existing ones the configs of ``topics.KAFKA_TOPIC_CONFIGS`` they lack (a topic made before it was
+        compacted)."""
         if self._topics_created or not self.create_topics:
             return
         async with self._topics_lock:
@@ -169,12 +181,20 @@ class KafkaBus(EventBus):
                     missing = [name for name in wanted if name not in existing]
                     if missing:
                         await self._create(admin, missing)
+                    configured = {
+                        self.topic_name(topic): wanted for topic, wanted in topics.KAFKA_TOPIC_CONFIGS.items()
+                    }
+                    await ensure_topic_configs(admin, {n: c for n, c in configured.items() if n in existing})
             finally:
                 await admin.close()
             self._topics_created = True
 
     async def _create(self, admin: AIOKafkaAdminClient, names: list[str]) -> None:
-        new_topics = [NewTopic(name, self.topic_partitions, self.topic_replication_factor) for name in names]
+        configs = {self.topic_name(topic): wanted for topic, wanted in topics.KAFKA_TOPIC_CONFIGS.items()}
+        new_topics = [
+            NewTopic(name, self.topic_partitions, self.topic_replication_factor, topic_configs=configs.get(name))
+            for name in names
+        ]
         response = await admin.create_topics(new_topics)
         for entry in response.topic_errors:
             name, error_code = entry[0], entry[1]
@@ -322,11 +342,11 @@ class KafkaBus(EventBus):
         delivery.add_done_callback(delivered)
         return ack
 
-    async def publish_dead_letter(self, dead_letter: DeadLetter) -> str:
+    async def publish_dead_letter(self, dead_letter: DeadLetter, *, event_id: str | None = None) -> str:
         """Publish ``dead_letter``; one Kafka refuses (an original near the size limit) goes without its value, so a
         consumer is never stuck on a record it cannot even dead-letter."""
         try:
-            return await super().publish_dead_letter(dead_letter)
+            return await super().publish_dead_letter(dead_letter, event_id=event_id)
         except PermanentError as exc:
             log.error("dead letter refused (%s); publishing it without the original value", exc)
             slim = dead_letter.model_copy(
@@ -336,7 +356,7 @@ class KafkaBus(EventBus):
                     "not kept: too large for the dead-letter topic)",
                 }
             )
-            return await super().publish_dead_letter(slim)
+            return await super().publish_dead_letter(slim, event_id=event_id)
 
     async def ready(self) -> bool:
         """Whether Kafka answers a metadata request now (cached for a second, so /readyz stays cheap)."""
@@ -366,7 +386,10 @@ class KafkaBus(EventBus):
         if self._group_tasks:
             return
         self._stopping.clear()
-        self._groups = [_GroupConsumer(self, group, subs) for group, subs in _by_group(self.subscriptions).items()]
+        grouped = [s for s in self.subscriptions if not s.broadcast]
+        broadcast = [s for s in self.subscriptions if s.broadcast]
+        self._groups = [_GroupConsumer(self, group, subs) for group, subs in _by_group(grouped).items()]
+        self._broadcasts = [_BroadcastConsumer(self, name, subs) for name, subs in _by_group(broadcast).items()]
         try:
             await self.ensure_topics()
             await self._started_producer()
@@ -374,6 +397,9 @@ class KafkaBus(EventBus):
             log.warning("Kafka at %s is not reachable yet (%s); will keep trying", self.bootstrap_servers, exc)
         self._group_tasks = [
             asyncio.create_task(group.run(), name=f"kafka-bus:{group.group_id}") for group in self._groups
+        ] + [
+            asyncio.create_task(reader.run(), name=f"kafka-bus:{reader.group_id}:broadcast")
+            for reader in self._broadcasts
         ]
 
     async def stop(self) -> None:
@@ -391,12 +417,25 @@ class KafkaBus(EventBus):
             await asyncio.gather(*self._group_tasks, return_exceptions=True)
         self._group_tasks = []
         self._groups = []
+        self._broadcasts = []
         await self._close_producer()
 
     async def wait_until_assigned(self, timeout_s: float = 30.0) -> None:
         """Wait until every consumer group of this bus has partitions (tests, and for knowing it consumes)."""
         async with asyncio.timeout(timeout_s):
-            await asyncio.gather(*(group.assigned.wait() for group in self._groups))
+            readers: list[_GroupConsumer | _BroadcastConsumer] = [*self._groups, *self._broadcasts]
+            await asyncio.gather(*(reader.assigned.wait() for reader in readers))
+
+    def caught_up(self) -> bool:
+        """Every broadcast subscription has handled (or dead-lettered) the records its topics held when it
+        first connected. False before ``start`` when there are broadcast subscriptions."""
+        if any(s.broadcast for s in self.subscriptions) and not self._broadcasts:
+            return False
+        return all(reader.caught_up.is_set() for reader in self._broadcasts)
+
+    async def wait_until_caught_up(self, timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*(reader.caught_up.wait() for reader in self._broadcasts))
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         try:
@@ -407,10 +446,13 @@ class KafkaBus(EventBus):
 
     # -- consuming ----------------------------------------------------------------------------------------------
 
-    async def _handle_record(self, group: _GroupConsumer, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _handle_record(
+        self, group: _GroupConsumer | _BroadcastConsumer, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
         """Decode ``record`` and deliver it to the group's handler; dead-letter what cannot be decoded."""
         headers = list(record.headers)
         subscription = group.subscription_for(record.topic)
+        dead_letter_id = group.dead_letter_id(record)
         try:
             event, context = decode(
                 topic=record.topic,
@@ -423,23 +465,28 @@ class KafkaBus(EventBus):
             if not isinstance(event, subscription.event_cls):
                 raise PermanentError(f"{type(event).__name__} does not belong on {record.topic}")
         except PermanentError as exc:
-            await self._dead_letter_undecodable(group, record, exc)
+            await self._dead_letter_undecodable(group, record, exc, event_id=dead_letter_id)
             return
         await deliver(
             subscription,
             event,
             context,
             retry=self.retry,
-            processed=self.processed,
+            processed=group.processed,
             stats=self.stats,
             service=self.source,
             raw_value=record.value or b"",
             raw_headers=headers_dict(headers),
-            publish_dead_letter=self.publish_dead_letter,
+            publish_dead_letter=functools.partial(self.publish_dead_letter, event_id=dead_letter_id),
         )
 
     async def _dead_letter_undecodable(
-        self, group: _GroupConsumer, record: ConsumerRecord[bytes, bytes], error: PermanentError
+        self,
+        group: _GroupConsumer | _BroadcastConsumer,
+        record: ConsumerRecord[bytes, bytes],
+        error: PermanentError,
+        *,
+        event_id: str | None = None,
     ) -> None:
         key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
         log.error("dead-lettering record %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
@@ -456,7 +503,8 @@ class KafkaBus(EventBus):
                 key=key,
                 value=record.value or b"",
                 headers=headers_dict(list(record.headers)),
-            )
+            ),
+            event_id=event_id,
         )
         self.stats.dead_lettered += 1
 
@@ -469,6 +517,35 @@ class KafkaBus(EventBus):
             auto_offset_reset="earliest",
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            max_poll_records=MAX_POLL_RECORDS,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+        )
+
+    async def _partitions_of(self, names: list[str]) -> list[TopicPartition]:
+        """Every partition of the topics ``names`` now (partitions added later are read after a reconnect)."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin", request_timeout_ms=10_000
+        )
+        try:
+            await admin.start()
+            described = await admin.describe_topics(names)
+        finally:
+            await admin.close()
+        partitions = []
+        for entry in described:
+            if entry["error_code"] != 0 or not entry["partitions"]:
+                raise KafkaError(f"topic {entry['topic']} is not available (error {entry['error_code']})")
+            partitions += [TopicPartition(entry["topic"], p["partition"]) for p in entry["partitions"]]
+        return sorted(partitions)
+
+    def _new_reader(self, name: str) -> AIOKafkaConsumer:
+        """A consumer of no group: partitions are assigned by hand, offsets never committed."""
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-{name}-broadcast",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
@@ -486,9 +563,13 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.assigned = asyncio.Event()
         self._in_flight = asyncio.Lock()  # held while one record is handled
         self.committer: _OffsetCommitter | None = None
+        self.processed = bus.processed
 
     def subscription_for(self, topic: str) -> Subscription:
         return self._by_topic[topic]
+
+    def dead_letter_id(self, record: ConsumerRecord[bytes, bytes]) -> str | None:
+        return None  # a fresh id per dead letter
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before giving partitions away: start no more fetched records, let the one in flight finish, and commit
@@ -584,6 +665,138 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 return _Outcome.FAILED
             committer.handled(record)
             return _Outcome.HANDLED
+
+
+class _BroadcastConsumer:
+    """The broadcast subscriptions of one name: this process reads every partition of their topics from the
+    beginning, then follows them. No consumer group, nothing committed: a restart replays the history.
+
+    ``caught_up`` is set once the handled position of every partition reached its end offset as it was at the
+    first connection. Handled ids are kept in memory, so a reconnect (which replays from the beginning again)
+    and a duplicate record run no handler twice. A record the handler keeps failing on is dead-lettered and
+    skipped, as in a group; its dead letter's id is derived from the record, so every replica and every replay
+    report it as the same event. A failure of the bus itself (dead-letter topic unreachable) retries the record.
+    """
+
+    def __init__(self, bus: KafkaBus, name: str, subscriptions: list[Subscription]) -> None:
+        self.bus = bus
+        self.group_id = name
+        self._by_topic = {bus.topic_name(s.event_cls.topic): s for s in subscriptions}
+        self.processed = InMemoryProcessedEventStore()
+        self.assigned = asyncio.Event()
+        self.caught_up = asyncio.Event()
+        self._end_at_start: dict[TopicPartition, int] | None = None
+
+    def subscription_for(self, topic: str) -> Subscription:
+        return self._by_topic[topic]
+
+    def dead_letter_id(self, record: ConsumerRecord[bytes, bytes]) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.group_id}/{record.topic}/{record.partition}/{record.offset}"))
+
+    async def run(self) -> None:
+        backoff = RECONNECT_BACKOFF_S
+        while not self.bus._stopping.is_set():
+            consumer = self.bus._new_reader(self.group_id)
+            try:
+                await self.bus.ensure_topics()
+                async with asyncio.timeout(self.bus.connect_timeout_s * 2):
+                    partitions = await self.bus._partitions_of(sorted(self._by_topic))
+                    await consumer.start()
+                    consumer.assign(partitions)
+                    await consumer.seek_to_beginning(*partitions)
+                    if self._end_at_start is None:
+                        self._end_at_start = await consumer.end_offsets(partitions)
+                log.info("broadcast %s reading %d partition(s) from the beginning", self.group_id, len(partitions))
+                self.assigned.set()
+                backoff = RECONNECT_BACKOFF_S
+                await self._consume(consumer, self._end_at_start)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "broadcast %s: Kafka consumer failed (%s); reconnecting in %.1fs", self.group_id, exc, backoff
+                )
+                await self.bus._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+            except Exception:  # not swallowed: logged, and the subscription reads again
+                log.exception("broadcast %s: consumer loop crashed; restarting it in %.1fs", self.group_id, backoff)
+                await self.bus._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+            finally:
+                self.assigned.clear()
+                await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer, end_at_start: dict[TopicPartition, int]) -> None:
+        backoff = self.bus.retry.initial_backoff_s
+        while not self.bus._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
+            failed = False
+            for tp, records in batches.items():
+                for record in records:
+                    if self.bus._stopping.is_set():
+                        return
+                    try:
+                        await self.bus._handle_record(self, record)
+                    except Exception:  # not swallowed: logged, and the record is read again
+                        log.exception(
+                            "broadcast %s: could not finish %s[%d]@%d; retrying it",
+                            self.group_id,
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                        )
+                        failed = True
+                        _seek_back(consumer, tp, record.offset)
+                        break
+            if failed:
+                await self.bus._sleep_unless_stopping(backoff)
+                backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
+                continue
+            backoff = self.bus.retry.initial_backoff_s
+            if not self.caught_up.is_set() and await _reached(consumer, end_at_start):
+                log.info("broadcast %s caught up with %s", self.group_id, sorted(self._by_topic))
+                self.caught_up.set()
+
+
+async def _reached(consumer: AIOKafkaConsumer, end_offsets: dict[TopicPartition, int]) -> bool:
+    """Whether the consumer's position is at or past ``end_offsets`` on every partition (compaction leaves gaps
+    in offsets; the position steps over them)."""
+    for tp, end in end_offsets.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
+
+
+async def ensure_topic_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> list[str]:
+    """Give each topic of ``wanted`` (name -> configs) the configs it lacks; returns the topics altered.
+
+    aiokafka has only the legacy AlterConfigs, which replaces every dynamic config of a topic, so the topic's
+    other dynamic configs are read first and written back with the new ones.
+    """
+    if not wanted:
+        return []
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+    altered: list[str] = []
+    for response in await admin.describe_configs(resources):
+        for resource in response.to_object()["resources"]:
+            name = resource["resource_name"]
+            if resource["error_code"] != 0 or name not in wanted:
+                continue
+            entries = resource["config_entries"]
+            current = {entry["config_names"]: entry["config_value"] for entry in entries}
+            if not all(key in current for key in wanted[name]):
+                log.warning("configs of topic %s not visible yet; not checked", name)  # a topic created a moment ago
+                continue
+            if all(current[key] == value for key, value in wanted[name].items()):
+                continue
+            dynamic = {e["config_names"]: e["config_value"] for e in entries if e["config_source"] == _DYNAMIC_TOPIC}
+            configs = dynamic | wanted[name]
+            [reply] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs)])
+            errors = [entry for entry in reply.to_object()["resources"] if entry["error_code"] != 0]
+            if errors:
+                log.warning("could not set %s on topic %s: %s", wanted[name], name, errors)
+                continue
+            log.warning("topic %s had %s; set %s", name, {k: current.get(k) for k in wanted[name]}, wanted[name])
+            altered.append(name)
+    return altered
 
 
 class _OffsetCommitter:
