@@ -202,7 +202,7 @@ def brightness_false_alarms(
 
 
 def synthetic_predictions(rng: np.random.Generator, size: int) -> list[dict[str, Any]]:
-    """Records like the gateway's: two classes, confidence, the five image statistics."""
+    """Records like the gateway's: two classes, confidence, the eight image statistics (the default features)."""
     cat = rng.beta(2.0, 2.0, size)
     light = brightness(rng, size)
     return [
@@ -215,6 +215,9 @@ def synthetic_predictions(rng: np.random.Generator, size: int) -> list[dict[str,
                 "sharpness_laplacian_var": float(rng.gamma(2.0, 0.0075)),
                 "width": 500.0,
                 "height": float(rng.choice([375.0, 333.0, 500.0])),
+                "saturation_mean": float(rng.beta(3.0, 6.0)),
+                "red_green_mean": float(rng.normal(0.02, 0.03)),
+                "blue_yellow_mean": float(rng.normal(-0.05, 0.04)),
             },
         }
         for c, b in zip(cat, light, strict=True)

@@ -17,6 +17,7 @@ sorted KS sample), so a check costs a sort of the window and a few searches.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ class KsReference:
         return KsResult(
             statistic=statistic,
             p_value=min(1.0, max(0.0, float(kolmogorov(scale * statistic)))),
-            critical=float(kolmogi(alpha)) / scale,
+            critical=_kolmogorov_quantile(alpha) / scale,
         )
 
 
@@ -96,22 +97,34 @@ def ks_2samp(reference: ArrayLike, window: ArrayLike, *, alpha: float = 0.01) ->
 def ks_statistic_sorted(reference: FloatArray, window: FloatArray) -> float:
     """``max |F_ref(x) - F_win(x)|`` over all x, for two sorted samples (ties handled).
 
-    Between two consecutive window values F_win is constant and F_ref only rises, so the largest gap is at a
-    window value: F_ref's value there or its limit from the left, against F_win's. That needs searches of the
-    window's values only, not of both samples'.
+    Between two consecutive window values F_win is constant and F_ref only rises, so ``F_ref - F_win`` is
+    largest just before a window value (F_ref's left limit against F_win's) and ``F_win - F_ref`` at a window
+    value (right limits); before the first and after the last window value the same holds. The window's i-th
+    value (from 0) stands for F_win = i/m on its left and (i+1)/m on its right: within a run of tied values
+    that is wrong for all but one of them, but the maxima over the run are still the true ones (the first
+    value of the run gives the largest left difference, the last the largest right one). So the statistic
+    needs two searches of the window's values in the reference and no tie handling; it is computed in
+    integers (scaled by n*m) and divided once.
     """
-    size = window.size
-    ref_right = reference.searchsorted(window, side="right") / reference.size
-    ref_left = reference.searchsorted(window, side="left") / reference.size
-    if size > 1 and (window[1:] == window[:-1]).any():
-        win_right = window.searchsorted(window, side="right") / size
-        win_left = window.searchsorted(window, side="left") / size
-    else:  # no ties: the i-th value (from 0) is where F_win steps from i/m to (i+1)/m
-        win_left = np.arange(size) / size
-        win_right = win_left + 1.0 / size
-    ref_right -= win_right
-    ref_left -= win_left
-    return float(max(-ref_right.min(), ref_right.max(), -ref_left.min(), ref_left.max()))
+    n, m = reference.size, window.size
+    positions = _positions(m)
+    below = reference.searchsorted(window, side="left")  # n * F_ref just before each window value
+    upto = reference.searchsorted(window, side="right")  # n * F_ref at each window value
+    ref_above = (below * m - positions * n).max()  # (F_ref - F_win) * n * m, left limits
+    win_above = ((positions + 1) * n - upto * m).max()  # (F_win - F_ref) * n * m, right limits
+    return float(max(ref_above, win_above, 0)) / (n * m)
+
+
+@functools.lru_cache(maxsize=16)
+def _kolmogorov_quantile(alpha: float) -> float:
+    return float(kolmogi(alpha))
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(size: int) -> NDArray[np.int64]:
+    positions = np.arange(size, dtype=np.int64)
+    positions.flags.writeable = False
+    return positions
 
 
 def ks_scale(n_first: int, n_second: int) -> float:
