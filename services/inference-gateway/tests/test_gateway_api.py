@@ -117,7 +117,7 @@ async def test_metrics_count_inferences_and_batches(gateway: Gateway) -> None:
 
 async def test_routes_can_be_read_and_changed(gateway: Gateway) -> None:
     routes = (await gateway.http.get("/v1/routes")).json()
-    assert routes == {"default": "edgeloop-classifier", "sites": {"site-b": "edgeloop-classifier:3"}}
+    assert routes == {"default": "edgeloop-classifier", "sites": {"site-b": "edgeloop-classifier:3"}, "caught_up": True}
     changed = await gateway.http.put("/v1/routes/site-b", json={"model": "edgeloop-classifier:9"})
     assert changed.status_code == 200 and changed.json()["route"] == "edgeloop-classifier:9"
     result = (await gateway.http.post("/v1/classify", content=jpeg_bytes(), params={"site": "site-b"})).json()

@@ -116,7 +116,7 @@ async def test_the_gateway_serves_the_site_with_the_version_the_deployer_reports
     assert await classify(gateway, "site-a") == ("catdog", 4)
     assert await classify(gateway, "site-b") == ("catdog", 1)
     routes = (await gateway.http.get("/v1/routes")).json()
-    assert routes == {"default": "catdog", "sites": {"site-a": "catdog:4"}}
+    assert routes == {"default": "catdog", "sites": {"site-a": "catdog:4"}, "caught_up": True}
 
 
 async def test_a_bad_update_is_dead_lettered_with_the_reason(gateway: Gateway) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,6 +23,8 @@ class GatewayState:
 
     service: InferenceService
     passthrough: TfServingRestClient
+    routes_caught_up: Callable[[], bool]
+    """Whether the routes replayed every DeploymentUpdated the bus held at start (``EventBus.caught_up``)."""
 
 
 def gateway_state(request: Request) -> GatewayState:
@@ -144,8 +147,13 @@ class RouteBody(BaseModel):
 
 @routes_router.get("")
 async def list_routes(gateway: Gateway) -> dict[str, Any]:
+    """The routes; ``caught_up`` is false while the gateway still replays the deployments from before its start."""
     router = gateway.service.router
-    return {"default": str(router.default), "sites": {site: str(route) for site, route in router.site_routes().items()}}
+    return {
+        "default": str(router.default),
+        "sites": {site: str(route) for site, route in router.site_routes().items()},
+        "caught_up": gateway.routes_caught_up(),
+    }
 
 
 @routes_router.put("/{site_id}")

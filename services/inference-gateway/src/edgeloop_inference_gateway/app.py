@@ -43,6 +43,8 @@ from edgeloop_inference_gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference-gateway"
+# How long an image waits for the routes to replay the deployments at start before its attempt fails (and is retried).
+ROUTES_CATCH_UP_TIMEOUT_S = 30.0
 
 
 def router_from_settings(settings: Settings) -> ModelRouter:
@@ -125,11 +127,14 @@ def create_app(
         handler: ImageReceivedHandler | None = getattr(app.state, "image_handler", None)
         if handler is None:
             raise RuntimeError("the inference gateway is not running (starting or stopping)")
+        if not event_bus.caught_up():  # the routes replay the deployments first: classify with the current one
+            await event_bus.wait_until_caught_up(ROUTES_CATCH_UP_TIMEOUT_S)
         await handler(event, context)
 
     event_bus.subscribe(ImageReceived, on_image_received, group=settings.consumer_group)
-    # Routes follow the deployer: a node group that serves a new version routes its site there.
-    event_bus.subscribe(DeploymentUpdated, DeploymentRouteFollower(router), group=ROUTES_CONSUMER_GROUP)
+    # Routes follow the deployer: a node group that serves a new version routes its site there. Broadcast: every
+    # replica reads every DeploymentUpdated, the compacted topic's history first (docs/gateway.md, "Routes").
+    event_bus.subscribe(DeploymentUpdated, DeploymentRouteFollower(router), group=ROUTES_CONSUMER_GROUP, broadcast=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -163,7 +168,9 @@ def create_app(
                 max_image_bytes=settings.max_image_bytes,
             )
             stack.push_async_callback(service.close)
-            app.state.gateway = api.GatewayState(service=service, passthrough=passthrough)
+            app.state.gateway = api.GatewayState(
+                service=service, passthrough=passthrough, routes_caught_up=event_bus.caught_up
+            )
             app.state.results = publisher
             app.state.image_handler = ImageReceivedHandler(service, event_bus, publisher)
             if owns_bus:
@@ -192,7 +199,10 @@ def create_app(
         publisher: ResultPublisher | None = getattr(app.state, "results", None)
         return publisher is not None and await publisher.ready()
 
-    checks = {"bus": bus_ready, "model_server": models_ready}
+    async def routes_ready() -> bool:
+        return event_bus.caught_up()  # not before the deployments from before the start are replayed
+
+    checks = {"bus": bus_ready, "model_server": models_ready, "routes": routes_ready}
     if settings.mqtt_results or results is not None:
         checks["mqtt"] = mqtt_ready
     app.include_router(health_router(checks, registry=metrics.registry))

@@ -125,6 +125,11 @@ class EventBus(abc.ABC):
         (always, for a bus without broadcast subscriptions). The in-process bus has no log to replay: True."""
         return True
 
+    async def wait_until_caught_up(self, timeout_s: float = 30.0) -> None:
+        """Wait until :meth:`caught_up`; raises TimeoutError after ``timeout_s``."""
+        if not self.caught_up():
+            raise NotImplementedError(f"{type(self).__name__} cannot wait for its broadcast subscriptions")
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 

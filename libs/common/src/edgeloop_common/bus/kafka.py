@@ -434,6 +434,8 @@ class KafkaBus(EventBus):
         return all(reader.caught_up.is_set() for reader in self._broadcasts)
 
     async def wait_until_caught_up(self, timeout_s: float = 30.0) -> None:
+        if not self._broadcasts and any(s.broadcast for s in self.subscriptions):
+            raise RuntimeError("the bus is not started: nothing is replayed")
         async with asyncio.timeout(timeout_s):
             await asyncio.gather(*(reader.caught_up.wait() for reader in self._broadcasts))
 
@@ -726,6 +728,7 @@ class _BroadcastConsumer:
 
     async def _consume(self, consumer: AIOKafkaConsumer, end_at_start: dict[TopicPartition, int]) -> None:
         backoff = self.bus.retry.initial_backoff_s
+        await self._check_caught_up(consumer, end_at_start)  # an empty topic: at once, not after a poll
         while not self.bus._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
             failed = False
@@ -751,9 +754,12 @@ class _BroadcastConsumer:
                 backoff = min(backoff * 2, MAX_RETRY_BACKOFF_S)
                 continue
             backoff = self.bus.retry.initial_backoff_s
-            if not self.caught_up.is_set() and await _reached(consumer, end_at_start):
-                log.info("broadcast %s caught up with %s", self.group_id, sorted(self._by_topic))
-                self.caught_up.set()
+            await self._check_caught_up(consumer, end_at_start)
+
+    async def _check_caught_up(self, consumer: AIOKafkaConsumer, end_at_start: dict[TopicPartition, int]) -> None:
+        if not self.caught_up.is_set() and await _reached(consumer, end_at_start):
+            log.info("broadcast %s caught up with %s", self.group_id, sorted(self._by_topic))
+            self.caught_up.set()
 
 
 async def _reached(consumer: AIOKafkaConsumer, end_offsets: dict[TopicPartition, int]) -> bool:
