@@ -8,6 +8,7 @@ stops a server starts it again before it ends, so the shared stack stays up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -26,7 +27,7 @@ import pytest
 import sqlalchemy
 from edgeloop_cli import infra
 from edgeloop_cli.infra.mosquitto import Mosquitto
-from edgeloop_common.topics import ALL_KAFKA_TOPICS
+from edgeloop_common.topics import ALL_KAFKA_TOPICS, KAFKA_TOPIC_CONFIGS
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -109,6 +110,27 @@ def test_kafka_has_every_contract_topic_with_three_partitions() -> None:
 
     for topic in ALL_KAFKA_TOPICS:
         assert partitions.get(topic) == 3, f"{topic}: {partitions.get(topic)} partitions"
+
+
+def test_kafka_topics_have_their_configs() -> None:
+    """deployments.updated is compacted: a gateway replica replays it from the beginning to rebuild its routes."""
+    for topic, configs in KAFKA_TOPIC_CONFIGS.items():
+        for name, value in configs.items():
+            assert asyncio.run(_topic_config(topic, name)) == value, f"{topic}: {name}"
+
+
+async def _topic_config(topic: str, name: str) -> str | None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})])
+    finally:
+        await admin.close()
+    [resource] = response.to_object()["resources"]
+    return {e["config_names"]: e["config_value"] for e in resource["config_entries"]}.get(name)
 
 
 def test_postgres_database_edgeloop_is_reachable_and_writable_as_edgeloop() -> None:

@@ -211,19 +211,31 @@ async def list_topics(bootstrap: str) -> set[str]:
 
 
 async def ensure_topics(bootstrap: str, topics: tuple[str, ...], partitions: int) -> list[str]:
-    """Create the topics that do not exist yet; returns those created."""
+    """Create the topics that do not exist yet, with their configs (``KAFKA_TOPIC_CONFIGS``: deployments.updated is
+    compacted), and give existing ones the configs they lack; returns those created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError
+    from edgeloop_common.bus.kafka import ensure_topic_configs
+    from edgeloop_common.topics import KAFKA_TOPIC_CONFIGS
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, client_id="edgeloop-infra")
     try:
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [topic for topic in topics if topic not in existing]
+        await ensure_topic_configs(admin, {t: c for t, c in KAFKA_TOPIC_CONFIGS.items() if t in existing})
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(name=topic, num_partitions=partitions, replication_factor=1) for topic in missing]
+            [
+                NewTopic(
+                    name=topic,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=KAFKA_TOPIC_CONFIGS.get(topic),
+                )
+                for topic in missing
+            ]
         )
         # Each entry starts (topic, error_code, ...); "already exists" means another client won the race.
         failures = [
