@@ -78,6 +78,8 @@ def test_a_candidate_is_exported_with_its_checkpoint_figures_and_reference(first
     assert recorded["lineage"]["dataset_snapshot_id"] == snapshot.snapshot_id
     assert recorded["reference_stats"] == reference and recorded["class_names"] == ["cat", "dog"]
     assert candidate.parameters["warm_start"] is False and candidate.parameters["epochs"] == 1
+    assert candidate.parameters["new_sample_weight"] == 1 and candidate.parameters["new_train_images"] is None
+    assert candidate.parameters["train_images_per_epoch"] == candidate.parameters["train_images"]
     stages = [report.stage for report in reports]
     assert stages[0] == "training" and stages[-1] == "evaluating" and "exporting" in stages
     assert any(report.stage == "training" and report.fraction == 1.0 for report in reports)
@@ -104,6 +106,38 @@ def test_warm_start_continues_from_the_production_weights(first, workspace, tmp_
     assert not np.allclose(cold_scores, production_scores, atol=1e-4)  # random weights answer differently
     assert warm.metrics["baseline"] == {"version": 1, "accuracy": pytest.approx(candidate.metrics["accuracy"])}
     assert warm.metrics["accuracy"] == pytest.approx(candidate.metrics["accuracy"])
+
+
+@pytest.mark.parametrize("factor", [1, 3])
+def test_a_warm_start_repeats_the_images_new_since_the_parent(  # type: ignore[no-untyped-def]
+    first, workspace, catdog_train_dir: Path, tmp_path: Path, factor: int
+) -> None:
+    _, candidate, _ = first
+    store, parent = workspace
+    labeled = [
+        SourceItem(f"sample:{photo.stem}", label, store.put_image(photo.read_bytes()))
+        for label in ("cat", "dog")
+        for photo in sorted((catdog_train_dir / label).iterdir())[30:42]
+    ]
+    seed = [SourceItem(item.source, item.label, item.sha256) for item in parent.items]
+    grown = build_snapshot([*seed, *labeled], 0.25)
+    new_in_train = sum(item.source.startswith("sample:") for item in grown.of_split("train"))
+    production = registered(candidate.path, 1)
+    engine = KerasTrainingEngine(
+        tmp_path / "models", EngineParameters(**{**PARAMS.__dict__, "new_sample_weight": factor})
+    )
+
+    warm = engine.train(
+        TrainingJob("run-test", "catdog", grown, store.image_path, 2, production, production, parent), lambda _: None
+    )
+
+    parameters = warm.parameters
+    assert new_in_train > 0 and parameters["warm_start"] is True
+    assert parameters["new_sample_weight"] == factor and parameters["new_train_images"] == new_in_train
+    assert parameters["new_images_rule"] == f"not in {parent.snapshot_id}"
+    assert parameters["train_images"] == len(grown.of_split("train"))
+    assert parameters["train_images_per_epoch"] == parameters["train_images"] + (factor - 1) * new_in_train
+    assert warm.metrics["train_counts"] == grown.counts("train")  # the figures count each image once
 
 
 def test_warm_start_needs_the_same_classes(first, workspace, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -149,6 +149,26 @@ async def test_warm_start_follows_the_setting_and_the_production_version(tmp_pat
     assert warm_job.min_version == 6  # after every registered version, not only production
 
 
+async def test_a_warm_start_is_given_the_snapshot_production_learned_from(tmp_path: Path, seed: Path) -> None:
+    registry = FakeRegistry()
+    registry.add(MODEL, 1, "file:///elsewhere/catdog/1", accuracy=0.5, production=True)  # no snapshot known
+    samples = FakeSamples()
+    engine = FakeEngine(tmp_path / "models", accuracy=0.9)
+    service = make_service(tmp_path, registry=registry, samples=samples, engine=engine)
+
+    await service.request_training(request("manual"))
+    await service.wait_idle()
+    assert registry.production_of[MODEL] == 2
+    samples.label("s-1", "cat", png((200, 40, 40), 99))
+    await service.request_training(request("new_labels"))
+    await service.wait_idle()
+
+    first, second = engine.jobs
+    assert first.parent_snapshot is None  # production 1 names no snapshot: the engine falls back to the sources
+    assert second.parent_snapshot is not None and second.parent_snapshot == first.snapshot
+    assert second.snapshot != first.snapshot
+
+
 @pytest.mark.parametrize("stage", ["training", "exporting"])
 async def test_a_failing_training_leaves_nothing_registered_and_no_version(
     tmp_path: Path, seed: Path, stage: str

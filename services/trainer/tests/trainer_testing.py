@@ -180,6 +180,7 @@ class FakeEngine:
         metrics: dict[str, Any] = {
             "accuracy": self.accuracy,
             "evaluation_set_id": job.snapshot.evaluation_set_id,
+            "dataset_snapshot_id": job.snapshot.snapshot_id,  # as the Keras engine records it
             "train_counts": job.snapshot.counts("train"),
             "eval_counts": job.snapshot.counts("eval"),
         }

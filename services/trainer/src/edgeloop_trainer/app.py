@@ -116,6 +116,7 @@ def keras_engine(settings: Settings) -> TrainingEngine:
             image_size=settings.image_size,
             batch_size=settings.batch_size,
             seed=settings.seed,
+            new_sample_weight=settings.new_sample_weight,
         ),
     )
 

@@ -137,6 +137,7 @@ class TrainingJob:
     min_version: int
     warm_start_from: RegisteredVersion | None
     baseline: RegisteredVersion | None
+    parent_snapshot: Snapshot | None = None  # what warm_start_from was trained on, when known: tells what is new
 
 
 @dataclass(frozen=True)

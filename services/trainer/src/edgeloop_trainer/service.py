@@ -55,7 +55,7 @@ from edgeloop_trainer.ports import (
     TrainingJob,
     TrainingRequest,
 )
-from edgeloop_trainer.snapshot import Snapshot, SourceItem, build_snapshot
+from edgeloop_trainer.snapshot import Snapshot, SnapshotError, SourceItem, build_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,7 @@ class TrainerService:
             min_version=(latest or 0) + 1,
             warm_start_from=production if self.config.warm_start else None,
             baseline=production,
+            parent_snapshot=await self._parent_snapshot(production) if self.config.warm_start else None,
         )
         if production is None:
             log.info("%s has no production version: training from scratch, no baseline", model_name)
@@ -337,6 +338,19 @@ class TrainerService:
             snapshot.evaluation_set_id,
         )
         return snapshot
+
+    async def _parent_snapshot(self, production: RegisteredVersion | None) -> Snapshot | None:
+        """The snapshot production was trained on, to tell what is new since; None when it is not known here."""
+        snapshot_id = (production.metrics if production else {}).get("dataset_snapshot_id")
+        if not isinstance(snapshot_id, str):
+            return None
+        try:
+            return await asyncio.to_thread(self.snapshots.load, snapshot_id)
+        except (SnapshotError, OSError, ValueError, KeyError) as exc:
+            log.warning(
+                "snapshot %s of production is not readable (%s): new images are the labeled ones", snapshot_id, exc
+            )
+            return None
 
     async def _labeled_sources(self, samples: Sequence[LabeledSample]) -> list[SourceItem]:
         """Cache every labeled sample's image (fetching only those not cached) and list them as sources."""

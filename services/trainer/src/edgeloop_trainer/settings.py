@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     learning_rate: float = Field(1e-3, gt=0, description="Learning rate of a training from scratch.")
     incremental_epochs: int = Field(5, ge=1, description="Epochs of a warm-started training.")
     incremental_learning_rate: float = Field(2e-4, gt=0, description="Learning rate of a warm-started training.")
+    new_sample_weight: int = Field(
+        1,
+        ge=1,
+        description="A warm-started training sees each training image that is new since the parent version "
+        "(not in its snapshot, or a new label) this many times per epoch, the others once; class weights are "
+        "computed on the repeated set (1: no emphasis).",
+    )
     image_size: int = Field(128, ge=16, description="Images are resized to SIZE x SIZE.")
     batch_size: int = Field(32, ge=1, description="Images per training step.")
     seed: int = Field(42, description="Seed of the initial weights, augmentation and shuffling.")

@@ -140,6 +140,19 @@ def snapshot_from_manifest(manifest: dict[str, Any]) -> Snapshot:
     return snapshot
 
 
+def new_since_parent(items: Iterable[SnapshotItem], parent: Snapshot | None) -> tuple[list[bool], str]:
+    """Which ``items`` are new since the parent version, and the rule used to tell.
+
+    With the parent's snapshot known: an item whose bytes *and* label were not in it (a new labeled photo, or a
+    photo a person relabeled). Without it (a parent made by ``edgeloop train``, or its manifest gone): an item
+    that does not come from the seed folder, i.e. a labeled sample.
+    """
+    if parent is not None:
+        known = {(item.sha256, item.label) for item in parent.items}
+        return [(item.sha256, item.label) not in known for item in items], f"not in {parent.snapshot_id}"
+    return [not item.source.startswith("seed:") for item in items], "not from the seed folder"
+
+
 def _content(snapshot: Snapshot) -> dict[str, Any]:
     """Everything the id is computed from (no timestamps: the same data must give the same id)."""
     return {

@@ -89,6 +89,25 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {index: float(len(labels) / (num_classes * count)) if count else 0.0 for index, count in enumerate(counts)}
 
 
+def oversample(
+    images: np.ndarray, labels: np.ndarray, is_new: np.ndarray, factor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every image marked new ``factor`` times, the others once (factor 1: the arrays as they are).
+
+    Used by warm starts so that a few dozen new labels are not drowned among hundreds of images the parent
+    already learned from. :func:`compile_and_fit` computes the class weights on what it is given, so they
+    stay balanced on the oversampled set.
+    """
+    if factor < 1:
+        raise ValueError(f"the new-sample factor must be at least 1, got {factor}")
+    if len(is_new) != len(labels):
+        raise ValueError(f"{len(is_new)} new/old flags for {len(labels)} images")
+    if factor == 1 or not np.any(is_new):
+        return images, labels
+    repeats = np.where(np.asarray(is_new, dtype=bool), factor, 1)
+    return np.repeat(images, repeats, axis=0), np.repeat(labels, repeats, axis=0)
+
+
 class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
     """One progress bar over every training step, with the latest loss and accuracy."""
 

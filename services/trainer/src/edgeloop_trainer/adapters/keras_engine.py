@@ -6,7 +6,9 @@ Runs in a worker thread (blocking TensorFlow calls). Steps:
 2. start from production's Keras checkpoint (``assets.extra/model.keras``) when
    warm start is asked for and possible (same class names, same image size),
    else from random weights, and train; a warm start trains fewer epochs at a
-   lower learning rate, so it refines rather than forgets;
+   lower learning rate, so it refines rather than forgets, and repeats the images
+   that are new since the parent version ``new_sample_weight`` times, so that a
+   few dozen new labels are not drowned among the photos the parent learned from;
 3. export into a hidden folder, evaluate the candidate *and* production through
    their serving signatures on the snapshot's evaluation images, compute the
    drift reference, write the metadata, rename the folder into place.
@@ -38,8 +40,8 @@ from edgeloop_trainer.dataset import DatasetError, Sample
 from edgeloop_trainer.evaluation import classification_report
 from edgeloop_trainer.ports import Candidate, Progress, ProgressCallback, RegisteredVersion, TrainingJob
 from edgeloop_trainer.preprocessing import load_images
-from edgeloop_trainer.snapshot import Snapshot, SnapshotItem
-from edgeloop_trainer.training import build_model, compile_and_fit, serving_scores
+from edgeloop_trainer.snapshot import Snapshot, SnapshotItem, new_since_parent
+from edgeloop_trainer.training import build_model, compile_and_fit, oversample, serving_scores
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class EngineParameters:
     image_size: int = 128
     batch_size: int = 32
     seed: int = 42
+    new_sample_weight: int = 1  # a warm start repeats the images new since the parent this many times
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,29 @@ class _Start:
     warm: bool
     parent_version: int | None
     note: str
+
+
+@dataclass(frozen=True)
+class _Emphasis:
+    """Which decoded training images are new since the parent version, and how many times each is seen."""
+
+    is_new: np.ndarray  # one flag per decoded training image
+    factor: int
+    rule: str
+
+    @classmethod
+    def of(
+        cls,
+        job: TrainingJob,
+        items: tuple[SnapshotItem, ...],
+        samples: list[Sample],
+        skipped: list[Sample],
+        factor: int,
+    ) -> _Emphasis:
+        flags, rule = new_since_parent(items, job.parent_snapshot)
+        unreadable = set(skipped)
+        kept = [flag for flag, sample in zip(flags, samples, strict=True) if sample not in unreadable]
+        return cls(np.asarray(kept, dtype=bool), factor, rule)
 
 
 class _RunProgress(keras.callbacks.Callback):  # type: ignore[misc]
@@ -118,7 +144,8 @@ class KerasTrainingEngine:
         started_at, started = datetime.now(UTC), time.monotonic()
         snapshot, params = job.snapshot, self.params
         progress(Progress("training", 0.0, message="decoding images"))
-        train = self._samples(job, snapshot.of_split("train"))
+        train_items = snapshot.of_split("train")
+        train = self._samples(job, train_items)
         evaluation = self._samples(job, snapshot.of_split("eval"))
         train_images, train_labels, skipped = load_images(train, params.image_size)
         _, _, unreadable_eval = load_images(evaluation, params.image_size)
@@ -132,11 +159,24 @@ class KerasTrainingEngine:
         log.info("run %s: %s", job.run_id, start.note)
         epochs = params.incremental_epochs if start.warm else params.epochs
         learning_rate = params.incremental_learning_rate if start.warm else params.learning_rate
-        reporter = _RunProgress(progress, epochs, math.ceil(len(train_labels) / params.batch_size))
+        emphasis = _Emphasis.of(job, train_items, train, skipped, params.new_sample_weight if start.warm else 1)
+        fit_images, fit_labels = oversample(train_images, train_labels, emphasis.is_new, emphasis.factor)
+        if start.warm:
+            log.info(
+                "run %s: %d of %d training images new since version %s (%s), each seen %d times: %d per epoch",
+                job.run_id,
+                int(emphasis.is_new.sum()),
+                len(train_labels),
+                start.parent_version,
+                emphasis.rule,
+                emphasis.factor,
+                len(fit_labels),
+            )
+        reporter = _RunProgress(progress, epochs, math.ceil(len(fit_labels) / params.batch_size))
         compile_and_fit(
             start.model,
-            train_images,
-            train_labels,
+            fit_images,
+            fit_labels,
             len(snapshot.class_names),
             epochs=epochs,
             learning_rate=learning_rate,
@@ -150,6 +190,11 @@ class KerasTrainingEngine:
             "warm_start": start.warm,
             "warm_start_note": start.note,
             "parent_version": start.parent_version,
+            "new_sample_weight": emphasis.factor,
+            "new_train_images": int(emphasis.is_new.sum()) if start.warm else None,
+            "new_images_rule": emphasis.rule if start.warm else None,
+            "train_images": len(train_labels),
+            "train_images_per_epoch": len(fit_labels),
             "image_size": params.image_size,
             "batch_size": params.batch_size,
             "seed": params.seed,
