@@ -25,3 +25,13 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
       name: {{ .Values.global.databaseSecret }}
       key: databaseUrl
 {{- end -}}
+
+
+{{- /* In-cluster base URLs of the release's services (their Service DNS names). */ -}}
+{{- define "edgeloop.registryUrl" -}}
+http://{{ .Release.Name }}-registry:{{ .Values.registry.port }}
+{{- end -}}
+
+{{- define "edgeloop.ingestUrl" -}}
+http://{{ .Release.Name }}-ingest:{{ .Values.ingest.port }}
+{{- end -}}
