@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from kube_helpers import KubeCluster, wait_for
 from kubernetes import client
 
@@ -16,6 +19,22 @@ CHART = Path(__file__).resolve().parents[2] / "helm" / "edgeloop"
 
 def _helm(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["helm", *args], capture_output=True, text=True, timeout=120, env=cluster.env(), check=False)
+
+
+def _env(container: client.V1Container) -> dict[str, str | None]:
+    return {var.name: var.value for var in container.env or []}
+
+
+def _render(cluster: KubeCluster, *args: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """`helm template loop CHART ARGS` as {(kind, name): object}."""
+    rendered = _helm(cluster, "template", "loop", str(CHART), *args)
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(rendered.stdout) if doc}
+
+
+def _container_env(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return env
 
 
 def test_the_chart_lints_and_installs_with_the_model_server_on_its_node_group_only(
@@ -52,3 +71,91 @@ def test_the_chart_lints_and_installs_with_the_model_server_on_its_node_group_on
     assert {pod.spec.node_name for pod in pods} <= edge_nodes, (
         f"model server pods on {[pod.spec.node_name for pod in pods]}, expected only nodes of {group}: {edge_nodes}"
     )
+
+
+def test_the_chart_installs_the_learning_loop_wired_by_the_release_service_names(
+    kube_cluster: KubeCluster, kube_api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="edgeloop-database"),
+            string_data={"databaseUrl": "postgresql+psycopg://edgeloop:edgeloop@postgres:5432/edgeloop"},
+        ),
+    )
+    install = _helm(
+        kube_cluster, "install", "closed", str(CHART), "-n", namespace, "--set", "trainer.seedData.existingClaim=seed"
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    # KWOK: pods of these cloud-side Deployments need not run here (no kubelet, maybe no
+    # non-edge node); what the chart is responsible for is the objects and their wiring.
+    apps = client.AppsV1Api(kube_api)
+    deployments = {d.metadata.name: d for d in apps.list_namespaced_deployment(namespace).items}
+    services = {s.metadata.name: s for s in core.list_namespaced_service(namespace).items}
+    expected_ports = {"registry": 8083, "trainer": 8084, "drift": 8085, "ingest": 8081, "deployer": 8086}
+    for service, port in expected_ports.items():
+        name = f"closed-{service}"
+        assert name in deployments, sorted(deployments)
+        container = deployments[name].spec.template.spec.containers[0]
+        assert container.args == [service]
+        assert [(p.name, p.container_port) for p in container.ports] == [("http", port)]
+        assert container.readiness_probe.http_get.path == "/readyz"
+        assert container.liveness_probe.http_get.path == "/healthz"
+        env = _env(container)
+        assert env[f"EDGELOOP_{service.upper()}_HTTP_HOST"] == "0.0.0.0"
+        assert env[f"EDGELOOP_{service.upper()}_HTTP_PORT"] == str(port)
+        assert "EDGELOOP_DATABASE_URL" in env and env["EDGELOOP_MODE"] == "distributed"
+        assert name in services, sorted(services)
+        assert [(p.port, p.target_port) for p in services[name].spec.ports] == [(port, "http")]
+        selector = {"app.kubernetes.io/instance": "closed", "app.kubernetes.io/name": service}
+        assert services[name].spec.selector == selector
+
+    trainer = deployments["closed-trainer"].spec.template.spec
+    trainer_env = _env(trainer.containers[0])
+    assert trainer_env["EDGELOOP_TRAINER_REGISTRY_URL"] == "http://closed-registry:8083"
+    assert trainer_env["EDGELOOP_TRAINER_INGEST_URL"] == "http://closed-ingest:8081"
+    assert _env(deployments["closed-drift"].spec.template.spec.containers[0])["EDGELOOP_DRIFT_REGISTRY_URL"] == (
+        "http://closed-registry:8083"
+    )
+    # The trainer writes versions into the very claim the deployer gives the model servers.
+    deployer_env = _env(deployments["closed-deployer"].spec.template.spec.containers[0])
+    claims = {v.name: v.persistent_volume_claim for v in trainer.volumes}
+    assert claims["models"] is not None
+    assert claims["models"].claim_name == deployer_env["EDGELOOP_DEPLOYER_MODELS_CLAIM"] == "edgeloop-models"
+    mounts = {m.name: m for m in trainer.containers[0].volume_mounts}
+    assert mounts["models"].mount_path == trainer_env["EDGELOOP_TRAINER_MODEL_BASE"] == "/models"
+    assert not mounts["models"].read_only
+    assert claims["seed"] is not None and claims["seed"].claim_name == "seed"
+    assert mounts["seed"].read_only and trainer_env["EDGELOOP_TRAINER_SEED_DATA_DIR"] == "/seed"
+    assert deployments["closed-trainer"].spec.replicas == 1
+    assert deployments["closed-trainer"].spec.strategy.type == "Recreate"
+
+
+def test_disabled_services_render_nothing_and_extra_env_reaches_every_service(kube_cluster: KubeCluster) -> None:
+    everything = _render(kube_cluster)
+    for service in ("ingest", "inference-gateway", "model-server", "deployer", "registry", "trainer", "drift"):
+        assert ("Deployment", f"loop-{service}") in everything, sorted(everything)
+        assert ("Service", f"loop-{service}") in everything, sorted(everything)
+    # Without a seed claim the trainer has no seed folder and no seed volume.
+    trainer_env = {var["name"] for var in _container_env(everything[("Deployment", "loop-trainer")])}
+    assert "EDGELOOP_TRAINER_SEED_DATA_DIR" not in trainer_env
+
+    off = _render(kube_cluster, "--set", "registry.enabled=false,trainer.enabled=false,drift.enabled=false")
+    for service in ("registry", "trainer", "drift"):
+        assert ("Deployment", f"loop-{service}") not in off
+        assert ("Service", f"loop-{service}") not in off
+    assert ("Deployment", "loop-ingest") in off and ("Deployment", "loop-deployer") in off
+
+    debug = json.dumps([{"name": "EDGELOOP_LOG_LEVEL", "value": "DEBUG"}])
+    keys = ("ingest", "inferenceGateway", "modelServer", "deployer", "registry", "trainer", "drift")
+    extra = _render(kube_cluster, *(arg for key in keys for arg in ("--set-json", f"{key}.extraEnv={debug}")))
+    assert sum(kind == "Deployment" for kind, _ in extra) == len(keys)
+    for (kind, name), doc in extra.items():
+        if kind == "Deployment":
+            assert {"name": "EDGELOOP_LOG_LEVEL", "value": "DEBUG"} in _container_env(doc), name
+    # The URLs can point elsewhere (a registry outside the release).
+    moved = _render(kube_cluster, "--set", "registry.enabled=false,drift.registryUrl=http://registry.example:8083")
+    drift_env = {var["name"]: var.get("value") for var in _container_env(moved[("Deployment", "loop-drift")])}
+    assert drift_env["EDGELOOP_DRIFT_REGISTRY_URL"] == "http://registry.example:8083"
