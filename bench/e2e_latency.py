@@ -680,11 +680,14 @@ async def standalone_services() -> AsyncIterator[None]:
 
 
 async def serve_standalone() -> None:
+    from edgeloop_cli.services import freeze_what_is_loaded
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with standalone_services():
+        freeze_what_is_loaded()  # as `edgeloop demo` does once its services are up
         await stop.wait()
 
 

@@ -32,6 +32,7 @@ from edgeloop_cli.demo_loop import LoopScenario
 from edgeloop_cli.drifts import DEFAULT_DRIFT, DRIFT_HELP, parse_drift
 from edgeloop_cli.local_mqtt import LocalBroker, free_port, start_local_broker
 from edgeloop_cli.paths import repo_root, state_dir
+from edgeloop_cli.services import freeze_what_is_loaded
 
 HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
@@ -383,6 +384,7 @@ async def _classify_captures(
         await wait_ready(f"{model_server.url}/readyz", "model server")
         await wait_ready(f"{ingest.url}/readyz", "ingest")
         await wait_ready(f"{gateway.url}/readyz", "inference gateway")
+        freeze_what_is_loaded()  # as `edgeloop <service>` does: no full collection walks the start-up objects again
         typer.echo(
             f"up:    model server {model_server.url} (gRPC :{grpc_port}), ingest {ingest.url}, "
             f"gateway {gateway.url}; data in {home}"

@@ -91,12 +91,17 @@ def freeze_after_startup(app: Any) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(running_app: Any) -> AsyncIterator[Any]:
         async with startup(running_app) as state:
-            gc.collect()
-            gc.freeze()
+            freeze_what_is_loaded()
             yield state
 
     app.router.lifespan_context = lifespan
     return app
+
+
+def freeze_what_is_loaded() -> None:
+    """Collect once, then keep every object alive now out of future collections (see freeze_after_startup)."""
+    gc.collect()
+    gc.freeze()
 
 
 def register(app: typer.Typer) -> None:
