@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
+from edgeloop_common import migrations
 from edgeloop_deployer.adapters.schema import (
     VERSION_TABLE,
     current_revision,
@@ -122,13 +121,7 @@ def tables(engine: Engine) -> set[str]:
 
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's deployer tables match the code's."""
-    opts = {
-        "version_table": VERSION_TABLE,
-        "compare_type": True,
-        "include_name": lambda name, kind, _parents: kind != "table" or name in DEPLOYER_TABLES,
-    }
-    with engine.connect() as connection:
-        return list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata))
+    return migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables=DEPLOYER_TABLES)
 
 
 def deployment(version: int) -> DeploymentState:

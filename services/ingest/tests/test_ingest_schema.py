@@ -9,8 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
+from edgeloop_common import migrations
 from edgeloop_common.settings import CommonSettings
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
 from edgeloop_ingest.adapters.schema import VERSION_TABLE, current_revision, downgrade_schema, upgrade_schema
@@ -86,12 +85,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_at_start_with_its_data(
 
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's ingest_samples match the code's table."""
-    opts = {
-        "version_table": VERSION_TABLE,
-        "include_name": lambda name, kind, _parents: kind != "table" or name == "ingest_samples",
-    }
-    with engine.connect() as connection:
-        return list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata))
+    return migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables={"ingest_samples"})
 
 
 def test_the_migrated_schema_is_the_one_the_code_queries(engine: Engine) -> None:

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
+from edgeloop_common import migrations as common_migrations
 from edgeloop_registry.adapters import migrations
 from edgeloop_registry.adapters.db import Base, SqlUnitOfWork, create_sql_engine
 from edgeloop_registry.service import NewVersion, RegistryService
@@ -66,9 +65,5 @@ def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
 
 def test_orm_classes_match_the_migrations(engine: Engine) -> None:
     migrations.upgrade(engine)
-    with engine.connect() as connection:
-        context = MigrationContext.configure(
-            connection, opts={"version_table": migrations.VERSION_TABLE, "compare_type": True}
-        )
-        differences = compare_metadata(context, Base.metadata)
+    differences = common_migrations.schema_differences(engine, Base.metadata, version_table=migrations.VERSION_TABLE)
     assert differences == []

@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
+from edgeloop_common import migrations
 from edgeloop_trainer.adapters.runs import SqlRunStore, create_sql_engine, metadata
 from edgeloop_trainer.adapters.schema import (
     VERSION_TABLE,
@@ -143,13 +142,7 @@ def tables(engine: Engine) -> set[str]:
 
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's trainer tables match the code's."""
-    opts = {
-        "version_table": VERSION_TABLE,
-        "compare_type": True,
-        "include_name": lambda name, kind, _parents: kind != "table" or name in TRAINER_TABLES,
-    }
-    with engine.connect() as connection:
-        return list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata))
+    return migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables=TRAINER_TABLES)
 
 
 def index_definitions(engine: Engine) -> dict[str, str]:

@@ -8,14 +8,16 @@ connection handed over in ``config.attributes["connection"]``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, MetaData, text
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,19 @@ class AlembicMigrations:
 
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(self.config()).get_current_head()
+
+
+def schema_differences(
+    engine: Engine, metadata: MetaData, *, version_table: str, tables: Collection[str] | None = None
+) -> list[object]:
+    """What Alembic's autogenerate would change (column types included) to make the database match ``metadata``.
+
+    ``tables``: compare only these tables (a service's own, in a database shared with other services);
+    None: every table. Empty when the migrations and the code agree.
+    """
+    opts: dict[str, object] = {"version_table": version_table, "compare_type": True}
+    if tables is not None:
+        wanted = set(tables)
+        opts["include_name"] = lambda name, kind, _parents: kind != "table" or name in wanted
+    with engine.connect() as connection:
+        return list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata))
