@@ -32,7 +32,14 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".edgeloop" / "test-cache"
 TEST_MODEL_NAME = "catdog"
-TRAINING_PARAMETERS = {"epochs": 2, "image_size": 32, "batch_size": 32, "eval_fraction": 0.2, "seed": 7}
+TRAINING_PARAMETERS = {
+    "backbone": "small-cnn",
+    "epochs": 2,
+    "image_size": 32,
+    "batch_size": 32,
+    "eval_fraction": 0.2,
+    "seed": 7,
+}
 STALE_AFTER_S = 24 * 3600  # cache entries of older code or data, untouched this long, are removed
 
 

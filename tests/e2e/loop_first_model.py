@@ -59,12 +59,12 @@ class FirstModel:
 
 
 def _cache_key(seed_dir: Path, model_name: str, parameters: FirstModelParameters) -> str:
-    import edgeloop_inference_gateway.image_stats as image_stats
+    import edgeloop_common.images as images
     import edgeloop_trainer
 
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(parameters), sort_keys=True).encode())
     digest.update(model_name.encode())
-    sources = [*sorted(Path(edgeloop_trainer.__file__).parent.rglob("*.py")), Path(image_stats.__file__)]
+    sources = [*sorted(Path(edgeloop_trainer.__file__).parent.rglob("*.py")), Path(images.__file__)]
     for source in sources:
         digest.update(source.name.encode() + source.read_bytes())
     digest.update(package_version("tensorflow").encode())

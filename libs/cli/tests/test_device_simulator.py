@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig, image_files
+from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig, format_result, image_files
 from edgeloop_cli.main import app
 from edgeloop_common import topics
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient
@@ -159,6 +159,13 @@ def test_cli_prints_each_result_and_a_summary(
         assert f"{name} -> label-" in output
     assert "sent 3, acked 3, results 3 (0 missing)" in output
     assert "p50" in output and "p99" in output
+
+
+@pytest.mark.parametrize(("quality", "shown"), [("ok", ""), ("too_dark", "  [too_dark: nothing to classify]")])
+def test_a_printed_result_says_when_the_picture_has_nothing_to_classify(quality: str, shown: str) -> None:
+    payload = {"top_label": "cat", "confidence": 0.66, "quality": quality}
+    result = DeviceResult("night.jpg", "cat", 0.66, "edgeloop-classifier", 3, 12.0, payload)
+    assert format_result(result) == f"night.jpg -> cat 0.660{shown}  (edgeloop-classifier v3)  12.0 ms"
 
 
 def test_cli_explains_an_unreachable_broker(catdog_captures_dir: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from edgeloop_cli.demo_loop import MIN_WINDOW, LoopScenario, split_photos
 from edgeloop_cli.drifts import DEFAULT_DRIFT, DRIFT_KINDS, parse_drift
-from edgeloop_inference_gateway.image_stats import inspect_image
+from edgeloop_common.images import assess_quality, inspect_image
 from PIL import Image
 
 from tests.synthetic_photos import photo, write_data_set
@@ -112,6 +112,28 @@ def test_a_drift_is_deterministic_and_sends_a_jpeg() -> None:
         assert drift.apply(data) == drift.apply(data), name
         assert inspect_image(drift.apply(data)).format == "jpeg"
     assert parse_drift("downscale:0.5").apply(data) != data
+
+
+@pytest.fixture(scope="module")
+def extreme_train_photos(catdog_train_dir: Path) -> list[bytes]:
+    """The darkest, brightest and flattest train photos (ten of each), and every eighth of the others."""
+    photos = sorted(catdog_train_dir.rglob("*.jpg"))
+    stats = {path: inspect_image(path.read_bytes()).stats for path in photos}
+    chosen = set(photos[::8])
+    for feature in ("brightness_mean", "contrast_std"):
+        ranked = sorted(photos, key=lambda path: stats[path][feature])
+        chosen.update(ranked[:10] + ranked[-10:])
+    return [path.read_bytes() for path in sorted(chosen)]
+
+
+@pytest.mark.parametrize("spec", ["darken", "brighten", "blur", "low-contrast", "noise", "grayscale"])
+def test_photos_under_a_drift_still_have_something_to_classify(extreme_train_photos: list[bytes], spec: str) -> None:
+    """The gateway's quality verdict stays "ok" under the loop's drifts at their default strengths (the closed
+    loop darkens x0.25): the loop must learn from these photos, not set them aside as too dark or blank."""
+    drift = parse_drift(spec)
+    for data in extreme_train_photos:
+        stats = inspect_image(drift.apply(data)).stats
+        assert assess_quality(stats) == "ok", (drift.spec, stats)
 
 
 # -- the loop's photos, fitted to any data set ---------------------------------------------------------------------

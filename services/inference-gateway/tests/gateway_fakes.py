@@ -18,7 +18,7 @@ from edgeloop_inference_gateway.ports import (
     ModelServerUnavailableError,
 )
 from edgeloop_inference_gateway.routing import ModelRoute
-from PIL import Image, ImageFilter
+from PIL import Image
 
 
 def free_port() -> int:
@@ -43,13 +43,6 @@ def jpeg_bytes(
 def png_bytes(color: tuple[int, int, int] = (10, 200, 90), size: tuple[int, int] = (32, 32)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def blurred_jpeg(data: bytes) -> bytes:
-    with Image.open(io.BytesIO(data)) as image:
-        buffer = io.BytesIO()
-        image.filter(ImageFilter.GaussianBlur(3)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -58,6 +59,16 @@ async def test_classify_raw_bytes(gateway: Gateway) -> None:
     assert (result["model_name"], result["model_version"]) == ("edgeloop-classifier", 5)
     assert (result["site_id"], result["device_id"], result["served_by"]) == ("site-a", "d1", "edge")
     assert len(result["image_sha256"]) == 64 and result["latency_ms"] > 0
+    assert result["quality"] == "ok"
+
+
+async def test_classify_says_when_a_picture_is_too_dark(gateway: Gateway, catdog_dir: Path) -> None:
+    night = sorted((catdog_dir / "black-frames").glob("*.jpg"))[0].read_bytes()
+    response = await gateway.http.post("/v1/classify", content=night, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["quality"] == "too_dark"
+    assert result["scores"] == pytest.approx(gateway.model.scores_for(night))  # the model still answers
 
 
 async def test_classify_multipart_uses_the_sites_route(gateway: Gateway) -> None:

@@ -37,7 +37,10 @@ async def running(*apps: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-async def test_result_reaches_the_device_topic(mqtt_broker: tuple[str, int], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("picture", "quality"), [("photo", "ok"), ("night frame", "too_dark")])
+async def test_result_reaches_the_device_topic(
+    mqtt_broker: tuple[str, int], tmp_path: Path, catdog_dir: Path, picture: str, quality: str
+) -> None:
     host, port = mqtt_broker
     site = f"test-{uuid.uuid4().hex[:8]}"
     received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -48,7 +51,8 @@ async def test_result_reaches_the_device_topic(mqtt_broker: tuple[str, int], tmp
     bus = InProcessBus(source="inference-gateway")
     model = FakeModelClient(version=3)
     app = create_app(gateway_settings(host, port, tmp_path), bus=bus, model_client=model)
-    image = jpeg_bytes()
+    night_frame = sorted((catdog_dir / "black-frames").glob("*.jpg"))[0]  # a real camera's, black with a timestamp
+    image = jpeg_bytes() if picture == "photo" else night_frame.read_bytes()
     ref = store_blob(tmp_path, image)
     async with running(app):
         await bus.start()
@@ -65,6 +69,7 @@ async def test_result_reaches_the_device_topic(mqtt_broker: tuple[str, int], tmp
     assert result["scores"] == pytest.approx(model.scores_for(image))
     [completed] = bus.events_of(InferenceCompleted)
     assert result["top_label"] == completed.top_label  # type: ignore[attr-defined]
+    assert result["quality"] == completed.quality == quality  # type: ignore[attr-defined]
 
 
 async def test_simulated_device_gets_a_result_for_every_capture_through_ingest(

@@ -1,9 +1,8 @@
-"""The gateway's logic with fakes: routing, result mapping, retries and dead letters, image statistics."""
+"""The gateway's logic with fakes: routing, result mapping, image quality, retries and dead letters."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from pathlib import Path
 
@@ -13,9 +12,10 @@ from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import BlobRef, DeadLetter, InferenceCompleted
 from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
 from edgeloop_inference_gateway.handlers import ImageReceivedHandler, inference_event_id
-from edgeloop_inference_gateway.image_stats import inspect_image
 from edgeloop_inference_gateway.ports import (
     BatchPrediction,
+    HardExampleMiner,
+    HardExampleVerdict,
     InvalidImageError,
     ModelResponseError,
     ModelServerUnavailableError,
@@ -25,11 +25,9 @@ from edgeloop_inference_gateway.service import BatchingConfig, InferenceService,
 from gateway_fakes import (
     FakeModelClient,
     FakeResults,
-    blurred_jpeg,
     image_event,
     jpeg_bytes,
     model_server_down,
-    png_bytes,
     store_blob,
 )
 
@@ -41,12 +39,18 @@ def remove_blob(ref: BlobRef) -> None:
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
 
 
-def make_service(model: FakeModelClient, router: ModelRouter | None = None, **batching: float) -> InferenceService:
+def make_service(
+    model: FakeModelClient,
+    router: ModelRouter | None = None,
+    miner: HardExampleMiner | None = None,
+    **batching: float,
+) -> InferenceService:
     return InferenceService(
         model_client=model,
         router=router or ModelRouter(ModelRoute("edgeloop-classifier")),
         blob_fetcher=UriBlobFetcher(max_bytes=10_000_000),
         batching=BatchingConfig(**batching) if batching else BatchingConfig(max_wait_ms=1.0),
+        miner=miner,
     )
 
 
@@ -127,7 +131,7 @@ async def test_event_becomes_inference_completed_and_device_result(tmp_path: Pat
     assert completed.scores == pytest.approx(expected)
     assert completed.top_label == max(expected, key=expected.__getitem__)
     assert completed.confidence == pytest.approx(max(expected.values()))
-    assert completed.served_by == "edge" and completed.hard_example is False
+    assert completed.served_by == "edge" and completed.hard_example is False and completed.quality == "ok"
     assert completed.latency_ms > 0
     assert set(completed.image_stats) == {
         "brightness_mean",
@@ -147,6 +151,46 @@ async def test_event_becomes_inference_completed_and_device_result(tmp_path: Pat
     assert result == json.loads(json.dumps(device_result(completed)))
     assert result["image_sha256"] == ref.sha256 and result["model_version"] == 12
     assert result["top_label"] == completed.top_label and result["scores"] == pytest.approx(expected)
+    assert result["quality"] == "ok"
+
+
+class EverythingIsHard:
+    """A miner that would send every picture it is asked about to labeling."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, float]] = []
+
+    def assess(self, scores: dict[str, float], image_stats: dict[str, float]) -> HardExampleVerdict:
+        self.asked.append(image_stats)
+        return HardExampleVerdict(hard=True, reason="every picture is hard")
+
+
+async def test_a_night_frame_is_answered_too_dark_and_never_queued_for_labeling(
+    tmp_path: Path, catdog_dir: Path
+) -> None:
+    night = sorted((catdog_dir / "black-frames").glob("*.jpg"))[0].read_bytes()  # a real camera's, at night
+    day = sorted((catdog_dir / "captures").glob("*.jpg"))[0].read_bytes()
+    model, miner, results = FakeModelClient(), EverythingIsHard(), FakeResults()
+    service = make_service(model, miner=miner)
+    events = [
+        image_event(store_blob(tmp_path, night), device="cam-night", sample_id="night"),
+        image_event(store_blob(tmp_path, day), device="cam-day", sample_id="day"),
+    ]
+    bus = await run_gateway(service, results, events)
+    await service.close()
+
+    completed = {event.sample_id: event for event in bus.events_of(InferenceCompleted)}
+    assert isinstance(completed["night"], InferenceCompleted)
+    assert completed["night"].quality == "too_dark"
+    assert completed["night"].hard_example is False and completed["night"].hard_example_reason is None
+    assert completed["night"].scores == pytest.approx(model.scores_for(night))  # the model's answer, for the record
+    assert completed["night"].image_stats["brightness_mean"] < 0.03
+    assert (completed["day"].quality, completed["day"].hard_example) == ("ok", True)  # the miner does work
+    assert len(miner.asked) == 1  # it was asked about the photo only
+    sent = {device: json.loads(payload) for _, device, payload in results.sent}
+    assert (sent["cam-night"]["quality"], sent["cam-night"]["hard_example"]) == ("too_dark", False)
+    assert sent["cam-night"]["top_label"] == completed["night"].top_label
+    assert (sent["cam-day"]["quality"], sent["cam-day"]["hard_example"]) == ("ok", True)
 
 
 async def test_inference_event_id_is_stable_per_image_event() -> None:
@@ -280,65 +324,3 @@ def test_model_unavailable_error_is_transient() -> None:
     from edgeloop_common.bus import PermanentError
 
     assert not isinstance(ModelServerUnavailableError("x"), PermanentError)
-
-
-# -- image statistics -------------------------------------------------------------------------
-
-
-def test_image_statistics_follow_the_picture() -> None:
-    dark = inspect_image(jpeg_bytes((20, 20, 20), size=(320, 240)))
-    bright = inspect_image(jpeg_bytes((230, 230, 230), size=(320, 240)))
-    sharp_image = jpeg_bytes((120, 80, 60), size=(320, 240))
-    sharp = inspect_image(sharp_image)
-    blurred = inspect_image(blurred_jpeg(sharp_image))
-    flat = inspect_image(jpeg_bytes((120, 80, 60), size=(320, 240), pattern=False))
-    assert dark.stats["brightness_mean"] < 0.3 < bright.stats["brightness_mean"]
-    assert blurred.stats["sharpness_laplacian_var"] < sharp.stats["sharpness_laplacian_var"] / 2
-    assert flat.stats["contrast_std"] < 0.02 < sharp.stats["contrast_std"]
-    assert (sharp.width, sharp.height, sharp.format) == (320, 240, "jpeg")
-    assert sharp.stats["width"] == 320.0 and sharp.stats["height"] == 240.0
-    png = inspect_image(png_bytes())
-    assert png.format == "png" and 0.0 <= png.stats["brightness_mean"] <= 1.0
-
-
-def test_colour_statistics_see_a_colour_cast_and_a_grayscale_camera(catdog_train_dir: Path) -> None:
-    """Brightness hardly moves under a white-balance shift or a grayscale camera; the colour statistics do."""
-    from PIL import Image, ImageOps
-
-    daylight = (path for path in sorted((catdog_train_dir / "dog").iterdir()) if path.suffix == ".jpg")
-    chosen = next(path for path in daylight if inspect_image(path.read_bytes()).stats["brightness_mean"] > 0.3)
-    with Image.open(chosen) as photo:
-        original = photo.convert("RGB")
-    red, green, blue = original.split()
-    warm = Image.merge("RGB", (red.point(lambda v: min(255, v * 1.3)), green, blue.point(lambda v: v * 0.7)))
-    cool = Image.merge("RGB", (red.point(lambda v: v * 0.7), green, blue.point(lambda v: min(255, v * 1.3))))
-
-    def measured(image: Image.Image) -> dict[str, float]:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        return inspect_image(buffer.getvalue()).stats
-
-    base, warmer, cooler = measured(original), measured(warm), measured(cool)
-    gray = measured(ImageOps.grayscale(original).convert("RGB"))
-    gray_jpeg = measured(ImageOps.grayscale(original))  # a single-channel JPEG
-    assert warmer["red_green_mean"] > base["red_green_mean"] + 0.03 > cooler["red_green_mean"] + 0.06
-    assert warmer["blue_yellow_mean"] < base["blue_yellow_mean"] - 0.03 < cooler["blue_yellow_mean"] - 0.06
-    assert base["saturation_mean"] > 0.1
-    for grayscale in (gray, gray_jpeg):
-        assert grayscale["saturation_mean"] < 0.02, grayscale
-        assert abs(grayscale["red_green_mean"]) < 0.01 and abs(grayscale["blue_yellow_mean"]) < 0.01, grayscale
-        assert grayscale["brightness_mean"] == pytest.approx(base["brightness_mean"], abs=0.02)
-    assert all(-1.0 <= base[name] <= 1.0 for name in ("red_green_mean", "blue_yellow_mean"))
-
-
-def test_a_photo_is_measured_quickly(catdog_captures_dir: Path) -> None:
-    import time
-
-    photo = sorted(catdog_captures_dir.iterdir())[0].read_bytes()
-    inspect_image(photo)
-    started = time.perf_counter()
-    for _ in range(20):
-        facts = inspect_image(photo)
-    per_image_ms = (time.perf_counter() - started) / 20 * 1000
-    assert facts.width > 0 and facts.height > 0
-    assert per_image_ms < 50, f"image statistics took {per_image_ms:.1f} ms per photo"

@@ -54,7 +54,7 @@ def test_a_version_trained_by_hand_is_registered_and_promoted(tmp_path: Path, ca
             cli,
             [
                 *("train", "--data", str(data), "--model", "catdog", "--out", str(tmp_path / "models")),
-                *("--epochs", "1", "--image-size", "32", "--batch-size", "16", "--no-progress"),
+                *("--epochs", "5", "--batch-size", "16", "--no-progress"),  # the default backbone: Lite0
                 *("--register", url, "--promote"),
             ],
         )
@@ -64,7 +64,8 @@ def test_a_version_trained_by_hand_is_registered_and_promoted(tmp_path: Path, ca
         cli,
         [
             *("train", "--data", str(data), "--model", "catdog", "--out", str(tmp_path / "models")),
-            *("--epochs", "1", "--image-size", "32", "--no-progress", "--register", "http://127.0.0.1:9"),
+            *("--backbone", "small-cnn", "--epochs", "1", "--image-size", "32", "--no-progress"),
+            *("--register", "http://127.0.0.1:9"),
         ],
     )
 
@@ -74,7 +75,11 @@ def test_a_version_trained_by_hand_is_registered_and_promoted(tmp_path: Path, ca
     assert 0.0 <= version["metrics"]["accuracy"] <= 1.0
     assert version["metrics"]["evaluation_set_id"].startswith("evalset-")
     assert version["reference_stats"]["n"] == sum(version["metrics"]["eval_counts"].values()) > 0
-    assert version["lineage"]["parameters"]["epochs"] == 1
+    assert version["lineage"]["parameters"]["epochs"] == 5
+    backbone = version["lineage"]["parameters"]["backbone"]
+    assert backbone["name"] == "efficientnet-lite0" and backbone["input_size"] == 224, backbone
+    assert len(backbone["weights_sha256"]) == 64 and backbone["fine_tuned_blocks"] == 0
+    assert version["metrics"]["accuracy"] >= 0.8, version["metrics"]  # pretrained: right on photos it never saw
     assert [(a["alias"], a["version"]) for a in aliases] == [("production", 1)]
     assert unreachable.exit_code == 1 and "not registered" in unreachable.output
     assert (tmp_path / "models" / "catdog" / "2").is_dir()  # the export stays; it is only not registered

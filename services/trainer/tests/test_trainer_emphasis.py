@@ -11,8 +11,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from edgeloop_trainer.classifier import class_weights
 from edgeloop_trainer.snapshot import SourceItem, build_snapshot, new_since_parent
-from edgeloop_trainer.training import _class_weights, oversample
+from edgeloop_trainer.training import oversample
 
 pytestmark = pytest.mark.tf  # imports TensorFlow (training.py), trains nothing
 
@@ -86,7 +87,7 @@ def test_each_new_image_is_seen_factor_times_the_others_once(factor: int) -> Non
 def test_class_weights_stay_balanced_on_the_oversampled_set(factor: int) -> None:
     _, labels, _ = training_set(factor)
 
-    weights = _class_weights(labels, 2)
+    weights = class_weights(labels, 2)
     counts = np.bincount(labels, minlength=2)
 
     # Each class weighs the same in the loss: weight x images seen is equal (and sums to the images seen).

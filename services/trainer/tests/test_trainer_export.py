@@ -108,12 +108,23 @@ def test_the_next_training_is_the_next_version_and_versions_are_never_overwritte
     from edgeloop_trainer.training import train_classifier
 
     model_base, _ = trained
-    second = train_classifier(colour_folders, "colours", model_base, epochs=1, image_size=16, progress=False)
+    second = train_classifier(
+        colour_folders, "colours", model_base, backbone="small-cnn", epochs=1, image_size=16, progress=False
+    )
 
     assert second.version == 2
     assert (model_base / "colours" / "2" / "saved_model.pb").is_file()
     with pytest.raises(VersionExistsError):
-        train_classifier(colour_folders, "colours", model_base, epochs=1, image_size=16, version=1, progress=False)
+        train_classifier(
+            colour_folders,
+            "colours",
+            model_base,
+            backbone="small-cnn",
+            epochs=1,
+            image_size=16,
+            version=1,
+            progress=False,
+        )
 
 
 def test_the_cli_refuses_unusable_data_with_the_reason(tmp_path: Path) -> None:

@@ -15,13 +15,14 @@ import pytest
 from edgeloop_trainer.adapters.keras_engine import EngineParameters, KerasTrainingEngine
 from edgeloop_trainer.adapters.snapshots import LocalSnapshotStore
 from edgeloop_trainer.ports import Progress, RegisteredVersion, TrainingJob
+from edgeloop_trainer.recipe import Recipe
 from edgeloop_trainer.snapshot import Snapshot, SourceItem, build_snapshot
 from edgeloop_trainer.training import serving_scores
 from trainer_testing import catdog_subset, version_folders
 
 pytestmark = pytest.mark.tf
 
-PARAMS = EngineParameters(epochs=1, incremental_epochs=1, image_size=32, batch_size=16, seed=5)
+PARAMS = EngineParameters(recipe=Recipe("small-cnn", 32), epochs=1, incremental_epochs=1, batch_size=16, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ def trainer_settings(home: Path, seed: Path, **overrides: object) -> Settings:
         "models": MODEL,
         "epochs": 1,
         "incremental_epochs": 1,
+        "backbone": "small-cnn",
         "image_size": 32,
         "batch_size": 16,
         "eval_fraction": 0.25,

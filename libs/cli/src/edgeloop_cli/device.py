@@ -268,7 +268,9 @@ def format_result(result: DeviceResult) -> str:
         return f"{result.image_name} -> no label: {json.dumps(result.payload)[:200]}"
     confidence = f"{result.confidence:.3f}" if isinstance(result.confidence, int | float) else "?"
     model = f"{result.model_name} v{result.model_version}" if result.model_name else "unknown model"
-    return f"{result.image_name} -> {result.top_label} {confidence}  ({model})  {result.latency_ms:.1f} ms"
+    quality = result.payload.get("quality", "ok")
+    doubt = f"  [{quality}: nothing to classify]" if quality != "ok" else ""
+    return f"{result.image_name} -> {result.top_label} {confidence}{doubt}  ({model})  {result.latency_ms:.1f} ms"
 
 
 @app.command("simulate")

@@ -2,8 +2,8 @@
 
 A drift is a transform of a photo (Pillow only) with one strength, written ``NAME`` (the documented default
 strength) or ``NAME:STRENGTH``; ``edgeloop demo --drift`` and the closed-loop test (``EDGELOOP_LOOP_DRIFT``)
-take it. Each names the image statistics of the inference gateway (``image_stats.py``) it is expected to move,
-so a test can tell whether the alarm it caused is the one it should cause.
+take it. Each names the image statistics (``edgeloop_common.images``, measured by the inference gateway) it is
+expected to move, so a test can tell whether the alarm it caused is the one it should cause.
 
 =============  ========  =====================================================  ==================================
 name           default   strength                                               moves
@@ -48,7 +48,7 @@ class DriftKind:
     high: float
     transform: Callable[[Image, float, int], Image]  # (RGB picture, strength, seed) -> picture
     words: Callable[[float], str]  # "darker light (brightness x0.25)"
-    moves: tuple[str, ...]  # image statistics the change moves (image_stats.py)
+    moves: tuple[str, ...]  # image statistics the change moves (edgeloop_common.images)
     low_inclusive: bool = False
     high_inclusive: bool = False
 

@@ -32,8 +32,24 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", help="Model base path: the version is written to OUT/NAME/VERSION/.")
     ] = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 15,
-    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Images are resized to SIZE x SIZE.")] = 128,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            "--backbone",
+            help="efficientnet-lite0 (ImageNet weights from its installed package, frozen, a trained head), "
+            "efficientnet-lite2 (deeper: the cloud model) or small-cnn (from scratch: tiny devices, tests).",
+        ),
+    ] = "efficientnet-lite0",
+    fine_tune: Annotated[
+        int, typer.Option("--fine-tune", min=0, help="Also train the backbone's top N blocks, at a lower rate.")
+    ] = 0,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Training epochs (default: 40 for a head, 15 small-cnn).")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", min=16, help="Images are resized to SIZE x SIZE (default: the backbone's own)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per training step.")] = 32,
     eval_fraction: Annotated[
         float, typer.Option("--eval-fraction", min=0.01, max=0.9, help="Share of each class held out for evaluation.")
@@ -70,6 +86,7 @@ def train(
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
     from edgeloop_trainer.dataset import DatasetError
     from edgeloop_trainer.export import VersionExistsError
+    from edgeloop_trainer.recipe import FEATURE_CACHE_DIR
     from edgeloop_trainer.report import print_report
     from edgeloop_trainer.training import train_classifier
 
@@ -78,6 +95,8 @@ def train(
             data,
             model,
             out,
+            backbone=backbone,
+            fine_tune=fine_tune,
             epochs=epochs,
             image_size=image_size,
             batch_size=batch_size,
@@ -85,6 +104,7 @@ def train(
             seed=seed,
             version=version,
             progress=progress,
+            feature_cache=out / FEATURE_CACHE_DIR,
         )
     except (DatasetError, VersionExistsError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
@@ -102,8 +122,6 @@ def train(
                 eval_fraction=eval_fraction,
                 seed=seed,
                 batch_size=batch_size,
-                image_size=image_size,
-                epochs=epochs,
             )
         except RegistrationError as exc:
             console.print(f"[red]not registered:[/] {exc} (the export stays at {result.path})")

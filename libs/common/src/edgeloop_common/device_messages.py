@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeloop_common.events import JsonScalar
+from edgeloop_common.events import ImageQuality, JsonScalar
 
 
 class DeviceTelemetry(BaseModel):
@@ -41,6 +41,11 @@ class DeviceResult(BaseModel):
     latency_ms: float | None = Field(default=None, description="time spent in the gateway")
     served_by: str | None = Field(default=None, description="edge or cloud")
     hard_example: bool = False
+    quality: ImageQuality = Field(
+        default="ok",
+        description="whether the picture shows anything to classify: ok, too_dark, too_bright or blank "
+        "(the scores are still given, but mean little when it is not ok)",
+    )
     completed_at: datetime | None = None
 
 

@@ -86,6 +86,10 @@ class TelemetryReceived(Event):
 
 
 ServedBy = Literal["edge", "cloud"]
+# Whether a picture shows anything to classify (edgeloop_common.images.assess_quality): "too_dark" (a camera at
+# night), "too_bright" (blown out), "blank" (featureless). The model still answers; such a picture is never a
+# hard example.
+ImageQuality = Literal["ok", "too_dark", "too_bright", "blank"]
 
 
 class InferenceCompleted(Event):
@@ -107,6 +111,9 @@ class InferenceCompleted(Event):
     hard_example_reason: str | None = None
     # Image statistics the drift service compares against the training reference.
     image_stats: dict[str, float] = Field(default_factory=dict)
+    quality: ImageQuality = Field(
+        default="ok", description="whether the picture shows anything to classify; never a hard example unless ok"
+    )
     completed_at: datetime = Field(default_factory=utc_now)
 
 

@@ -15,7 +15,7 @@ agree. The shape is plain JSON::
 Features are raw samples (at most ``MAX_SAMPLES_PER_FEATURE`` each) from which
 the drift service builds its PSI bins and KS references. ``image_stats`` must be
 measured the way the inference gateway measures live images
-(``edgeloop_inference_gateway.image_stats.inspect_image``), or a difference in
+(``edgeloop_common.images.inspect_image``), or a difference in
 method reads as drift.
 """
 

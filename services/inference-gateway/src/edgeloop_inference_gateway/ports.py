@@ -22,7 +22,11 @@ from edgeloop_inference_gateway.routing import ModelRoute
 
 
 class InvalidImageError(PermanentError):
-    """The bytes are not a JPEG or PNG image that can be decoded."""
+    """The bytes are not a JPEG or PNG image that can be decoded.
+
+    ``edgeloop_common.images.inspect_image`` raises its own ``InvalidImageError`` (a ValueError); the service
+    turns it into this one, so the image is dead-lettered at once (HTTP 400) instead of retried.
+    """
 
 
 class ImageTooLargeError(PermanentError):

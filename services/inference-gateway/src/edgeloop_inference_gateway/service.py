@@ -17,17 +17,20 @@ from typing import Any, TypeVar
 
 from edgeloop_common.bus import PermanentError
 from edgeloop_common.device_messages import DeviceResult
-from edgeloop_common.events import ImageReceived, InferenceCompleted, ServedBy
+from edgeloop_common.events import ImageQuality, ImageReceived, InferenceCompleted, ServedBy
+from edgeloop_common.images import ImageFacts, inspect_image
+from edgeloop_common.images import InvalidImageError as UndecodableImageError
 
 from edgeloop_inference_gateway.batching import DynamicBatcher
-from edgeloop_inference_gateway.image_stats import ImageFacts, inspect_image
 from edgeloop_inference_gateway.metrics import GatewayMetrics
 from edgeloop_inference_gateway.ports import (
     BatchPrediction,
     BlobFetcher,
     BlobUnavailableError,
     HardExampleMiner,
+    HardExampleVerdict,
     ImageTooLargeError,
+    InvalidImageError,
     ModelClient,
     ModelInputError,
     ModelNotFoundError,
@@ -65,6 +68,7 @@ class Classification:
     latency_ms: float
     image_sha256: str
     image_stats: dict[str, float]
+    quality: ImageQuality = "ok"
     served_by: ServedBy = SERVED_BY
     completed_at: datetime | None = None
 
@@ -118,7 +122,7 @@ class InferenceService:
             raise RuntimeError("the inference service has no blob fetcher")
         data = await self._counted(self.blob_fetcher.fetch(event.image))
         classification = await self._counted(self._classify(data, self.router.route_for(event.site_id), started))
-        verdict = self.miner.assess(classification.scores, classification.image_stats)
+        verdict = self._hard_example(classification)
         return InferenceCompleted(
             sample_id=event.sample_id,
             device_id=event.device_id,
@@ -134,13 +138,23 @@ class InferenceService:
             hard_example=verdict.hard,
             hard_example_reason=verdict.reason,
             image_stats=classification.image_stats,
+            quality=classification.quality,
         )
+
+    def _hard_example(self, classification: Classification) -> HardExampleVerdict:
+        """The miner's verdict; a picture with nothing to classify (too dark, blank...) is never worth labeling."""
+        if classification.quality != "ok":
+            return HardExampleVerdict(hard=False)
+        return self.miner.assess(classification.scores, classification.image_stats)
 
     async def _classify(self, data: bytes, route: ModelRoute, started: float) -> Classification:
         if len(data) > self.max_image_bytes:
             raise ImageTooLargeError(f"image of {len(data)} bytes is larger than the limit of {self.max_image_bytes}")
         # Decoding for the statistics also rejects what is not a JPEG/PNG before it can spoil a batch.
-        facts: ImageFacts = await asyncio.to_thread(inspect_image, data)
+        try:
+            facts: ImageFacts = await asyncio.to_thread(inspect_image, data)
+        except UndecodableImageError as exc:
+            raise InvalidImageError(str(exc)) from exc  # permanent: dead-lettered at once, HTTP 4xx
         scored = await self.batcher.submit(route, data)
         top_label, confidence = top_of(scored.scores)
         elapsed = time.perf_counter() - started
@@ -154,6 +168,7 @@ class InferenceService:
             latency_ms=elapsed * 1000.0,
             image_sha256=hashlib.sha256(data).hexdigest(),
             image_stats=facts.stats,
+            quality=facts.quality,
             completed_at=datetime.now(UTC),
         )
 
@@ -239,6 +254,7 @@ def device_result(completed: InferenceCompleted) -> dict[str, Any]:
         latency_ms=round(completed.latency_ms, 3),
         served_by=completed.served_by,
         hard_example=completed.hard_example,
+        quality=completed.quality,
         completed_at=completed.completed_at,
     ).model_dump(mode="json")
 
@@ -260,5 +276,6 @@ def classification_result(
         latency_ms=round(classification.latency_ms, 3),
         served_by=classification.served_by,
         hard_example=False,
+        quality=classification.quality,
         completed_at=classification.completed_at or datetime.now(UTC),
     ).model_dump(mode="json")

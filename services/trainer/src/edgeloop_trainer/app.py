@@ -109,14 +109,16 @@ def keras_engine(settings: Settings) -> TrainingEngine:
     return KerasTrainingEngine(
         settings.resolved_model_base(),
         EngineParameters(
+            recipe=settings.default_recipe(),
             epochs=settings.epochs,
             learning_rate=settings.learning_rate,
             incremental_epochs=settings.incremental_epochs,
             incremental_learning_rate=settings.incremental_learning_rate,
-            image_size=settings.image_size,
             batch_size=settings.batch_size,
             seed=settings.seed,
             new_sample_weight=settings.new_sample_weight,
+            feature_cache=settings.resolved_feature_cache(),
+            model_recipes=settings.model_recipes(),
         ),
     )
 

@@ -14,9 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from edgeloop_common.images import InvalidImageError, inspect_image
 from edgeloop_common.reference_stats import compute_reference_stats
-from edgeloop_inference_gateway.image_stats import inspect_image
-from edgeloop_inference_gateway.ports import InvalidImageError
 
 from edgeloop_trainer import export
 from edgeloop_trainer.dataset import load_split
@@ -34,9 +33,8 @@ def registration_body(
     eval_fraction: float,
     seed: int,
     batch_size: int,
-    image_size: int,
-    epochs: int,
 ) -> dict[str, Any]:
+    recorded = export.read_metadata(result.path)
     split = load_split(data_dir, eval_fraction, seed)  # the same split train_classifier held out
     files = [sample.path for sample in split.evaluation]
     scores, class_names = serving_scores(result.path, files, batch_size)
@@ -73,12 +71,10 @@ def registration_body(
             "dataset_snapshot_id": None,
             "parent_version": None,
             "parameters": {
-                "data_dir": str(data_dir.resolve()),
-                "epochs": epochs,
-                "image_size": image_size,
-                "batch_size": batch_size,
+                **recorded["training"],
+                "image_size": recorded["image_size"],
+                "backbone": recorded.get("backbone"),
                 "eval_fraction": eval_fraction,
-                "seed": seed,
                 "warm_start": False,
                 "trained_by": "edgeloop train",
             },
@@ -97,8 +93,6 @@ def register_result(
     eval_fraction: float,
     seed: int,
     batch_size: int,
-    image_size: int,
-    epochs: int,
     actor: str = "edgeloop-train",
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """POST the version, then (``promote``) ask the registry's policy to promote it; the answers, as JSON."""
@@ -108,8 +102,6 @@ def register_result(
         eval_fraction=eval_fraction,
         seed=seed,
         batch_size=batch_size,
-        image_size=image_size,
-        epochs=epochs,
     )
     name = quote(result.model_name, safe="")
     with httpx.Client(base_url=registry_url, timeout=30) as client:

@@ -8,6 +8,8 @@ from edgeloop_common.settings import CommonSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgeloop_trainer.recipe import Recipe
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_TRAINER_", extra="ignore")
@@ -42,10 +44,29 @@ class Settings(BaseSettings):
     warm_start: bool = Field(True, description="Continue from production's weights (false: always from scratch).")
     max_attempts: int = Field(2, ge=1, description="Runs of one request when the trainer stops during a run.")
 
-    epochs: int = Field(15, ge=1, description="Epochs of a training from scratch.")
-    learning_rate: float = Field(1e-3, gt=0, description="Learning rate of a training from scratch.")
-    incremental_epochs: int = Field(5, ge=1, description="Epochs of a warm-started training.")
-    incremental_learning_rate: float = Field(2e-4, gt=0, description="Learning rate of a warm-started training.")
+    backbone: str = Field(
+        "efficientnet-lite0",
+        description="What a version is built on: efficientnet-lite0 (ImageNet weights from its installed package, "
+        "frozen, a trained head), efficientnet-lite2 (deeper, for the cloud) or small-cnn (from scratch).",
+    )
+    fine_tune: int = Field(0, ge=0, description="Top blocks of a pretrained backbone trained too (0: head only).")
+    image_size: int | None = Field(
+        None, ge=16, description="Images are resized to SIZE x SIZE (default: the backbone's own, 224 for Lite0)."
+    )
+    model_backbones: str = Field(
+        "",
+        description="Another backbone for some models, MODEL=BACKBONE[:SIZE] comma-separated (e.g. a shallow edge "
+        "model and a deep cloud model of the same classes: 'catdog-edge=efficientnet-lite0:160,"
+        "catdog-cloud=efficientnet-lite2').",
+    )
+    epochs: int | None = Field(None, ge=1, description="Epochs of a training from scratch (default: the backbone's).")
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate of a training from scratch.")
+    incremental_epochs: int | None = Field(
+        None, ge=1, description="Epochs of a warm-started training (default: a quarter of the epochs, at least 5)."
+    )
+    incremental_learning_rate: float | None = Field(
+        None, gt=0, description="Learning rate of a warm-started training (default: a fifth of the learning rate)."
+    )
     new_sample_weight: int = Field(
         1,
         ge=1,
@@ -53,7 +74,6 @@ class Settings(BaseSettings):
         "(not in its snapshot, or a new label) this many times per epoch, the others once; class weights are "
         "computed on the repeated set (1: no emphasis).",
     )
-    image_size: int = Field(128, ge=16, description="Images are resized to SIZE x SIZE.")
     batch_size: int = Field(32, ge=1, description="Images per training step.")
     seed: int = Field(42, description="Seed of the initial weights, augmentation and shuffling.")
     eval_fraction: float = Field(
@@ -70,6 +90,25 @@ class Settings(BaseSettings):
 
     def resolved_model_base(self) -> Path:
         return (self.model_base or self.common.data_dir / "models").resolve()
+
+    def resolved_feature_cache(self) -> Path:
+        return self.resolved_data_dir() / "features"
+
+    def default_recipe(self) -> Recipe:
+        return Recipe(self.backbone, self.image_size, self.fine_tune)
+
+    def model_recipes(self) -> dict[str, Recipe]:
+        """``model_backbones`` parsed; a malformed entry stops start-up with the reason."""
+        recipes: dict[str, Recipe] = {}
+        for entry in (part.strip() for part in self.model_backbones.split(",")):
+            if not entry:
+                continue
+            model, sep, spec = entry.partition("=")
+            backbone, _, size = spec.partition(":")
+            if not sep or not model.strip() or not backbone.strip() or (size and not size.isdigit()):
+                raise ValueError(f"EDGELOOP_TRAINER_MODEL_BACKBONES: {entry!r} is not MODEL=BACKBONE[:SIZE]")
+            recipes[model.strip()] = Recipe(backbone.strip(), int(size) if size else None)
+        return recipes
 
     def model_names(self) -> tuple[str, ...]:
         return tuple(name.strip() for name in self.models.split(",") if name.strip())

@@ -1,10 +1,12 @@
-"""Train a small image classifier from scratch and export it for TF Serving.
+"""Train an image classifier and export it for TF Serving.
 
 ``train_classifier`` is the entry point of ``edgeloop train`` and the tests:
 folder of class sub-folders in, ``MODEL_BASE/NAME/VERSION/`` SavedModel and its
-evaluation figures out. The trainer service uses the same pieces
-(``build_model``, ``compile_and_fit``, ``serving_scores``) on dataset snapshots.
-No weights are downloaded: the network starts from random weights (seeded).
+evaluation figures out. The model is built by a :class:`~edgeloop_trainer.classifier.Recipe`:
+a pretrained backbone whose weights ship in an installed package (EfficientNet-Lite0 by
+default) with a trained head, or the small CNN from scratch. Nothing is downloaded.
+The trainer service uses the same pieces (``build_classifier``, ``fit_classifier``,
+``serving_scores``) on dataset snapshots.
 """
 
 from __future__ import annotations
@@ -23,29 +25,37 @@ import numpy as np
 import tensorflow as tf
 
 from edgeloop_trainer import export
+from edgeloop_trainer.classifier import FeatureCache, FitReport, build_classifier, file_sha256, fit_classifier
 from edgeloop_trainer.dataset import DatasetError, DatasetSplit, Sample, load_split
 from edgeloop_trainer.evaluation import classification_report
 from edgeloop_trainer.preprocessing import load_images
+from edgeloop_trainer.recipe import DEFAULT_BACKBONE, Recipe
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainingParameters:
-    epochs: int = 15
-    image_size: int = 128
+    recipe: Recipe = field(default_factory=Recipe)
+    epochs: int | None = None  # None: the recipe's own (Recipe.default_epochs)
     batch_size: int = 32
     eval_fraction: float = 0.2
     seed: int = 42
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # None: the recipe's own
 
     def validate(self) -> None:
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.image_size < 16:
-            raise ValueError(f"image size must be at least 16 pixels, got {self.image_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+    @property
+    def resolved_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else self.recipe.default_epochs
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else self.recipe.default_learning_rate
 
 
 @dataclass(frozen=True)
@@ -63,49 +73,30 @@ class TrainingResult:
         return self.path / export.METADATA_FILE
 
 
-def build_model(num_classes: int, image_size: int, seed: int) -> keras.Model:
-    """A small CNN: augmentation, conv blocks (3x3 conv, ReLU, max pooling), global pooling, dropout, softmax."""
-    blocks = min(4, max(1, int(math.log2(image_size)) - 2))
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = keras.layers.RandomFlip("horizontal", seed=seed)(inputs)
-    x = keras.layers.RandomRotation(0.08, fill_mode="reflect", seed=seed + 1)(x)
-    x = keras.layers.RandomZoom(0.12, fill_mode="reflect", seed=seed + 2)(x)
-    x = keras.layers.RandomContrast(0.15, seed=seed + 3)(x)
-    x = keras.layers.Rescaling(1.0 / 255)(x)
-    for filters in (16, 32, 64, 128)[:blocks]:
-        # No BatchNormalization: on a few hundred images its moving statistics made the held-out
-        # accuracy swing from epoch to epoch and ended lower (measured: 0.54-0.65 with, 0.68-0.71 without).
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3, seed=seed + 4)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="scores")(x)
-    return keras.Model(inputs, outputs, name="edgeloop_image_classifier")
-
-
-def _class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """Weights that make every class count equally, whatever its number of images."""
-    counts = np.bincount(labels, minlength=num_classes)
-    return {index: float(len(labels) / (num_classes * count)) if count else 0.0 for index, count in enumerate(counts)}
-
-
 def oversample(
     images: np.ndarray, labels: np.ndarray, is_new: np.ndarray, factor: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every image marked new ``factor`` times, the others once (factor 1: the arrays as they are).
 
     Used by warm starts so that a few dozen new labels are not drowned among hundreds of images the parent
-    already learned from. :func:`compile_and_fit` computes the class weights on what it is given, so they
-    stay balanced on the oversampled set.
+    already learned from. :func:`~edgeloop_trainer.classifier.compile_and_fit` computes the class weights on
+    what it is given, so they stay balanced on the oversampled set.
     """
-    if factor < 1:
-        raise ValueError(f"the new-sample factor must be at least 1, got {factor}")
     if len(is_new) != len(labels):
         raise ValueError(f"{len(is_new)} new/old flags for {len(labels)} images")
-    if factor == 1 or not np.any(is_new):
-        return images, labels
-    repeats = np.where(np.asarray(is_new, dtype=bool), factor, 1)
-    return np.repeat(images, repeats, axis=0), np.repeat(labels, repeats, axis=0)
+    indices = oversample_indices(is_new, factor)
+    if len(indices) == len(labels):
+        return images, labels  # nothing repeated
+    return images[indices], labels[indices]
+
+
+def oversample_indices(is_new: np.ndarray, factor: int) -> np.ndarray:
+    """The index of every image, an image marked new ``factor`` times in a row (see :func:`oversample`)."""
+    if factor < 1:
+        raise ValueError(f"the new-sample factor must be at least 1, got {factor}")
+    flags = np.asarray(is_new, dtype=bool)
+    repeats = np.where(flags, factor, 1) if factor > 1 else np.ones(len(flags), dtype=np.int64)
+    return np.repeat(np.arange(len(flags)), repeats)
 
 
 class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
@@ -153,76 +144,6 @@ class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
         self._progress.stop()
 
 
-def compile_and_fit(
-    model: keras.Model,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    num_classes: int,
-    *,
-    epochs: int,
-    learning_rate: float,
-    batch_size: int,
-    seed: int,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
-) -> None:
-    """Train ``model`` (new or warm-started) with Adam at ``learning_rate``, class-balanced, seeded shuffling."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    train = (
-        tf.data.Dataset.from_tensor_slices((train_images, train_labels))
-        .shuffle(len(train_labels), seed=seed, reshuffle_each_iteration=True)
-        .map(lambda image, label: (tf.cast(image, tf.float32), label))
-        .batch(batch_size)
-        .prefetch(2)
-    )
-    held_out = None
-    if validation is not None:
-        held_out = (
-            tf.data.Dataset.from_tensor_slices(validation)
-            .map(lambda image, label: (tf.cast(image, tf.float32), label))
-            .batch(batch_size)
-        )
-    # The held-out split is only displayed per epoch, never used to pick a model (no leakage into the figures).
-    model.fit(
-        train,
-        epochs=epochs,
-        validation_data=held_out,
-        class_weight=_class_weights(train_labels, num_classes),
-        callbacks=list(callbacks),
-        shuffle=False,  # the dataset shuffles itself, seeded
-        verbose=0,
-    )
-
-
-def _fit(
-    model: keras.Model,
-    split: DatasetSplit,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    eval_images: np.ndarray,
-    eval_labels: np.ndarray,
-    params: TrainingParameters,
-    progress: bool,
-) -> None:
-    steps = math.ceil(len(train_labels) / params.batch_size)
-    compile_and_fit(
-        model,
-        train_images,
-        train_labels,
-        len(split.class_names),
-        epochs=params.epochs,
-        learning_rate=params.learning_rate,
-        batch_size=params.batch_size,
-        seed=params.seed,
-        callbacks=[_ProgressBar(params.epochs, steps)] if progress else [],
-        validation=(eval_images, eval_labels) if progress else None,
-    )
-
-
 def serving_scores(saved_model_dir: Path, files: Sequence[Path], batch_size: int) -> tuple[np.ndarray, list[str]]:
     """Scores ``[N, C]`` and the class names of a SavedModel's serving signature for raw image files.
 
@@ -252,24 +173,31 @@ def train_classifier(
     model_name: str,
     model_base: Path | str,
     *,
-    epochs: int = 15,
-    image_size: int = 128,
+    backbone: str = DEFAULT_BACKBONE,
+    fine_tune: int = 0,
+    epochs: int | None = None,
+    image_size: int | None = None,
     batch_size: int = 32,
     eval_fraction: float = 0.2,
     seed: int = 42,
+    learning_rate: float | None = None,
     version: int | None = None,
     progress: bool = True,
+    feature_cache: Path | None = None,
 ) -> TrainingResult:
     """Train on ``data_dir`` (one sub-folder per class) and export ``model_base/model_name/VERSION``.
 
     ``version`` defaults to one more than the highest version present. The
     evaluation figures are measured on the held-out split by sending its raw
     files through the exported serving signature, i.e. exactly what a
-    server will answer.
+    server will answer. ``feature_cache``: a folder keeping the backbone's
+    features of each image (by sha256), so that the next training on the same
+    photos skips them.
     """
     started = time.monotonic()
     data_dir, model_base = Path(data_dir), Path(model_base)
-    params = TrainingParameters(epochs, image_size, batch_size, eval_fraction, seed)
+    recipe = Recipe(backbone, image_size, fine_tune)
+    params = TrainingParameters(recipe, epochs, batch_size, eval_fraction, seed, learning_rate)
     params.validate()
     export.validate_model_name(model_name)
     if version is not None and (model_base / model_name / str(version)).exists():
@@ -279,21 +207,34 @@ def train_classifier(
     split = load_split(data_dir, eval_fraction, seed)
     keras.utils.set_random_seed(seed)
 
-    train_images, train_labels, skipped_train = load_images(split.train, image_size)
-    eval_images, eval_labels, skipped_eval = load_images(split.evaluation, image_size)
-    unreadable_eval = set(skipped_eval)
-    evaluation = tuple(s for s in split.evaluation if s not in unreadable_eval)
-    if len(train_labels) == 0 or not evaluation:
-        raise DatasetError(f"no decodable images left in {data_dir} for training and evaluation")
+    train = load_images(split.train, recipe.size)
+    held_out = load_images(split.evaluation, recipe.size)
+    if len(train.labels) == 0 or not held_out.kept:
+        raise DatasetError(f"no decodable images of usable quality left in {data_dir} for training and evaluation")
     train_counts = dict.fromkeys(split.class_names, 0)
-    for label in train_labels:
+    for label in train.labels:
         train_counts[split.class_names[label]] += 1
 
-    model = build_model(len(split.class_names), image_size, seed)
-    _fit(model, split, train_images, train_labels, eval_images, eval_labels, params, progress)
+    model = build_classifier(recipe, len(split.class_names), seed)
+    fit = fit_classifier(
+        model,
+        recipe,
+        train.images,
+        train.labels,
+        [file_sha256(sample.path) for sample in train.kept],
+        len(split.class_names),
+        epochs=params.resolved_epochs,
+        learning_rate=params.resolved_learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+        cache=FeatureCache(feature_cache) if feature_cache is not None else None,
+        callbacks=[_ProgressBar(params.resolved_epochs, math.ceil(len(train.labels) / batch_size))] if progress else [],
+        validation=(held_out.images, held_out.labels) if progress else None,
+    )
 
+    evaluation = held_out.kept
     with export.staged_version(model_base, model_name, version) as (chosen_version, staging):
-        export.write_saved_model(model, split.class_names, image_size, staging)
+        export.write_saved_model(model, split.class_names, recipe.size, staging)
         export.write_keras_checkpoint(model, staging)
         predicted = _predict_with_signature(staging, evaluation, batch_size)
         metrics = classification_report(
@@ -303,7 +244,17 @@ def train_classifier(
         export.write_warmup_request(staging, model_name, evaluation[0].path.read_bytes())
         export.write_metadata(
             staging,
-            _metadata(model_name, chosen_version, split, params, metrics, data_dir, duration_s),
+            _metadata(
+                model_name,
+                chosen_version,
+                split,
+                params,
+                metrics,
+                data_dir,
+                duration_s,
+                fit,
+                left_out=[*train.poor_quality, *held_out.poor_quality],
+            ),
         )
     path = model_base / model_name / str(chosen_version)
     log.info(
@@ -316,7 +267,7 @@ def train_classifier(
         class_names=split.class_names,
         metrics=metrics,
         duration_s=duration_s,
-        skipped_files=tuple(s.path for s in (*skipped_train, *skipped_eval)),
+        skipped_files=tuple(s.path for s in (*train.left_out, *held_out.left_out)),
     )
 
 
@@ -328,6 +279,8 @@ def _metadata(
     metrics: dict[str, Any],
     data_dir: Path,
     duration_s: float,
+    fit: FitReport,
+    left_out: list[tuple[Sample, str]],
 ) -> dict[str, Any]:
     return {
         "format": export.METADATA_FORMAT,
@@ -336,12 +289,18 @@ def _metadata(
         "class_names": list(split.class_names),
         "created_at": datetime.now(UTC).isoformat(),
         "signature": export.signature_description(len(split.class_names)),
-        "image_size": params.image_size,
+        "image_size": params.recipe.size,
+        "backbone": params.recipe.description(),
         "training": {
             "data_dir": str(data_dir.resolve()),
-            "epochs": params.epochs,
+            "backbone": params.recipe.backbone,
+            "fine_tune": params.recipe.fine_tune,
+            "epochs": params.resolved_epochs,
             "batch_size": params.batch_size,
-            "learning_rate": params.learning_rate,
+            "learning_rate": params.resolved_learning_rate,
+            "features_computed": fit.features_computed,
+            "features_cached": fit.features_cached,
+            "left_out_poor_quality": {str(sample.path): verdict for sample, verdict in left_out},
             "eval_fraction": params.eval_fraction,
             "seed": params.seed,
             "duration_s": round(duration_s, 2),

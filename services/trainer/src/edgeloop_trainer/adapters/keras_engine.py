@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,17 +32,18 @@ from urllib.parse import unquote, urlparse
 import keras
 import numpy as np
 import tensorflow as tf
+from edgeloop_common.images import InvalidImageError, inspect_image
 from edgeloop_common.reference_stats import compute_reference_stats
-from edgeloop_inference_gateway.image_stats import inspect_image
-from edgeloop_inference_gateway.ports import InvalidImageError
 
 from edgeloop_trainer import export
+from edgeloop_trainer.classifier import FeatureCache, build_classifier, fit_classifier
 from edgeloop_trainer.dataset import DatasetError, Sample
 from edgeloop_trainer.evaluation import classification_report
 from edgeloop_trainer.ports import Candidate, Progress, ProgressCallback, RegisteredVersion, TrainingJob
 from edgeloop_trainer.preprocessing import load_images
+from edgeloop_trainer.recipe import Recipe, recipe_of
 from edgeloop_trainer.snapshot import Snapshot, SnapshotItem, new_since_parent
-from edgeloop_trainer.training import build_model, compile_and_fit, oversample, serving_scores
+from edgeloop_trainer.training import oversample_indices, serving_scores
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +56,29 @@ SIGNATURE = {
 
 @dataclass(frozen=True)
 class EngineParameters:
-    epochs: int = 15
-    learning_rate: float = 1e-3
-    incremental_epochs: int = 5
-    incremental_learning_rate: float = 2e-4
-    image_size: int = 128
+    recipe: Recipe = field(default_factory=Recipe)
+    epochs: int | None = None  # None: the recipe's own
+    learning_rate: float | None = None  # None: the recipe's own
+    incremental_epochs: int | None = None  # None: the recipe's own (a quarter of its epochs, at least 5)
+    incremental_learning_rate: float | None = None  # None: a fifth of the recipe's own learning rate
     batch_size: int = 32
     seed: int = 42
     new_sample_weight: int = 1  # a warm start repeats the images new since the parent this many times
+    feature_cache: Path | None = None  # features of each image by sha256, for pretrained backbones
+    model_recipes: Mapping[str, Recipe] = field(default_factory=dict)  # models built otherwise than ``recipe``
+
+    def recipe_for(self, model_name: str) -> Recipe:
+        return self.model_recipes.get(model_name, self.recipe)
+
+    def epochs_and_learning_rate(self, recipe: Recipe, warm: bool) -> tuple[int, float]:
+        epochs = self.epochs if self.epochs is not None else recipe.default_epochs
+        rate = self.learning_rate if self.learning_rate is not None else recipe.default_learning_rate
+        if not warm:
+            return epochs, rate
+        return (
+            self.incremental_epochs if self.incremental_epochs is not None else max(5, epochs // 4),
+            self.incremental_learning_rate if self.incremental_learning_rate is not None else rate / 5,
+        )
 
 
 @dataclass(frozen=True)
@@ -147,20 +164,25 @@ class KerasTrainingEngine:
         train_items = snapshot.of_split("train")
         train = self._samples(job, train_items)
         evaluation = self._samples(job, snapshot.of_split("eval"))
-        train_images, train_labels, skipped = load_images(train, params.image_size)
-        _, _, unreadable_eval = load_images(evaluation, params.image_size)
-        evaluation = [sample for sample in evaluation if sample not in set(unreadable_eval)]
+        recipe = params.recipe_for(job.model_name)
+        loaded = load_images(train, recipe.size)
+        train_images, train_labels = loaded.images, loaded.labels
+        held_out = load_images(evaluation, recipe.size)
+        evaluation = held_out.kept
         if len(train_labels) == 0 or not evaluation:
-            raise DatasetError(f"snapshot {snapshot.snapshot_id} has no decodable images to train or evaluate on")
+            raise DatasetError(
+                f"snapshot {snapshot.snapshot_id} has no decodable images of usable quality to train or evaluate on"
+            )
         train_counts = _counts(train_labels, snapshot.class_names)
 
         keras.utils.set_random_seed(params.seed)
         start = self._initial_model(job)
         log.info("run %s: %s", job.run_id, start.note)
-        epochs = params.incremental_epochs if start.warm else params.epochs
-        learning_rate = params.incremental_learning_rate if start.warm else params.learning_rate
-        emphasis = _Emphasis.of(job, train_items, train, skipped, params.new_sample_weight if start.warm else 1)
-        fit_images, fit_labels = oversample(train_images, train_labels, emphasis.is_new, emphasis.factor)
+        epochs, learning_rate = params.epochs_and_learning_rate(recipe, start.warm)
+        emphasis = _Emphasis.of(job, train_items, train, loaded.left_out, params.new_sample_weight if start.warm else 1)
+        fit_order = oversample_indices(emphasis.is_new, emphasis.factor)
+        fit_labels = train_labels[fit_order]
+        sha_of = {job.image_path(item.sha256): item.sha256 for item in train_items}
         if start.warm:
             log.info(
                 "run %s: %d of %d training images new since version %s (%s), each seen %d times: %d per epoch",
@@ -173,18 +195,27 @@ class KerasTrainingEngine:
                 len(fit_labels),
             )
         reporter = _RunProgress(progress, epochs, math.ceil(len(fit_labels) / params.batch_size))
-        compile_and_fit(
+        fit = fit_classifier(
             start.model,
-            fit_images,
+            recipe,
+            train_images[fit_order],
             fit_labels,
+            [sha_of[loaded.kept[index].path] for index in fit_order],
             len(snapshot.class_names),
             epochs=epochs,
             learning_rate=learning_rate,
             batch_size=params.batch_size,
             seed=params.seed,
+            cache=FeatureCache(params.feature_cache) if params.feature_cache is not None else None,
             callbacks=[reporter],
+            on_features=lambda done, total: progress(
+                Progress("training", 0.0, message=f"backbone features of {done}/{total} new images")
+            ),
         )
         parameters = {
+            "backbone": recipe.description(),
+            "features_computed": fit.features_computed,
+            "features_cached": fit.features_cached,
             "epochs": epochs,
             "learning_rate": learning_rate,
             "warm_start": start.warm,
@@ -195,11 +226,12 @@ class KerasTrainingEngine:
             "new_images_rule": emphasis.rule if start.warm else None,
             "train_images": len(train_labels),
             "train_images_per_epoch": len(fit_labels),
-            "image_size": params.image_size,
+            "image_size": recipe.size,
             "batch_size": params.batch_size,
             "seed": params.seed,
             "eval_fraction": snapshot.eval_fraction,
-            "skipped_files": len(skipped) + len(unreadable_eval),
+            "skipped_files": len(loaded.unreadable) + len(held_out.unreadable),
+            "left_out_poor_quality": len(loaded.poor_quality) + len(held_out.poor_quality),
         }
         model_dir = self.model_base / export.validate_model_name(job.model_name)
         version = max(job.min_version, export.next_version(model_dir))
@@ -207,7 +239,7 @@ class KerasTrainingEngine:
             Progress("exporting", 1.0, epoch=epochs, epochs=epochs, message=f"version {version} {reporter.last_epoch}")
         )
         with export.staged_version(self.model_base, job.model_name, version) as (version, staging):
-            export.write_saved_model(start.model, snapshot.class_names, params.image_size, staging)
+            export.write_saved_model(start.model, snapshot.class_names, recipe.size, staging)
             export.write_keras_checkpoint(start.model, staging)
             progress(Progress("evaluating", 1.0, epoch=epochs, epochs=epochs, message="candidate and production"))
             metrics, reference = self._evaluate(job, staging, evaluation, train_counts)
@@ -215,7 +247,7 @@ class KerasTrainingEngine:
             export.write_warmup_request(staging, job.model_name, evaluation[0].path.read_bytes())
             export.write_metadata(
                 staging,
-                _metadata(job, version, snapshot, parameters, metrics, reference, started_at, duration_s),
+                _metadata(job, version, snapshot, recipe, parameters, metrics, reference, started_at, duration_s),
             )
         path = model_dir / str(version)
         log.info(
@@ -256,7 +288,8 @@ class KerasTrainingEngine:
 
     def _initial_model(self, job: TrainingJob) -> _Start:
         source, params = job.warm_start_from, self.params
-        fresh = build_model(len(job.snapshot.class_names), params.image_size, params.seed)
+        recipe = params.recipe_for(job.model_name)
+        fresh = build_classifier(recipe, len(job.snapshot.class_names), params.seed)
         if source is None:
             return _Start(fresh, False, None, "training from scratch")
         version_dir = local_artifact(source.artifact_uri)
@@ -271,8 +304,15 @@ class KerasTrainingEngine:
                 f"the snapshot has {list(job.snapshot.class_names)}"
             )
             return _Start(fresh, False, None, f"{why}: training from scratch")
-        if recorded.get("image_size") != params.image_size:
-            why = f"production version {source.version} takes {recorded.get('image_size')} px, not {params.image_size}"
+        wanted, parent = recipe.description(), recipe_of(recorded)
+        if any(parent.get(key) != value for key, value in wanted.items() if key != "fine_tuned_blocks"):
+            why = f"production version {source.version} is built as {parent}, this training as {wanted}"
+            return _Start(fresh, False, None, f"{why}: training from scratch")
+        if parent.get("fine_tuned_blocks", 0) != recipe.fine_tune:
+            why = (
+                f"production version {source.version} fine-tuned {parent.get('fine_tuned_blocks', 0)} blocks, "
+                f"this training fine-tunes {recipe.fine_tune}"
+            )
             return _Start(fresh, False, None, f"{why}: training from scratch")
         model = keras.models.load_model(str(checkpoint))
         return _Start(model, True, source.version, f"warm start from production version {source.version}")
@@ -365,6 +405,7 @@ def _metadata(
     job: TrainingJob,
     version: int,
     snapshot: Snapshot,
+    recipe: Recipe,
     parameters: dict[str, Any],
     metrics: dict[str, Any],
     reference: dict[str, Any],
@@ -380,6 +421,7 @@ def _metadata(
         "created_at": datetime.now(UTC).isoformat(),
         "signature": export.signature_description(len(snapshot.class_names)),
         "image_size": parameters["image_size"],
+        "backbone": recipe.description(),
         "training": {
             **parameters,
             "run_id": job.run_id,
