@@ -36,9 +36,10 @@ STALE_AFTER_S = 24 * 3600  # entries of older code or data, untouched this long,
 class FirstModelParameters:
     """What the trainer service of the test is configured with too (so a warm start can continue from v1)."""
 
-    epochs: int = 30
-    learning_rate: float = 1e-3
-    image_size: int = 64
+    backbone: str = "efficientnet-lite0"
+    epochs: int | None = None  # None: the backbone's default
+    learning_rate: float | None = None
+    image_size: int | None = None  # None: the backbone's own
     batch_size: int = 32
     seed: int = 42
     eval_fraction: float = 0.2
@@ -79,6 +80,7 @@ def _train(seed_dir: Path, model_name: str, parameters: FirstModelParameters, st
     from edgeloop_trainer.adapters.keras_engine import EngineParameters, KerasTrainingEngine
     from edgeloop_trainer.adapters.snapshots import LocalSnapshotStore
     from edgeloop_trainer.ports import TrainingJob
+    from edgeloop_trainer.recipe import Recipe
     from edgeloop_trainer.service import registration_body
     from edgeloop_trainer.snapshot import build_snapshot
 
@@ -88,9 +90,9 @@ def _train(seed_dir: Path, model_name: str, parameters: FirstModelParameters, st
     engine = KerasTrainingEngine(
         staging / "models",
         EngineParameters(
+            recipe=Recipe(parameters.backbone, parameters.image_size),
             epochs=parameters.epochs,
             learning_rate=parameters.learning_rate,
-            image_size=parameters.image_size,
             batch_size=parameters.batch_size,
             seed=parameters.seed,
         ),

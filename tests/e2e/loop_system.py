@@ -53,10 +53,11 @@ class LoopConfig:
     namespace: str
     kubeconfig: Path
     training: FirstModelParameters
-    incremental_epochs: int = 8
-    incremental_learning_rate: float = 1e-3
+    incremental_epochs: int | None = None  # None: the backbone's default
+    incremental_learning_rate: float | None = None
+    new_sample_weight: int = 3
     promotion_margin: float = 0.02
-    labels_per_training: int = 64
+    labels_per_training: int = 96
     drift_window: int = 20
     drift_check_every: int = 5
     rollout_timeout_s: float = 8.0
@@ -221,6 +222,8 @@ class DistributedLoop:
             "learning_rate": training.learning_rate,
             "incremental_epochs": self.config.incremental_epochs,
             "incremental_learning_rate": self.config.incremental_learning_rate,
+            "new_sample_weight": self.config.new_sample_weight,
+            "backbone": training.backbone,
             "image_size": training.image_size,
             "batch_size": training.batch_size,
             "seed": training.seed,

@@ -5,18 +5,18 @@ service), the Kubernetes control plane with simulated KubeEdge edge nodes (a fre
 ``site-a``), the lite model server serving every exported version, and every EdgeLoop service in this process.
 
 The world around it is simulated: a camera at site-a sends photos, then photos under a new condition (by
-default poorer light, brightness x 0.25); a labeler answers the drift alarm by labeling the hard examples waiting
+default sensor noise, as in poorer light); a labeler answers the drift alarm by labeling the hard examples waiting
 in ingest's queue with their true class. Everything else is EdgeLoop's own doing, and the test watches it through
 the events on Kafka (read with a plain consumer) and the services' HTTP APIs:
 
 1. the change is detected, learned from, the better model promoted, rolled out, and served at the edge;
-2. a worse candidate (trained from scratch for one epoch) is registered but not promoted;
+2. a worse candidate (the small CNN trained from scratch for one epoch) is registered but not promoted;
 3. a rollout whose pods never become ready is rolled back, and the gateway keeps serving the version before.
 
 Another data set and another change, without editing code (docs/closed-loop.md):
 
 * ``EDGELOOP_LOOP_DATA``: a folder of class subfolders of photos, two classes or more (default: the cat/dog set);
-* ``EDGELOOP_LOOP_DRIFT``: a drift of ``edgeloop_cli.drifts``, ``NAME`` or ``NAME:STRENGTH`` (default darken:0.25);
+* ``EDGELOOP_LOOP_DRIFT``: a drift of ``edgeloop_cli.drifts``, ``NAME`` or ``NAME:STRENGTH`` (default noise:0.15);
 * ``EDGELOOP_LOOP_DRIFTED_IMAGES``: instead, a folder of class subfolders of photos already under a condition of
   your own: the camera sends them after the change.
 
@@ -75,12 +75,13 @@ pytestmark = [
 MODEL = "loop-classifier"
 SITE = "site-a"
 STEP_TIMEOUT_S = 120.0
+MIN_HARD_EXAMPLES = 10  # the default change makes version 1 unsure of at least this many photos (about 30 seen)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """The data set, the change and the sizes fitted to them (on the cat/dog set and darkening: 150 seed photos
-    per class, 24 before the change, 82 after, 64 labels per training, a drift window of 20)."""
+    """The data set, the change and the sizes fitted to them (on the cat/dog set and sensor noise: 60 seed photos
+    per class, 24 before the change, 160 after, 96 labels per training, a drift window of 20)."""
 
     data_dir: Path
     scenario: LoopScenario
@@ -90,8 +91,8 @@ class Setting:
     def training(self) -> FirstModelParameters:
         scenario = self.scenario
         return FirstModelParameters(
+            backbone=scenario.backbone,
             epochs=scenario.epochs,
-            learning_rate=1e-3,
             image_size=scenario.image_size,
             batch_size=32,
             seed=scenario.seed,
@@ -169,6 +170,7 @@ async def loop(
         training=setting.training,
         incremental_epochs=setting.scenario.incremental_epochs,
         incremental_learning_rate=setting.scenario.incremental_learning_rate,
+        new_sample_weight=setting.scenario.new_sample_weight,
         promotion_margin=setting.scenario.promotion_margin,
         labels_per_training=setting.scenario.labels_per_training,
         drift_window=setting.scenario.drift_window,
@@ -315,8 +317,11 @@ async def test_a_change_in_the_pictures_is_detected_learned_and_the_better_model
     assert labeled == scenario.labels_per_training, f"only {queued} hard examples were queued"
     print(f"[{_elapsed(started)}] {labeled - labeler.topped_up} of {queued} queued hard examples labeled", end="")
     print(f", and {labeler.topped_up} of the newest other photos" if labeler.topped_up else "")
+    # Every hard example waiting is labeled before any other photo; the newest other photos fill up the batch (a
+    # pretrained model is sure of most photos even after the change).
+    assert labeled - labeler.topped_up == min(queued, scenario.labels_per_training), (queued, labeler.topped_up)
     if not setting.custom:
-        assert labeler.topped_up == 0, "the hard examples of the default scenario are enough"
+        assert queued >= MIN_HARD_EXAMPLES, f"the change made only {queued} hard examples"
 
     # The trainer retrains on the new labels, the registry promotes the better candidate, the deployer rolls it
     # out to the node group, and the gateway serves it.
@@ -367,6 +372,8 @@ async def test_a_worse_candidate_is_registered_but_not_promoted(loop: Distribute
     scratch_dir = loop.config.work_dir / "scratch-trainer"
     settings = loop.trainer_settings(
         warm_start=False,
+        backbone="small-cnn",  # from scratch, without the pretrained features: worse, whatever the seed
+        image_size=64,
         epochs=1,
         retrain_every_labels=0,
         data_dir=scratch_dir / "trainer",

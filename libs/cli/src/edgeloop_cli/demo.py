@@ -38,7 +38,7 @@ HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
     "inference gateway in one process (in-process bus, SQLite, local folders, local or embedded MQTT broker), "
     "and let a simulated camera send photos; each result prints as it arrives. Then the learning loop on "
-    "--train-data: the camera's pictures change (darker light by default; --drift, --drifted-images), drift is "
+    "--train-data: the camera's pictures change (sensor noise by default; --drift, --drifted-images), drift is "
     "detected, hard examples are labeled, the model is retrained, promoted if better, rolled out and serves "
     "(--no-learning-loop skips it). Ctrl-C stops everything."
 )
@@ -60,16 +60,17 @@ class DemoOptions:
     count: int | None
     rate: float
     loop: bool
-    epochs: int
-    image_size: int
+    backbone: str
+    epochs: int | None
+    image_size: int | None
     broker: str
     retrain: bool
     keep_running: bool
     site: str
     device: str
     learning_loop: bool
-    loop_image_size: int
-    loop_epochs: int
+    loop_image_size: int | None
+    loop_epochs: int | None
     drift: str
     drifted_images: Path | None
 
@@ -86,8 +87,13 @@ def demo(
     count: int = typer.Option(None, help="Images to send (default: each image in --images once)."),
     rate: float = typer.Option(2.0, help="Images per second the camera sends."),
     loop: bool = typer.Option(False, help="Cycle through the images until Ctrl-C."),
-    epochs: int = typer.Option(15, help="Epochs for the first model (when one is trained)."),
-    image_size: int = typer.Option(128, help="Input size of the first model, in pixels."),
+    backbone: str = typer.Option(
+        "efficientnet-lite0",
+        help="What the models are built on: efficientnet-lite0 (pretrained, the default), efficientnet-lite2 or "
+        "small-cnn (from scratch, tiny; at chance on photos it never saw).",
+    ),
+    epochs: int = typer.Option(None, help="Epochs for the first model (default: the backbone's)."),
+    image_size: int = typer.Option(None, help="Input size of the first model, in pixels (default: the backbone's)."),
     broker: str = typer.Option("auto", help="MQTT broker: auto (Mosquitto if installed), mosquitto, embedded."),
     retrain: bool = typer.Option(False, help="Train a new model version even if one exists."),
     keep_running: bool = typer.Option(
@@ -105,8 +111,12 @@ def demo(
         "camera's pictures, drift, labels, retraining, promotion, rollout, and the new version answering (about a "
         "minute on 2 cores).",
     ),
-    loop_image_size: int = typer.Option(64, help="Input size of the learning loop's model, in pixels."),
-    loop_epochs: int = typer.Option(30, help="Epochs of the learning loop's first version."),
+    loop_image_size: int = typer.Option(
+        None, help="Input size of the learning loop's model, in pixels (default: the backbone's)."
+    ),
+    loop_epochs: int = typer.Option(
+        None, help="Epochs of the learning loop's first version (default: the backbone's)."
+    ),
     drift: str = typer.Option(
         None,
         help=f"The learning loop's change: {DRIFT_HELP} (default strengths); what STRENGTH means: "
@@ -143,6 +153,7 @@ def demo(
         count=count,
         rate=rate,
         loop=loop,
+        backbone=backbone,
         epochs=epochs,
         image_size=image_size,
         broker=broker,
@@ -177,15 +188,19 @@ def _fail(message: str) -> Any:
 
 def _ensure_model(options: DemoOptions, model_base: Path) -> None:
     """Train a first version unless one exists (or --retrain)."""
-    from edgeloop_trainer.export import existing_versions
+    from edgeloop_trainer.export import existing_versions, read_metadata
+    from edgeloop_trainer.recipe import FEATURE_CACHE_DIR, recipe_of
 
     versions = existing_versions(model_base / options.model)
     if versions and not options.retrain:
-        typer.echo(f"model: {options.model} version {max(versions)} in {model_base / options.model}")
-        return
+        built_on = recipe_of(read_metadata(model_base / options.model / str(max(versions))))["name"]
+        if built_on == options.backbone:
+            typer.echo(f"model: {options.model} version {max(versions)} ({built_on}) in {model_base / options.model}")
+            return
+        typer.echo(f"model: version {max(versions)} is built on {built_on}, not {options.backbone}: a new version")
     if options.train_data is None or not options.train_data.is_dir():
         _fail("no model yet and no training data: pass --train-data DIR (one subfolder of photos per class)")
-    typer.echo(f"model: training {options.model} from {options.train_data} ({options.epochs} epochs) ...")
+    typer.echo(f"model: training {options.model} on {options.backbone} from {options.train_data} ...")
     from edgeloop_trainer.training import train_classifier
 
     assert options.train_data is not None
@@ -193,9 +208,11 @@ def _ensure_model(options: DemoOptions, model_base: Path) -> None:
         options.train_data,
         options.model,
         model_base,
+        backbone=options.backbone,
         epochs=options.epochs,
         image_size=options.image_size,
         progress=True,
+        feature_cache=model_base / FEATURE_CACHE_DIR,
     )
     accuracy = result.metrics.get("accuracy")
     figure = f", evaluation accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
@@ -276,6 +293,7 @@ def _loop_scenario(options: DemoOptions) -> LoopScenario:
         model_name=options.model,
         site=options.site,
         device=options.device,
+        backbone=options.backbone,
         image_size=options.loop_image_size,
         epochs=options.loop_epochs,
         drift=options.drift,

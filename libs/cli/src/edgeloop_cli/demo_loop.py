@@ -29,7 +29,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -355,15 +355,20 @@ class LoopScenario:
     model_name: str = "edgeloop-classifier"
     site: str = "site-a"
     device: str = "cam-1"
-    image_size: int = 64
-    epochs: int = 30  # the first version, from scratch
-    incremental_epochs: int = 8  # each warm-started version
-    incremental_learning_rate: float = 1e-3
+    backbone: str = "efficientnet-lite0"  # the trainer's recipe (edgeloop_trainer.recipe)
+    image_size: int | None = None  # None: the backbone's own
+    epochs: int | None = None  # the first version, from scratch (None: the backbone's default)
+    incremental_epochs: int | None = None  # each warm-started version (None: the backbone's default)
+    incremental_learning_rate: float | None = None
+    new_sample_weight: int = 3  # a warm start sees each new label this many times: a few dozen among the seed
     seed: int = 42
-    seed_per_class: int = 150
+    seed_per_class: int = 60
     before_photos: int = 24  # the camera before the change: more than one drift window
-    after_photos: int = 82  # after it
-    labels_per_training: int = 64  # the trainer retrains after this many new labels; the labeler labels this many
+    after_photos: int = 160  # after it
+    # The trainer retrains after this many new labels; the labeler labels this many: every hard example first,
+    # then the newest other photos (a pretrained model is sure of most photos even after the change, and the
+    # evaluation set needs enough photos of the new condition for the promotion gate to see it).
+    labels_per_training: int = 96
     drift: str = DEFAULT_DRIFT  # what changes (edgeloop_cli.drifts), unless drifted_images
     drifted_images: Path | None = None  # <dir>/<class>/ photos already under a new condition: the after stream
     drift_window: int = 20
@@ -665,9 +670,11 @@ class _LoopServices:
             model_base=self.model_base,
             models=scenario.model_name,
             retrain_every_labels=scenario.labels_per_training,
+            backbone=scenario.backbone,
             epochs=scenario.epochs,
             incremental_epochs=scenario.incremental_epochs,
             incremental_learning_rate=scenario.incremental_learning_rate,
+            new_sample_weight=scenario.new_sample_weight,
             image_size=scenario.image_size,
             seed=scenario.seed,
             common=self.common(),
@@ -784,6 +791,12 @@ class _LoopSteps:
         say("camera", f"the pictures change: {self.photos.change}: {len(self.photos.after)} photos")
         after = await self._camera(self.photos.after)
         say("camera", f"photos after the change: {_tally(after)}")
+        say(
+            "camera",
+            f"version {first['version']} was right on {sum(r.right for r in before)} of {len(before)} photos before "
+            f"the change ({_share(before)}) and on {sum(r.right for r in after)} of {len(after)} after it "
+            f"({_share(after)}); none of them is in its training set",
+        )
         stream = await self._drift_checked(first["version"], len(before) + len(after))
         try:
             await wait_until(self._drift_raised, "a drift alarm", timeout_s=5)
@@ -834,11 +847,12 @@ class _LoopSteps:
         for answer in answers[: scenario.photos_shown]:
             was = earlier[answer.photo.sha256]
             self.echo(f"result: {answer.describe()}   (v{was.model_version} said {was.payload.get('top_label')})")
+        was_right = [earlier[r.photo.sha256] for r in answers]
         say(
             "camera",
             f"the {len(answers)} photos after the change {which}: version {result['version']} right on "
-            f"{sum(r.right for r in answers)}, version {first['version']} was right on "
-            f"{sum(earlier[r.photo.sha256].right for r in answers)}",
+            f"{sum(r.right for r in answers)} ({_share(answers)}), version {first['version']} was right on "
+            f"{sum(r.right for r in was_right)} ({_share(was_right)})",
         )
         return LoopOutcome(promoted=True, served_version=result["version"])
 
@@ -966,6 +980,10 @@ def _closest(stream: dict[str, Any]) -> str:
         if entry.get("threshold")
     ]
     return max(comparisons)[1] if comparisons else "no comparison yet"
+
+
+def _share(results: Sequence[CameraResult]) -> str:
+    return f"{sum(r.right for r in results) / len(results):.0%}" if results else "none"
 
 
 def _tally(results: list[CameraResult]) -> str:

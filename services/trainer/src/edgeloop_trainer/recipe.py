@@ -61,6 +61,17 @@ class Recipe:
     def default_learning_rate(self) -> float:
         return HEAD_LEARNING_RATE if self.pretrained else SMALL_CNN_LEARNING_RATE
 
+    def incremental(self, epochs: int, learning_rate: float) -> tuple[int, float]:
+        """Epochs and learning rate of a warm start, from those of a training from scratch.
+
+        A head on fixed features continues for half its epochs at its own rate (each epoch is milliseconds, and a
+        gentler step barely moved it: measured in docs/closed-loop.md); the small CNN refines for a quarter of
+        its epochs (at least 5) at a fifth of its rate, so that it does not forget.
+        """
+        if self.pretrained:
+            return max(5, epochs // 2), learning_rate
+        return max(5, epochs // 4), learning_rate / 5
+
     def description(self) -> dict[str, Any]:
         """What the metadata and the registry record of the recipe: enough to rebuild and to compare."""
         described: dict[str, Any] = {"name": self.backbone, "input_size": self.size, "fine_tuned_blocks": 0}

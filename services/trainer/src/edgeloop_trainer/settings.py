@@ -62,10 +62,16 @@ class Settings(BaseSettings):
     epochs: int | None = Field(None, ge=1, description="Epochs of a training from scratch (default: the backbone's).")
     learning_rate: float | None = Field(None, gt=0, description="Learning rate of a training from scratch.")
     incremental_epochs: int | None = Field(
-        None, ge=1, description="Epochs of a warm-started training (default: a quarter of the epochs, at least 5)."
+        None,
+        ge=1,
+        description="Epochs of a warm-started training (default: half the epochs for a pretrained backbone's head, "
+        "a quarter, at least 5, for the small CNN).",
     )
     incremental_learning_rate: float | None = Field(
-        None, gt=0, description="Learning rate of a warm-started training (default: a fifth of the learning rate)."
+        None,
+        gt=0,
+        description="Learning rate of a warm-started training (default: the same for a head, a fifth for the "
+        "small CNN).",
     )
     new_sample_weight: int = Field(
         1,

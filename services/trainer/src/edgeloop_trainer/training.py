@@ -134,7 +134,8 @@ class _ProgressBar(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
-        if "val_accuracy" in logs:
+        shown_every = max(1, self._epochs // 8)  # about eight lines, whatever the number of epochs
+        if "val_accuracy" in logs and ((epoch + 1) % shown_every == 0 or epoch + 1 == self._epochs):
             self._progress.console.print(
                 f"epoch {epoch + 1}/{self._epochs}: loss {logs['loss']:.3f} acc {logs['accuracy']:.3f} "
                 f"held-out acc {logs['val_accuracy']:.3f}"

@@ -59,8 +59,8 @@ class EngineParameters:
     recipe: Recipe = field(default_factory=Recipe)
     epochs: int | None = None  # None: the recipe's own
     learning_rate: float | None = None  # None: the recipe's own
-    incremental_epochs: int | None = None  # None: the recipe's own (a quarter of its epochs, at least 5)
-    incremental_learning_rate: float | None = None  # None: a fifth of the recipe's own learning rate
+    incremental_epochs: int | None = None  # None: the recipe's own (Recipe.incremental)
+    incremental_learning_rate: float | None = None  # None: the recipe's own (Recipe.incremental)
     batch_size: int = 32
     seed: int = 42
     new_sample_weight: int = 1  # a warm start repeats the images new since the parent this many times
@@ -75,9 +75,10 @@ class EngineParameters:
         rate = self.learning_rate if self.learning_rate is not None else recipe.default_learning_rate
         if not warm:
             return epochs, rate
+        incremental_epochs, incremental_rate = recipe.incremental(epochs, rate)
         return (
-            self.incremental_epochs if self.incremental_epochs is not None else max(5, epochs // 4),
-            self.incremental_learning_rate if self.incremental_learning_rate is not None else rate / 5,
+            self.incremental_epochs if self.incremental_epochs is not None else incremental_epochs,
+            self.incremental_learning_rate if self.incremental_learning_rate is not None else incremental_rate,
         )
 
 
