@@ -7,6 +7,7 @@ and builds its ``kafka_topics`` and ``fresh_postgres_url`` fixtures on these).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +22,13 @@ RawRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
 # Short group timeouts so a rebalance (a consumer killed, a second one joining) takes seconds, not a minute.
 FAST_GROUP = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def eventually(

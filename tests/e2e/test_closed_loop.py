@@ -209,14 +209,26 @@ def _ready(version: int) -> Any:
 
 
 async def _wait_for_route(system: DistributedLoop, version: int) -> None:
-    """The gateway routes the site to ``model:version`` (it follows DeploymentUpdated)."""
+    """The gateway routes the site to ``model:version`` (it follows DeploymentUpdated), and the model server that
+    stands in for the node group's pods serves that version.
+
+    The simulated edge nodes report their pods ready without loading anything; the one real model server loads
+    the version from the model base on its own poll, which takes seconds for a pretrained model.
+    """
 
     async def routed() -> str | None:
         routes = await system.json("inference-gateway", "GET", "/v1/routes")
         route = routes["sites"].get(SITE)
         return route if route == f"{MODEL}:{version}" else None
 
+    async def available() -> bool:
+        async with httpx.AsyncClient(base_url=system.urls["model-server"], timeout=10) as http:
+            response = await http.get(f"/v1/models/{MODEL}/versions/{version}")
+        states = [status["state"] for status in response.json().get("model_version_status", [])]
+        return response.status_code == 200 and states == ["AVAILABLE"]
+
     await wait_until(routed, f"the gateway to route {SITE} to {MODEL}:{version}", timeout_s=60)
+    await wait_until(available, f"the model server to serve {MODEL} version {version}", timeout_s=120)
 
 
 async def _camera(system: DistributedLoop, photos: Iterable[Photo], device: str) -> list[CameraResult]:
