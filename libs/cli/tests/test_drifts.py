@@ -23,7 +23,7 @@ def test_a_name_alone_takes_the_documented_default_strength() -> None:
     for name, kind in DRIFT_KINDS.items():
         drift = parse_drift(name)
         assert (drift.name, drift.strength) == (name, kind.default)
-    assert parse_drift(DEFAULT_DRIFT).spec == "darken:0.25"
+    assert parse_drift(DEFAULT_DRIFT).spec == "noise:0.15"
     assert parse_drift("darken").describe() == "darker light (brightness x0.25)"
 
 

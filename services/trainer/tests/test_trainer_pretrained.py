@@ -180,3 +180,34 @@ def test_the_export_answers_tf_servings_rest_and_grpc_requests(
     grpc_labels = [["cat", "dog"][int(index)] for index in np.argmax(grpc_scores, axis=1)]
     assert rest_labels == truth, (rest_labels, truth)  # the captures: photos kept out of train/
     assert grpc_labels == truth
+
+
+def test_fine_tuning_trains_the_top_blocks_and_leaves_the_rest_and_the_shared_backbone_alone(
+    tmp_path: Path, catdog_train_dir: Path
+) -> None:
+    import keras
+    from edgeloop_trainer.backbones import get_backbone
+
+    data = catdog_subset(catdog_train_dir, tmp_path / "data", per_class=8)
+    shared = get_backbone("efficientnet-lite0").feature_extractor()
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in shared.layers if layer.get_weights()}
+
+    result = train_classifier(
+        data, "catdog", tmp_path / "models", fine_tune=1, image_size=96, epochs=4, batch_size=8, progress=False
+    )
+
+    recorded = json.loads((result.path / "assets.extra" / "edgeloop.json").read_text())
+    assert recorded["backbone"]["fine_tuned_blocks"] == 1 and recorded["backbone"]["input_size"] == 96
+    tuned = keras.models.load_model(result.path / "assets.extra" / "model.keras").get_layer("backbone")
+    last_block = max(int(layer.name.split("_")[1]) for layer in tuned.layers if layer.name.startswith("blocks_"))
+
+    def changed(name: str) -> bool:
+        return any(
+            not np.array_equal(a, b) for a, b in zip(tuned.get_layer(name).get_weights(), before[name], strict=True)
+        )
+
+    assert changed(f"blocks_{last_block}_depthwise_conv") and changed("conv_head")
+    assert not changed(f"blocks_{last_block - 1}_depthwise_conv") and not changed("conv_stem")
+    assert not changed(f"blocks_{last_block}_bn1")  # batch norm stays frozen
+    for name, weights in before.items():  # the process's shared extractor is untouched
+        assert all(np.array_equal(a, b) for a, b in zip(shared.get_layer(name).get_weights(), weights, strict=True))

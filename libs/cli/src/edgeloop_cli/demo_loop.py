@@ -5,7 +5,7 @@ under ``<state>/loop/`` and the deployer's ``local`` target (it switches the lit
 
 1. the trainer trains a first version on part of the photos (the seed); the registry promotes it (there is no
    production version yet), the deployer rolls it out, the gateway serves it;
-2. a camera sends photos as before, then photos under a new condition (by default darker light; any drift of
+2. a camera sends photos as before, then photos under a new condition (by default sensor noise; any drift of
    :mod:`edgeloop_cli.drifts`, or photos of the operator's own taken under a condition of their own);
 3. the drift service compares the live statistics with the version's reference and raises DriftDetected;
 4. a simulated labeler answers the alarm and labels the oldest hard examples of ingest's queue with their true
