@@ -102,9 +102,10 @@ class FeatureCache:
     def load(self, folder: Path, sha256: str) -> np.ndarray | None:
         path = folder / sha256[:2] / f"{sha256}.npy"
         try:
-            return np.load(path, allow_pickle=False)
+            features: np.ndarray = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             return None
+        return features
 
     def store(self, folder: Path, sha256: str, features: np.ndarray) -> None:
         target = folder / sha256[:2] / f"{sha256}.npy"

