@@ -110,6 +110,16 @@ def photo(label: str, rng: random.Random, size: int = 96) -> Image.Image:
     return ImageChops.add(image, noise, scale=1.0, offset=-128)
 
 
+def jpeg_bytes(color: Colour = (200, 120, 40), size: tuple[int, int] = (64, 48), pattern: bool = True) -> bytes:
+    """A small JPEG of one colour, with vertical lines of the opposite colour (some edges: sharpness is not zero)."""
+    image = Image.new("RGB", size, color)
+    if pattern:
+        for x in range(0, size[0], 8):
+            for y in range(size[1]):
+                image.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
+    return _jpeg(image, 90)
+
+
 def _jpeg(image: Image.Image, quality: int) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality)

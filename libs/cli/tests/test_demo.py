@@ -111,7 +111,7 @@ def test_the_loop_runs_on_a_data_set_and_a_drift_it_has_never_seen(tmp_path: Pat
     assert completed.returncode == 0, output
     act_two = output[output.index("--- the learning loop") :]
     assert "at site-a, sensor noise (standard deviation 0.08 of full scale per pixel and channel) ---" in act_two
-    assert "3 classes (checks, dots, stripes); seed 96 photos per class, 15 before the change, 52 after, " in act_two
+    assert "3 classes (checks, dots, stripes); seed 59 photos per class, 23 before the change, 157 after, " in act_two
     assert "the change was expected to move sharpness_laplacian_var: seen" in act_two, act_two
     registered = re.search(r"ModelRegistered version 2: accuracy ([\d.]+), production v1 ([\d.]+)", act_two)
     decision = re.search(r"accuracy ([\d.]+) vs production version 1 [\d.]+ .*= ([\d.]+)", act_two)

@@ -180,7 +180,7 @@ def test_drifted_images_give_the_after_stream_however_few(tmp_path: Path) -> Non
     few = _empty_data_set(tmp_path / "few", {"a": 7, "b": 5})
     scenario = LoopScenario(drifted_images=few).fitted_to(data)
     assert (scenario.after_photos, scenario.drift_window) == (12, 12)
-    assert scenario.seed_per_class == 150 and scenario.before_photos == 24
+    assert scenario.seed_per_class == LoopScenario().seed_per_class and scenario.before_photos == 24
     assert scenario.labels_per_training <= 24 + 12 - 4
     with pytest.raises(ValueError, match="holds 9 photos: the loop needs at least 10"):
         LoopScenario(drifted_images=_empty_data_set(tmp_path / "fewer", {"a": 9})).fitted_to(data)

@@ -17,16 +17,7 @@ from edgeloop_common.images import (
 )
 from PIL import Image, ImageFilter
 
-
-def jpeg_bytes(
-    color: tuple[int, int, int] = (200, 120, 40), size: tuple[int, int] = (64, 48), pattern: bool = True
-) -> bytes:
-    image = Image.new("RGB", size, color)
-    if pattern:  # some edges, so sharpness is not zero
-        for x in range(0, size[0], 8):
-            for y in range(size[1]):
-                image.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
-    return encoded(image)
+from tests.synthetic_photos import jpeg_bytes
 
 
 def encoded(image: Image.Image, format: str = "JPEG") -> bytes:

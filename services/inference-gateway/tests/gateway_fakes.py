@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,24 +19,9 @@ from edgeloop_inference_gateway.ports import (
 from edgeloop_inference_gateway.routing import ModelRoute
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def jpeg_bytes(
-    color: tuple[int, int, int] = (200, 120, 40), size: tuple[int, int] = (64, 48), pattern: bool = True
-) -> bytes:
-    image = Image.new("RGB", size, color)
-    if pattern:  # some edges, so sharpness is not zero
-        for x in range(0, size[0], 8):
-            for y in range(size[1]):
-                image.putpixel((x, y), (255 - color[0], 255 - color[1], 255 - color[2]))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
+# Shared helpers, re-exported for the gateway's tests beside the fakes below.
+from tests.helpers import free_port as free_port
+from tests.synthetic_photos import jpeg_bytes as jpeg_bytes
 
 
 def png_bytes(color: tuple[int, int, int] = (10, 200, 90), size: tuple[int, int] = (32, 32)) -> bytes:

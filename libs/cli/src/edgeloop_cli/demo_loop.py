@@ -22,6 +22,7 @@ the distributed path (tests/e2e).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -416,6 +417,9 @@ class LoopScenario:
             before = max(MIN_WINDOW, int(before * scale))
             if self.drifted_images is None:
                 after = max(MIN_WINDOW, int(after * scale))
+                if smallest - per_class(before, after) < MIN_SEED_PER_CLASS:
+                    # The streams' floors took the seed's share: shorten the after stream (never below a window).
+                    after = max(MIN_WINDOW, (smallest - MIN_SEED_PER_CLASS) * classes - before)
             seed = min(max(MIN_SEED_PER_CLASS, int(seed * scale)), smallest - per_class(before, after))
             if seed < MIN_SEED_PER_CLASS:
                 least = MIN_SEED_PER_CLASS + per_class(MIN_WINDOW, MIN_WINDOW)
@@ -834,6 +838,17 @@ class _LoopSteps:
         result = run["result"]
         if not result["promotion"]["promoted"]:
             say("registry", f"version {result['version']} NOT promoted: {result['promotion']['decision']}")
+            # What it would have answered: the refused candidate on the same photos, straight from the model server.
+            unseen = [photo for photo in self.photos.after if photo.sha256 not in labeler.labeled_sha256]
+            earlier = {r.photo.sha256: r for r in after}
+            candidate_right = await self._right_by_version(result["version"], unseen)
+            was_right = [earlier[photo.sha256] for photo in unseen]
+            say(
+                "camera",
+                f"the {len(unseen)} photos after the change that no one labeled: version {result['version']} (not "
+                f"promoted) would have been right on {candidate_right} ({_ratio(candidate_right, len(unseen))}), "
+                f"version {first['version']} was right on {sum(r.right for r in was_right)} ({_share(was_right)})",
+            )
             return LoopOutcome(promoted=False, served_version=first["version"])
         await self._deployed(result["version"])
 
@@ -870,6 +885,21 @@ class _LoopSteps:
         if run["state"] != "succeeded":
             raise RuntimeError(f"the first training failed: {run['error']}")
         return dict(run["result"])
+
+    async def _right_by_version(self, version: int, photos: Sequence[Photo]) -> int:
+        """How many of ``photos`` one version answers right, asked through TF Serving's REST API (any version)."""
+        right = 0
+        url = f"/v1/models/{self.scenario.model_name}/versions/{version}:predict"
+        async with httpx.AsyncClient(base_url=self.services.urls["model-server"], timeout=120) as http:
+            for start in range(0, len(photos), 32):
+                batch = photos[start : start + 32]
+                body = {"instances": [{"b64": base64.b64encode(photo.data).decode("ascii")} for photo in batch]}
+                response = await http.post(url, json=body)
+                response.raise_for_status()
+                for photo, answer in zip(batch, response.json()["predictions"], strict=True):
+                    scores, classes = answer["scores"], answer["classes"]
+                    right += classes[max(range(len(scores)), key=scores.__getitem__)] == photo.label
+        return right
 
     async def _wait_for_run(self, finished: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Follow the trainer's runs (each new stage printed) until one matches ``finished``."""
@@ -983,7 +1013,11 @@ def _closest(stream: dict[str, Any]) -> str:
 
 
 def _share(results: Sequence[CameraResult]) -> str:
-    return f"{sum(r.right for r in results) / len(results):.0%}" if results else "none"
+    return _ratio(sum(r.right for r in results), len(results))
+
+
+def _ratio(right: int, total: int) -> str:
+    return f"{right / total:.0%}" if total else "none"
 
 
 def _tally(results: list[CameraResult]) -> str:
