@@ -889,12 +889,19 @@ class _LoopSteps:
     async def _right_by_version(self, version: int, photos: Sequence[Photo]) -> int:
         """How many of ``photos`` one version answers right, asked through TF Serving's REST API (any version)."""
         right = 0
-        url = f"/v1/models/{self.scenario.model_name}/versions/{version}:predict"
+        url = f"/v1/models/{self.scenario.model_name}/versions/{version}"
         async with httpx.AsyncClient(base_url=self.services.urls["model-server"], timeout=120) as http:
+
+            async def available() -> bool:  # the server loads a new version on its own poll: seconds
+                response = await http.get(url)
+                states = [status["state"] for status in response.json().get("model_version_status", [])]
+                return response.status_code == 200 and states == ["AVAILABLE"]
+
+            await wait_until(available, f"the model server to load version {version}", timeout_s=120)
             for start in range(0, len(photos), 32):
                 batch = photos[start : start + 32]
                 body = {"instances": [{"b64": base64.b64encode(photo.data).decode("ascii")} for photo in batch]}
-                response = await http.post(url, json=body)
+                response = await http.post(f"{url}:predict", json=body)
                 response.raise_for_status()
                 for photo, answer in zip(batch, response.json()["predictions"], strict=True):
                     scores, classes = answer["scores"], answer["classes"]
