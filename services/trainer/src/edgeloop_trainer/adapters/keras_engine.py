@@ -290,31 +290,28 @@ class KerasTrainingEngine:
     def _initial_model(self, job: TrainingJob) -> _Start:
         source, params = job.warm_start_from, self.params
         recipe = params.recipe_for(job.model_name)
-        fresh = build_classifier(recipe, len(job.snapshot.class_names), params.seed)
+
+        def fresh() -> keras.Model:  # built only when needed: a pretrained backbone takes a second or two
+            return build_classifier(recipe, len(job.snapshot.class_names), params.seed)
+
         if source is None:
-            return _Start(fresh, False, None, "training from scratch")
+            return _Start(fresh(), False, None, "training from scratch")
         version_dir = local_artifact(source.artifact_uri)
         checkpoint = version_dir / export.KERAS_CHECKPOINT if version_dir else None
         if version_dir is None or checkpoint is None or not checkpoint.is_file():
             why = f"production version {source.version} has no Keras checkpoint at {source.artifact_uri}"
-            return _Start(fresh, False, None, f"{why}: training from scratch")
+            return _Start(fresh(), False, None, f"{why}: training from scratch")
         recorded = export.read_metadata(version_dir)
         if tuple(recorded.get("class_names", ())) != job.snapshot.class_names:
             why = (
                 f"production version {source.version} knows classes {recorded.get('class_names')}, "
                 f"the snapshot has {list(job.snapshot.class_names)}"
             )
-            return _Start(fresh, False, None, f"{why}: training from scratch")
+            return _Start(fresh(), False, None, f"{why}: training from scratch")
         wanted, parent = recipe.description(), recipe_of(recorded)
-        if any(parent.get(key) != value for key, value in wanted.items() if key != "fine_tuned_blocks"):
+        if parent != wanted:  # backbone, its weights, input size, fine-tuned blocks
             why = f"production version {source.version} is built as {parent}, this training as {wanted}"
-            return _Start(fresh, False, None, f"{why}: training from scratch")
-        if parent.get("fine_tuned_blocks", 0) != recipe.fine_tune:
-            why = (
-                f"production version {source.version} fine-tuned {parent.get('fine_tuned_blocks', 0)} blocks, "
-                f"this training fine-tunes {recipe.fine_tune}"
-            )
-            return _Start(fresh, False, None, f"{why}: training from scratch")
+            return _Start(fresh(), False, None, f"{why}: training from scratch")
         model = keras.models.load_model(str(checkpoint))
         return _Start(model, True, source.version, f"warm start from production version {source.version}")
 
