@@ -58,7 +58,7 @@ def test_the_cli_prints_the_evaluation_figures(trained: tuple[Path, str]) -> Non
     assert "held-out accuracy" in output
     for name in COLOURS:
         assert name in output
-    assert "skipped 1 undecodable" in output
+    assert "left out 1 file(s), undecodable or of poor quality" in output and "broken.jpg" in output
 
 
 def test_the_model_is_exported_in_tf_serving_layout_with_its_figures(trained: tuple[Path, str]) -> None:

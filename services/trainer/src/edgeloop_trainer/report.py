@@ -40,7 +40,7 @@ def print_report(result: TrainingResult, console: Console) -> None:
     console.print(confusion)
     if result.skipped_files:
         console.print(
-            f"[yellow]left out {len(result.skipped_files)} files, undecodable or of poor quality[/]: "
+            f"[yellow]left out {len(result.skipped_files)} file(s), undecodable or of poor quality[/]: "
             + ", ".join(str(p) for p in result.skipped_files[:5])
         )
     console.print(f"figures saved in {result.metadata_path}")
