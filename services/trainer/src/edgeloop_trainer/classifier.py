@@ -151,32 +151,23 @@ def fit_classifier(
     trains on the images; a pretrained recipe trains its head on the backbone's features, then, with
     ``fine_tune``, the top blocks too.
     """
-    if not recipe.pretrained:
-        compile_and_fit(
-            model,
-            images,
-            labels,
-            num_classes,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            seed=seed,
-            callbacks=callbacks,
-            validation=validation,
-        )
-        return FitReport()
-    backbone = model.get_layer(BACKBONE_LAYER)
-    # A fine-tuned backbone (this recipe's, or an ancestor's: a warm start needs the same recipe) computes
-    # features of its own: they are never cached nor read from the cache.
-    usable_cache = cache if recipe.fine_tune == 0 else None
-    features, computed, cached = _features(backbone, recipe, images, sha256s, usable_cache, on_features)
-    head = _head_of(model)
-    held_out = None
-    if validation is not None:
-        held_out = (np.asarray(backbone.predict(validation[0], batch_size=FEATURE_BATCH, verbose=0)), validation[1])
+    computed = cached = 0
+    trained, inputs = model, images
+    if recipe.pretrained:
+        backbone = model.get_layer(BACKBONE_LAYER)
+        # A fine-tuned backbone (this recipe's, or an ancestor's: a warm start needs the same recipe) computes
+        # features of its own: they are never cached nor read from the cache.
+        usable_cache = cache if recipe.fine_tune == 0 else None
+        inputs, computed, cached = _features(backbone, recipe, images, sha256s, usable_cache, on_features)
+        trained = _head_of(model)  # the head alone, on the features
+        if validation is not None:
+            validation = (
+                np.asarray(backbone.predict(validation[0], batch_size=FEATURE_BATCH, verbose=0)),
+                validation[1],
+            )
     compile_and_fit(
-        head,
-        features,
+        trained,
+        inputs,
         labels,
         num_classes,
         epochs=epochs,
@@ -184,10 +175,10 @@ def fit_classifier(
         batch_size=batch_size,
         seed=seed,
         callbacks=callbacks,
-        validation=held_out,
+        validation=validation,
     )
     if recipe.fine_tune:
-        _unfreeze_top_blocks(backbone, recipe.fine_tune)
+        _unfreeze_top_blocks(model.get_layer(BACKBONE_LAYER), recipe.fine_tune)
         compile_and_fit(
             model,
             images,
