@@ -17,7 +17,6 @@ scores (layer ``scores``), so export, warm start and evaluation treat them alike
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -113,10 +112,6 @@ class FeatureCache:
         temporary = target.with_name(f".{sha256}.{uuid.uuid4().hex[:8]}.npy")
         np.save(temporary, features.astype(np.float32), allow_pickle=False)
         os.replace(temporary, target)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

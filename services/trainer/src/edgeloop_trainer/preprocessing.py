@@ -7,6 +7,7 @@ with antialiasing, round to whole 0..255 values. The model itself rescales.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class LoadedImages:
     images: np.ndarray  # uint8 [N, S, S, 3]
     labels: np.ndarray  # int32 [N]
     kept: list[Sample]  # the N samples, in order
+    sha256s: list[str]  # of each kept sample's bytes (what the feature cache is keyed by)
     unreadable: list[Sample]
     poor_quality: list[tuple[Sample, str]]  # with the quality verdict (too_dark, too_bright, blank)
 
@@ -52,6 +54,7 @@ def load_images(samples: Sequence[Sample], image_size: int, *, exclude_poor_qual
     images: list[np.ndarray] = []
     labels: list[int] = []
     kept: list[Sample] = []
+    sha256s: list[str] = []
     unreadable: list[Sample] = []
     poor_quality: list[tuple[Sample, str]] = []
     for sample in samples:
@@ -71,9 +74,10 @@ def load_images(samples: Sequence[Sample], image_size: int, *, exclude_poor_qual
         images.append(pixels.numpy().astype(np.uint8))
         labels.append(sample.label)
         kept.append(sample)
+        sha256s.append(hashlib.sha256(data).hexdigest())
     shape = (0, image_size, image_size, 3)
     stacked = np.stack(images) if images else np.zeros(shape, np.uint8)
-    return LoadedImages(stacked, np.asarray(labels, dtype=np.int32), kept, unreadable, poor_quality)
+    return LoadedImages(stacked, np.asarray(labels, dtype=np.int32), kept, sha256s, unreadable, poor_quality)
 
 
 def _quality(data: bytes) -> str | None:

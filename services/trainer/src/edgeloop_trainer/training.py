@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgeloop_trainer import export
-from edgeloop_trainer.classifier import FeatureCache, FitReport, build_classifier, file_sha256, fit_classifier
+from edgeloop_trainer.classifier import FeatureCache, FitReport, build_classifier, fit_classifier
 from edgeloop_trainer.dataset import DatasetError, DatasetSplit, Sample, load_split
 from edgeloop_trainer.evaluation import classification_report
 from edgeloop_trainer.preprocessing import load_images
@@ -222,7 +222,7 @@ def train_classifier(
         recipe,
         train.images,
         train.labels,
-        [file_sha256(sample.path) for sample in train.kept],
+        train.sha256s,
         len(split.class_names),
         epochs=params.resolved_epochs,
         learning_rate=params.resolved_learning_rate,

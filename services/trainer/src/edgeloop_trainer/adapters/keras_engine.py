@@ -183,7 +183,6 @@ class KerasTrainingEngine:
         emphasis = _Emphasis.of(job, train_items, train, loaded.left_out, params.new_sample_weight if start.warm else 1)
         fit_order = oversample_indices(emphasis.is_new, emphasis.factor)
         fit_labels = train_labels[fit_order]
-        sha_of = {job.image_path(item.sha256): item.sha256 for item in train_items}
         if start.warm:
             log.info(
                 "run %s: %d of %d training images new since version %s (%s), each seen %d times: %d per epoch",
@@ -201,7 +200,7 @@ class KerasTrainingEngine:
             recipe,
             train_images[fit_order],
             fit_labels,
-            [sha_of[loaded.kept[index].path] for index in fit_order],
+            [loaded.sha256s[index] for index in fit_order],
             len(snapshot.class_names),
             epochs=epochs,
             learning_rate=learning_rate,
