@@ -83,6 +83,7 @@ def load_images(samples: Sequence[Sample], image_size: int, *, exclude_poor_qual
 def _quality(data: bytes) -> str | None:
     """The quality verdict of the picture, or None when Pillow cannot read it (TensorFlow may still decode it)."""
     try:
-        return assess_quality(inspect_image(data).stats)
+        verdict: str = assess_quality(inspect_image(data).stats)
     except InvalidImageError:
         return None
+    return verdict
