@@ -8,7 +8,7 @@ In one run, ``--rounds`` times (alternating, so both see the same machine; the m
    (20 KiB JPEGs) to a fresh topic, pipelined; rate = N / (first send .. last ack).
 2. **bridge**: the ingest service runs in this process (KafkaBus, SQLite, a fresh data folder) and
    ``--devices`` publisher processes, each driving its own paho network loop with a bounded in-flight
-   window (DESIGN.md), publish the same N payloads at QoS 1; rate = N / (first publish .. the bridge's
+   window (docs/architecture.md), publish the same N payloads at QoS 1; rate = N / (first publish .. the bridge's
    last acknowledgement, which it sends only once Kafka acknowledged the event).
 3. **check**: every message a device saw acknowledged by the broker must be in Kafka: the ImageReceived
    records on the bridge's topic are read back and counted per device (sha256 per message; no gap).

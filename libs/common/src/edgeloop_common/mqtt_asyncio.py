@@ -1,6 +1,6 @@
 """paho-mqtt 2.x driven by the asyncio event loop, with no network thread.
 
-DESIGN.md measured that publishing from one thread while ``loop_start()`` runs
+docs/architecture.md records that publishing from one thread while ``loop_start()`` runs
 the network loop in another managed 29-162 messages/s, whereas a client whose
 network loop runs where it publishes reached 22,000/s. This driver wires
 paho's socket into the running loop with the ``on_socket_*`` callbacks, so

@@ -1,7 +1,7 @@
 """Kafka topic names and MQTT topic templates: the channels of the contract.
 
 Kafka topics carry the event version in their name (``edgeloop.<name>.v1``).
-MQTT topics follow DESIGN.md: ``dt/`` for device telemetry and data, ``cmd/``
+MQTT topics follow docs/architecture.md: ``dt/`` for device telemetry and data, ``cmd/``
 for commands to a device.
 """
 

@@ -1,6 +1,6 @@
 """The event bus interface shared by the Kafka and the in-process implementations.
 
-Delivery contract (DESIGN.md, "Delivery semantics"):
+Delivery contract (docs/architecture.md, "Delivery semantics"):
 
 * ``publish`` returns only once the event is durable (Kafka: acknowledged by
   all in-sync replicas; in-process: queued to every subscriber).

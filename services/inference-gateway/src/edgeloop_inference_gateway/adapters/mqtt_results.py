@@ -1,7 +1,7 @@
 """Results to devices on ``dt/edgeloop/{site}/{device}/result`` (QoS 1), over one MQTT connection.
 
 The connection is driven by the asyncio loop (:mod:`edgeloop_common.mqtt_asyncio`),
-not by a second thread, which is what keeps publishing fast (DESIGN.md).
+not by a second thread, which is what keeps publishing fast (docs/architecture.md).
 
 The event's durable record is the InferenceCompleted event, published before
 the device result. If the broker does not acknowledge the result within

@@ -2,7 +2,7 @@
 
 paho's ``loop_start()`` runs the network loop in a thread of its own; a client
 used from another thread that way managed a few hundred messages per second
-here (DESIGN.md). Instead the socket is registered with the event loop
+here (docs/architecture.md). Instead the socket is registered with the event loop
 (``on_socket_open`` / ``on_socket_register_write`` ...): when it is readable
 the loop calls ``loop_read()``, when there is something to write
 ``loop_write()``, and a small task calls ``loop_misc()`` for keepalives.
