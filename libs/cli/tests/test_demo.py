@@ -122,3 +122,28 @@ def test_the_loop_runs_on_a_data_set_and_a_drift_it_has_never_seen(tmp_path: Pat
     assert promoted, act_two
     results = [line for line in act_two.splitlines() if line.startswith("result: noise-")]
     assert results and all("(edgeloop-classifier v2;" in line for line in results), results
+
+
+def test_a_refused_candidate_is_measured_on_the_same_unlabeled_photos(
+    tmp_path: Path, catdog_train_dir: Path, catdog_captures_dir: Path
+) -> None:
+    """A change the retrained head does not learn well enough for the gate (a tenth of the resolution; measured:
+    a tie on the evaluation set): version 2 is refused, the edge keeps version 1, and the demo still says how both
+    versions did on the photos no one labeled, asking the model server for the refused version directly."""
+    completed = _run_tiny_demo(
+        tmp_path, catdog_train_dir, catdog_captures_dir, "--learning-loop", "--drift", "downscale:0.1", timeout_s=600
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    act_two = output[output.index("--- the learning loop") :]
+    assert "version 2 NOT promoted: refused:" in act_two, act_two
+    measured = re.search(
+        r"the (\d+) photos after the change that no one labeled: version 2 \(not promoted\) would have been right on "
+        r"(\d+) \(\d+%\), version 1 was right on (\d+)",
+        act_two,
+    )
+    assert measured, act_two
+    unlabeled, right_v2, right_v1 = (int(group) for group in measured.groups())
+    # 160 after the change, 96 labeled (hard examples first, some may be from before the change)
+    assert 160 - 96 <= unlabeled < 160 and 0 <= right_v2 <= unlabeled and 0 <= right_v1 <= unlabeled
+    assert "the retrained version was refused; the edge keeps version 1" in act_two
