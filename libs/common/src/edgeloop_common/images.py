@@ -38,14 +38,14 @@ COLOUR_SIDE = 64  # the colour statistics' copy: at most this many pixels on its
 
 IMAGE_QUALITIES: tuple[ImageQuality, ...] = get_args(ImageQuality)
 
-# The quality thresholds, measured with bench/image_quality.py on ../shared/datasets/catdog (docs/gateway.md,
-# "Image quality"). Night frames of a Raspberry Pi camera (black-frames/, black with a timestamp bar) have a
-# brightness_mean of 0.0225..0.0228; the train photos 0.217..0.873, and darkened x0.25 (the closed loop's drift,
-# which must stay "ok") 0.053..0.216: the dark limit sits about 1.5x from both. The train photos brightened x1.8
-# reach 0.9958 (nearly all clipped, still "ok": the loop learns from them), so only a frame within half a gray
-# level of white on average is too bright. The lowest contrast_std of any photo or drifted photo (darkened,
-# brightened, blurred, hazed x0.6 or even x0.8) is 0.017; a featureless frame (a wall, a lens cap, fog) is well
-# under the blank limit.
+# The quality thresholds, measured with bench/image_quality.py on ../shared/datasets/catdog (docs/gateway.md, "Image
+# quality"). Night frames of a Raspberry Pi camera (black-frames/, black with a timestamp bar) have a
+# brightness_mean of 0.0225..0.0228; the train photos 0.217..0.873, and darkened x0.25 (the `darken` drift of the
+# closed loop, which must stay "ok") 0.053..0.216: the dark limit sits about 1.5x from both. The train photos
+# brightened x1.8 reach 0.9958 (nearly all clipped, still "ok": the loop learns from them), so only a frame within
+# half a gray level of white on average is too bright. The lowest contrast_std of any photo or drifted photo
+# (darkened, brightened, blurred, hazed x0.6 or even x0.8) is 0.017; a featureless frame (a wall, a lens cap, fog)
+# is well under the blank limit.
 TOO_DARK_BRIGHTNESS = 0.035  # brightness_mean below this (about 9 of 255): too dark
 TOO_BRIGHT_BRIGHTNESS = 0.998  # brightness_mean above this (about 254.5 of 255): too bright
 BLANK_CONTRAST = 0.01  # contrast_std below this (about 2.5 of 255): blank

@@ -120,7 +120,6 @@ class FitReport:
 
     features_computed: int = 0
     features_cached: int = 0
-    fine_tuned: bool = False
 
 
 def fit_classifier(
@@ -185,7 +184,7 @@ def fit_classifier(
             seed=seed,
             callbacks=callbacks,
         )
-    return FitReport(features_computed=computed, features_cached=cached, fine_tuned=bool(recipe.fine_tune))
+    return FitReport(features_computed=computed, features_cached=cached)
 
 
 def _features(

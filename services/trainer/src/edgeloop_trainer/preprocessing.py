@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
-from edgeloop_common.images import InvalidImageError, assess_quality, inspect_image
+from edgeloop_common.images import InvalidImageError, inspect_image
 
 from edgeloop_trainer.dataset import Sample
 
@@ -83,7 +83,7 @@ def load_images(samples: Sequence[Sample], image_size: int, *, exclude_poor_qual
 def _quality(data: bytes) -> str | None:
     """The quality verdict of the picture, or None when Pillow cannot read it (TensorFlow may still decode it)."""
     try:
-        verdict: str = assess_quality(inspect_image(data).stats)
+        verdict: str = inspect_image(data).quality
     except InvalidImageError:
         return None
     return verdict
