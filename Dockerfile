@@ -6,7 +6,8 @@ WORKDIR /src
 COPY constraints.txt ./
 COPY libs ./libs
 COPY services ./services
-RUN pip install --no-cache-dir -c constraints.txt ./libs/common ./libs/cli ./services/* \
+COPY apps ./apps
+RUN pip install --no-cache-dir -c constraints.txt ./libs/common ./services/* ./apps/edgeloop \
     && useradd --system --uid 10001 edgeloop && mkdir -p /var/lib/edgeloop && chown edgeloop /var/lib/edgeloop
 USER edgeloop
 ENV EDGELOOP_DATA_DIR=/var/lib/edgeloop

@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := libs/common libs/cli $(wildcard services/*)
+PACKAGES := libs/common $(wildcard services/*) apps/edgeloop
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-unit lint infra-up infra-down bench asyncapi clean

@@ -3,7 +3,7 @@
 One run measures both, on the same images, at the same fixed rate, against the same lite model
 server (``edgeloop model-server`` in its own process, serving a really trained model):
 
-* **end to end**: a simulated device (:class:`edgeloop_cli.device.DeviceSimulator`) publishes each
+* **end to end**: a simulated device (:class:`edgeloop.device.DeviceSimulator`) publishes each
   image over MQTT QoS 1 to ``dt/edgeloop/{site}/{device}/image``; ingest validates and stores it and
   announces ``ImageReceived``; the inference gateway fetches the blob, classifies it through the
   TF Serving API, publishes ``InferenceCompleted`` and sends the result to
@@ -398,7 +398,7 @@ async def device_block(
     dep: Deployment, images: list[bytes], rate: float, folder: Path, model_name: str, timeout_s: float
 ) -> DeviceBlock:
     """The images published by a simulated device at ``rate``; publish -> result latency and where it went."""
-    from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig
+    from edgeloop.device import DeviceResult, DeviceSimulator, SimulatorConfig
 
     await asyncio.to_thread(write_images, folder, images)
     block = DeviceBlock()
@@ -680,7 +680,7 @@ async def standalone_services() -> AsyncIterator[None]:
 
 
 async def serve_standalone() -> None:
-    from edgeloop_cli.services import freeze_what_is_loaded
+    from edgeloop_common.service_runner import freeze_what_is_loaded
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

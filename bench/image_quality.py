@@ -6,7 +6,7 @@ For each set it prints the distribution (min / p1 / p5 / median / p95 / max) of 
 
 * ``black-frames``: real night frames of a Raspberry Pi camera (black, a timestamp bar, no subject);
 * ``train``, ``captures``: the real cat/dog photos;
-* ``train+DRIFT``: the train photos under each drift of the learning loop (``edgeloop_cli.drifts``) at its
+* ``train+DRIFT``: the train photos under each drift of the learning loop (``edgeloop.drifts``) at its
   default strength -- the closed-loop test darkens photos by x0.25 and the loop must learn from them, so every
   drifted photo must stay "ok" -- plus a few stronger strengths, to show the margin.
 
@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from edgeloop_cli.drifts import parse_drift
+from edgeloop.drifts import parse_drift
 from edgeloop_common.images import IMAGE_QUALITIES, assess_quality, inspect_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

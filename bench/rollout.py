@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeloop_cli.kube import EDGE_TOLERATION, KubeError, cluster
-from edgeloop_cli.kube.layout import kubeconfig_path
+from edgeloop.kube import EDGE_TOLERATION, KubeError, cluster
+from edgeloop.kube.layout import kubeconfig_path
 from edgeloop_common.bus.base import EventBus, EventContext
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import DeploymentUpdated, ModelPromoted

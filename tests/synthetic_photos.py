@@ -7,7 +7,7 @@ colours): each class's hues spread +-60 degrees around its own (red, green, blue
 and background are of any colour. The small CNN of the trainer reaches about 0.75 on it at 64 px in 30 epochs
 (on the pattern alone, about 0.5: too hard for it on a few hundred photos). Deterministic for a seed.
 
-``--condition`` puts every photo under a condition of its own that ``edgeloop_cli.drifts`` does not have, to
+``--condition`` puts every photo under a condition of its own that ``edgeloop.drifts`` does not have, to
 make ``--drifted-images`` folders::
 
     python -m tests.synthetic_photos /tmp/patterns/train --per-class 120
@@ -135,7 +135,7 @@ def _swapped(image: Image.Image) -> Image.Image:
     return Image.merge("RGB", (blue, red, green))
 
 
-# Conditions that edgeloop_cli.drifts does not have: (photo -> JPEG bytes)
+# Conditions that edgeloop.drifts does not have: (photo -> JPEG bytes)
 CONDITIONS: dict[str, Callable[[Image.Image], bytes]] = {
     "jpeg-q10": lambda image: _jpeg(image, 10),  # a camera or link that compresses hard: 8x8 blocks, colour bleed
     "rotate-flip": lambda image: _jpeg(_rotated(image), 90),  # the camera mounted the other way round

@@ -1,7 +1,7 @@
 """The harness of the closed-loop test: an outside view of the events, and fresh PostgreSQL schemas.
 
 The world around EdgeLoop (photos split into seed / before / after a change, a camera, a labeler) is played by
-``edgeloop_cli.demo_loop``, which the standalone demo uses too. Here:
+``edgeloop.demo_loop``, which the standalone demo uses too. Here:
 
 * :class:`EventRecorder` — every record on the test's Kafka topics, read by a plain aiokafka consumer and
   decoded from the CloudEvents headers and JSON body alone (no EdgeLoop code), so the test sees the events

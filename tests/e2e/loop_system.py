@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from edgeloop_cli.demo import EmbeddedServer, wait_ready
+from edgeloop.demo import EmbeddedServer, wait_ready
 from edgeloop_common.settings import CommonSettings
 from loop_first_model import FirstModelParameters
 from loop_harness import EventRecorder, FreshSchemas

@@ -16,7 +16,7 @@ the events on Kafka (read with a plain consumer) and the services' HTTP APIs:
 Another data set and another change, without editing code (docs/closed-loop.md):
 
 * ``EDGELOOP_LOOP_DATA``: a folder of class subfolders of photos, two classes or more (default: the cat/dog set);
-* ``EDGELOOP_LOOP_DRIFT``: a drift of ``edgeloop_cli.drifts``, ``NAME`` or ``NAME:STRENGTH`` (default noise:0.15);
+* ``EDGELOOP_LOOP_DRIFT``: a drift of ``edgeloop.drifts``, ``NAME`` or ``NAME:STRENGTH`` (default noise:0.15);
 * ``EDGELOOP_LOOP_DRIFTED_IMAGES``: instead, a folder of class subfolders of photos already under a condition of
   your own: the camera sends them after the change.
 
@@ -41,8 +41,8 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from edgeloop_cli.demo import EmbeddedServer, wait_ready
-from edgeloop_cli.demo_loop import (
+from edgeloop.demo import EmbeddedServer, wait_ready
+from edgeloop.demo_loop import (
     CameraResult,
     LoopPhotos,
     LoopScenario,

@@ -25,8 +25,8 @@ import paho.mqtt.client as mqtt
 import psutil
 import pytest
 import sqlalchemy
-from edgeloop_cli import infra
-from edgeloop_cli.infra.mosquitto import Mosquitto
+from edgeloop import infra
+from edgeloop.infra.mosquitto import Mosquitto
 from edgeloop_common.topics import ALL_KAFKA_TOPICS, KAFKA_TOPIC_CONFIGS
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
@@ -43,7 +43,7 @@ def edgeloop(*arguments: str, home: Path | None = None) -> subprocess.CompletedP
     """Run the `edgeloop` command as a user would, from the repository root."""
     env = {**os.environ, "EDGELOOP_HOME": str(home)} if home is not None else None
     return subprocess.run(
-        [sys.executable, "-m", "edgeloop_cli.main", *arguments],
+        [sys.executable, "-m", "edgeloop.main", *arguments],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from edgeloop_cli.kube import KubeError, cluster
-from edgeloop_cli.kube.layout import kubeconfig_path
+from edgeloop.kube import KubeError, cluster
+from edgeloop.kube.layout import kubeconfig_path
 from kube_helpers import KubeCluster, wait_for
 from kubernetes import client
 

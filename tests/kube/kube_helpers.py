@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from edgeloop_cli.kube import edge
+from edgeloop.kube import edge
 from kubernetes import client
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgeloop_cli.kube import EDGE_ROLE_LABEL
+from edgeloop.kube import EDGE_ROLE_LABEL
 from kube_helpers import KubeCluster, edge_deployment
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException

@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from edgeloop_cli.kube import FAIL_READINESS_ANNOTATION
+from edgeloop.kube import FAIL_READINESS_ANNOTATION
 from kube_helpers import edge_deployment, pod_ready, pods_of, wait_for
 from kubernetes import client, utils
 

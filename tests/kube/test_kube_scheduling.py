@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from edgeloop_cli.kube import EDGE_ROLE_LABEL, EDGE_TAINT_KEY, NODE_GROUP_LABEL
+from edgeloop.kube import EDGE_ROLE_LABEL, EDGE_TAINT_KEY, NODE_GROUP_LABEL
 from kube_helpers import KubeCluster, edge_deployment, pod_ready, pods_of, wait_for
 from kubernetes import client, utils
 

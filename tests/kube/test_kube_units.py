@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from edgeloop_cli.kube import edge, kubeconfig
-from edgeloop_cli.kube.build import _kubernetes_ldflags
-from edgeloop_cli.kube.cluster import _choose_ports
-from edgeloop_cli.kube.layout import PinnedVersions, read_versions
-from edgeloop_cli.kube.pki import Pki
+from edgeloop.kube import edge, kubeconfig
+from edgeloop.kube.build import _kubernetes_ldflags
+from edgeloop.kube.cluster import _choose_ports
+from edgeloop.kube.layout import PinnedVersions, read_versions
+from edgeloop.kube.pki import Pki
 
 
 def test_the_default_topology_is_two_groups_of_two_kubeedge_nodes() -> None:
@@ -58,7 +58,7 @@ def test_versions_toml_agrees_with_the_build_module() -> None:
 
 def test_ports_prefer_the_last_ones_and_never_collide(monkeypatch: pytest.MonkeyPatch) -> None:
     taken_by_others = {6443, 12379}
-    monkeypatch.setattr("edgeloop_cli.processes.port_free", lambda port, host="": port not in taken_by_others)
+    monkeypatch.setattr("edgeloop.processes.port_free", lambda port, host="": port not in taken_by_others)
 
     ports = _choose_ports({"kwok": 20247}, running=set())
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from deployer_kube import MODEL, deployment_of, kube_settings, running_deployer, serving_pods, serving_summary
 from deployer_testing import eventually, final_update, phases, promotion
-from edgeloop_cli.kube import FAIL_READINESS_ANNOTATION
+from edgeloop.kube import FAIL_READINESS_ANNOTATION
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_deployer.adapters.manifests import FIELD_MANAGER, workload_name
 from kube_helpers import KubeCluster

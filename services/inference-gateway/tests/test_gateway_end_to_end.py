@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig
+from edgeloop.device import DeviceResult, DeviceSimulator, SimulatorConfig
 from edgeloop_common.bus import EventContext
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import InferenceCompleted

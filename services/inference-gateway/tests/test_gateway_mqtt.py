@@ -76,7 +76,7 @@ async def test_simulated_device_gets_a_result_for_every_capture_through_ingest(
     mqtt_broker: tuple[str, int], catdog_captures_dir: Path, tmp_path: Path
 ) -> None:
     """The standalone loop on the real broker: simulator -> ingest -> in-process bus -> gateway -> simulator."""
-    from edgeloop_cli.device import DeviceResult, DeviceSimulator, SimulatorConfig
+    from edgeloop.device import DeviceResult, DeviceSimulator, SimulatorConfig
     from edgeloop_ingest.app import create_app as create_ingest_app
     from edgeloop_ingest.settings import Settings as IngestSettings
 

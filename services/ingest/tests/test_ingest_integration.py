@@ -316,7 +316,7 @@ async def test_messages_unacknowledged_when_the_bridge_is_killed_are_redelivered
 
 
 def _require_infra_kafka(kafka_bootstrap: str) -> None:
-    from edgeloop_cli import infra
+    from edgeloop import infra
 
     [kafka] = infra.status(["kafka"])
     if not kafka.running or kafka.address != kafka_bootstrap.split(",")[0]:
@@ -336,7 +336,7 @@ async def test_kafka_stopped_then_back_loses_nothing_and_keeps_each_devices_orde
     site: str,
     photos: list[Path],
 ) -> None:
-    from edgeloop_cli import infra
+    from edgeloop import infra
 
     _require_infra_kafka(kafka_bootstrap)
     settings = ingest_settings(

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from edgeloop_cli.main import app as cli
+from edgeloop.main import app as cli
 from edgeloop_common.settings import CommonSettings
 from fastapi import FastAPI
 from trainer_testing import FakeEngine, FakeRegistry, catdog_subset, seed_folder

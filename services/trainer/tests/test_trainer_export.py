@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgeloop_cli.main import app
+from edgeloop.main import app
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -1,0 +1,440 @@
+"""``edgeloop demo``: EdgeLoop in standalone mode, on a machine with nothing but Python.
+
+One process runs what the distributed mode spreads over many: the lite model
+server, ingest and the inference gateway around one in-process event bus,
+SQLite and local folders under ``.edgeloop/demo/``, and an MQTT broker (the
+local Mosquitto if installed, else an embedded one). A simulated camera then
+publishes photos over MQTT and prints each classification as it comes back.
+
+The second act (``--learning-loop``, on by default) plays the whole learning
+loop the same way, with the registry, trainer, drift service and deployer
+added (``edgeloop.demo_loop``). The service code is the same as in
+distributed mode; only the adapters differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from edgeloop_common.service_runner import freeze_what_is_loaded
+
+from edgeloop.demo_loop import LoopScenario
+from edgeloop.drifts import DEFAULT_DRIFT, DRIFT_HELP, parse_drift
+from edgeloop.local_mqtt import LocalBroker, free_port, start_local_broker
+from edgeloop.paths import repo_root, state_dir
+
+HELP = (
+    "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
+    "inference gateway in one process (in-process bus, SQLite, local folders, local or embedded MQTT broker), "
+    "and let a simulated camera send photos; each result prints as it arrives. Then the learning loop on "
+    "--train-data: the camera's pictures change (sensor noise by default; --drift, --drifted-images), drift is "
+    "detected, hard examples are labeled, the model is retrained, promoted if better, rolled out and serves "
+    "(--no-learning-loop skips it). Ctrl-C stops everything."
+)
+
+DEFAULT_MODEL = "edgeloop-classifier"
+log = logging.getLogger("edgeloop.demo")
+
+
+def _shared_dataset(*parts: str) -> Path | None:
+    path = repo_root().parent.joinpath("shared", "datasets", "catdog", *parts)
+    return path if path.is_dir() else None
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    images: Path
+    train_data: Path | None
+    model: str
+    count: int | None
+    rate: float
+    loop: bool
+    backbone: str
+    epochs: int | None
+    image_size: int | None
+    broker: str
+    retrain: bool
+    keep_running: bool
+    site: str
+    device: str
+    learning_loop: bool
+    loop_image_size: int | None
+    loop_epochs: int | None
+    drift: str
+    drifted_images: Path | None
+
+
+def demo(
+    images: Path = typer.Option(
+        None, help="Folder of JPEG/PNG photos the simulated camera sends. Default: ../shared/datasets/catdog/captures."
+    ),
+    train_data: Path = typer.Option(
+        None,
+        help="Folder of class subfolders to train the first model from. Default: ../shared/datasets/catdog/train.",
+    ),
+    model: str = typer.Option(DEFAULT_MODEL, help="Model name."),
+    count: int = typer.Option(None, help="Images to send (default: each image in --images once)."),
+    rate: float = typer.Option(2.0, help="Images per second the camera sends."),
+    loop: bool = typer.Option(False, help="Cycle through the images until Ctrl-C."),
+    backbone: str = typer.Option(
+        "efficientnet-lite0",
+        help="What the models are built on: efficientnet-lite0 (pretrained, the default), efficientnet-lite2 or "
+        "small-cnn (from scratch, tiny; at chance on photos it never saw).",
+    ),
+    epochs: int = typer.Option(None, help="Epochs for the first model (default: the backbone's)."),
+    image_size: int = typer.Option(None, help="Input size of the first model, in pixels (default: the backbone's)."),
+    broker: str = typer.Option("auto", help="MQTT broker: auto (Mosquitto if installed), mosquitto, embedded."),
+    retrain: bool = typer.Option(False, help="Train a new model version even if one exists."),
+    keep_running: bool = typer.Option(
+        False, help="Keep the services up after the camera is done (try the HTTP APIs), until Ctrl-C."
+    ),
+    site: str = typer.Option("site-a", help="Site id of the simulated camera."),
+    device: str = typer.Option("cam-1", help="Device id of the simulated camera."),
+    state: Path = typer.Option(
+        None, help="Folder for the demo's models, blobs and databases. Default: .edgeloop/demo."
+    ),
+    learning_loop: bool = typer.Option(
+        True,
+        "--learning-loop/--no-learning-loop",
+        help="After the captures, play the learning loop in standalone mode on --train-data: a change in the "
+        "camera's pictures, drift, labels, retraining, promotion, rollout, and the new version answering (about a "
+        "minute on 2 cores).",
+    ),
+    loop_image_size: int = typer.Option(
+        None, help="Input size of the learning loop's model, in pixels (default: the backbone's)."
+    ),
+    loop_epochs: int = typer.Option(
+        None, help="Epochs of the learning loop's first version (default: the backbone's)."
+    ),
+    drift: str = typer.Option(
+        None,
+        help=f"The learning loop's change: {DRIFT_HELP} (default strengths); what STRENGTH means: "
+        f"docs/closed-loop.md. Default: {DEFAULT_DRIFT}.",
+    ),
+    drifted_images: Path = typer.Option(
+        None,
+        help="Instead of --drift: a folder of class subfolders (classes of --train-data) of photos already under a "
+        "new condition of your own; the camera sends them after the change, as they are.",
+    ),
+) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # TensorFlow's C++ start-up chatter (no GPU here, dataset buffer notes) is noise in a demo.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    images = (
+        images
+        or _shared_dataset("captures")
+        or _fail("no photos to send: pass --images DIR (a folder of JPEG/PNG files)")
+    )
+    if not images.is_dir():
+        _fail(f"--images {images} is not a folder")
+    if drift is not None and drifted_images is not None:
+        _fail("give --drift or --drifted-images, not both")
+    try:
+        parse_drift(drift or DEFAULT_DRIFT)
+    except ValueError as exc:
+        _fail(f"--drift: {exc}")
+    if drifted_images is not None and not drifted_images.is_dir():
+        _fail(f"--drifted-images {drifted_images} is not a folder")
+    options = DemoOptions(
+        images=images,
+        train_data=train_data or _shared_dataset("train"),
+        model=model,
+        count=count,
+        rate=rate,
+        loop=loop,
+        backbone=backbone,
+        epochs=epochs,
+        image_size=image_size,
+        broker=broker,
+        retrain=retrain,
+        keep_running=keep_running,
+        site=site,
+        device=device,
+        learning_loop=learning_loop,
+        loop_image_size=loop_image_size,
+        loop_epochs=loop_epochs,
+        drift=drift or DEFAULT_DRIFT,
+        drifted_images=drifted_images,
+    )
+    if options.learning_loop and options.train_data is not None and options.train_data.is_dir():
+        try:  # the loop's photos must do before anything starts, not after the first act
+            _loop_scenario(options).fitted_to(options.train_data)
+        except ValueError as exc:
+            _fail(f"the learning loop: {exc}")
+    home = (state or state_dir() / "demo").resolve()
+    model_base = home / "models"
+    _ensure_model(options, model_base)
+    try:
+        asyncio.run(_run(options, home, model_base))
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        typer.echo("stopped")
+
+
+def _fail(message: str) -> Any:
+    typer.secho(f"edgeloop demo: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _ensure_model(options: DemoOptions, model_base: Path) -> None:
+    """Train a first version unless one exists (or --retrain)."""
+    from edgeloop_trainer.export import existing_versions, read_metadata
+    from edgeloop_trainer.recipe import FEATURE_CACHE_DIR, recipe_of
+
+    versions = existing_versions(model_base / options.model)
+    if versions and not options.retrain:
+        built_on = recipe_of(read_metadata(model_base / options.model / str(max(versions))))["name"]
+        if built_on == options.backbone:
+            typer.echo(f"model: {options.model} version {max(versions)} ({built_on}) in {model_base / options.model}")
+            return
+        typer.echo(f"model: version {max(versions)} is built on {built_on}, not {options.backbone}: a new version")
+    if options.train_data is None or not options.train_data.is_dir():
+        _fail("no model yet and no training data: pass --train-data DIR (one subfolder of photos per class)")
+    typer.echo(f"model: training {options.model} on {options.backbone} from {options.train_data} ...")
+    from edgeloop_trainer.training import train_classifier
+
+    assert options.train_data is not None
+    result = train_classifier(
+        options.train_data,
+        options.model,
+        model_base,
+        backbone=options.backbone,
+        epochs=options.epochs,
+        image_size=options.image_size,
+        progress=True,
+        feature_cache=model_base / FEATURE_CACHE_DIR,
+    )
+    accuracy = result.metrics.get("accuracy")
+    figure = f", evaluation accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""
+    typer.echo(f"model: {options.model} version {result.version} exported to {result.path}{figure}")
+
+
+class EmbeddedServer:
+    """A uvicorn server that leaves signals to the demo (several servers share one loop)."""
+
+    def __init__(self, name: str, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.name = name
+        self.url = f"http://{host}:{port}"
+        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        self.task = asyncio.create_task(self.server.serve(), name=f"demo:{self.name}")
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()  # raises what stopped it
+                raise RuntimeError(f"{self.name} stopped while starting")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not start in {timeout_s:.0f}s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, timeout=15)
+
+
+async def wait_ready(url: str, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                response = await client.get(url)
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = str(exc) or type(exc).__name__
+            await asyncio.sleep(0.25)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s ({last})")
+
+
+async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    broker: LocalBroker = await start_local_broker(1883, prefer=options.broker)
+    typer.echo(f"mqtt:  {broker.kind} broker on {broker.host}:{broker.port}")
+    try:
+        keep_act_one = options.keep_running and not options.learning_loop
+        missing = await _classify_captures(options, home, model_base, broker, stop, keep_running=keep_act_one)
+        if options.learning_loop and not stop.is_set():
+            await _learning_loop(options, home, broker, stop)
+        if missing:
+            raise typer.Exit(1)
+    finally:
+        await broker.stop()
+
+
+def _loop_scenario(options: DemoOptions) -> LoopScenario:
+    return LoopScenario(
+        model_name=options.model,
+        site=options.site,
+        device=options.device,
+        backbone=options.backbone,
+        image_size=options.loop_image_size,
+        epochs=options.loop_epochs,
+        drift=options.drift,
+        drifted_images=options.drifted_images,
+    )
+
+
+async def _learning_loop(options: DemoOptions, home: Path, broker: LocalBroker, stop: asyncio.Event) -> None:
+    """Act two: the loop in standalone mode (edgeloop.demo_loop)."""
+    from edgeloop.demo_loop import run_learning_loop
+
+    if options.train_data is None or not options.train_data.is_dir():
+        typer.echo("loop:  skipped: it needs photos in class folders (--train-data DIR)")
+        return
+    scenario = _loop_scenario(options)
+    drift = scenario.parsed_drift()
+    change = drift.describe() if drift else f"photos of {options.drifted_images}"
+    typer.echo("")
+    typer.echo(f"--- the learning loop, standalone: at {options.site}, {change} ---")
+    try:
+        outcome = await run_learning_loop(
+            scenario, options.train_data, home / "loop", broker, stop, typer.echo, keep_running=options.keep_running
+        )
+    except (TimeoutError, RuntimeError, ValueError, httpx.HTTPError) as exc:
+        # A step that did not happen (a service's log above says why): say which, without a stack trace.
+        typer.secho(f"loop:  stopped: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    if outcome is not None and not outcome.drift_detected:
+        typer.echo(f"loop:  done: no drift detected; the edge keeps version {outcome.served_version}")
+    elif outcome is not None:
+        verdict = "promoted and serving" if outcome.promoted else "refused; the edge keeps"
+        typer.echo(f"loop:  done: the retrained version was {verdict} version {outcome.served_version}")
+
+
+async def _classify_captures(
+    options: DemoOptions, home: Path, model_base: Path, broker: LocalBroker, stop: asyncio.Event, *, keep_running: bool
+) -> int:
+    """Act one: model server, ingest and gateway; the camera sends the captures. Returns the results missing."""
+    from edgeloop_common.bus.inprocess import InProcessBus
+    from edgeloop_common.settings import CommonSettings
+    from edgeloop_inference_gateway.app import create_app as create_gateway
+    from edgeloop_inference_gateway.settings import Settings as GatewaySettings
+    from edgeloop_ingest.app import create_app as create_ingest
+    from edgeloop_ingest.settings import Settings as IngestSettings
+    from edgeloop_model_server.app import create_app as create_model_server
+    from edgeloop_model_server.settings import Settings as ModelServerSettings
+
+    from edgeloop.device import DeviceSimulator, SimulatorConfig, format_result
+
+    common = CommonSettings(mode="standalone", data_dir=home / "data", mqtt_host=broker.host, mqtt_port=broker.port)
+    bus = InProcessBus(source="edgeloop-demo")
+    rest_port, grpc_port = free_port(8501), free_port(8500)
+    model_server = EmbeddedServer(
+        "model-server",
+        create_model_server(
+            ModelServerSettings(
+                http_host="127.0.0.1",
+                http_port=rest_port,
+                grpc_host="127.0.0.1",
+                grpc_port=grpc_port,
+                model_name=options.model,
+                model_base_path=model_base,
+                common=common,
+            )
+        ),
+        "127.0.0.1",
+        rest_port,
+    )
+    ingest_port, gateway_port = free_port(8081), free_port(8082)
+    ingest = EmbeddedServer(
+        "ingest",
+        create_ingest(
+            IngestSettings(
+                http_host="127.0.0.1",
+                http_port=ingest_port,
+                # the embedded broker speaks MQTT 3.1.1 only
+                mqtt_protocol="5" if broker.kind == "mosquitto" else "3.1.1",
+                common=common,
+            ),
+            bus=bus,
+        ),
+        "127.0.0.1",
+        ingest_port,
+    )
+    gateway = EmbeddedServer(
+        "inference-gateway",
+        create_gateway(
+            GatewaySettings(
+                http_host="127.0.0.1",
+                http_port=gateway_port,
+                model_server_rest_url=f"http://127.0.0.1:{rest_port}",
+                model_server_grpc_target=f"127.0.0.1:{grpc_port}",
+                model_name=options.model,
+                common=common,
+            ),
+            bus=bus,
+        ),
+        "127.0.0.1",
+        gateway_port,
+    )
+    servers = [model_server, ingest, gateway]
+    try:
+        await bus.start()
+        for server in servers:
+            await server.start()
+        await wait_ready(f"{model_server.url}/readyz", "model server")
+        await wait_ready(f"{ingest.url}/readyz", "ingest")
+        await wait_ready(f"{gateway.url}/readyz", "inference gateway")
+        freeze_what_is_loaded()  # as `edgeloop <service>` does: no full collection walks the start-up objects again
+        typer.echo(
+            f"up:    model server {model_server.url} (gRPC :{grpc_port}), ingest {ingest.url}, "
+            f"gateway {gateway.url}; data in {home}"
+        )
+        typer.echo(f"camera: {options.device}@{options.site} sends photos from {options.images}")
+        simulator = DeviceSimulator(
+            SimulatorConfig(
+                images_dir=options.images,
+                site=options.site,
+                device=options.device,
+                rate=options.rate,
+                count=options.count,
+                loop=options.loop,
+                mqtt_host=broker.host,
+                mqtt_port=broker.port,
+            ),
+            on_result=lambda result: typer.echo(f"result: {format_result(result)}"),
+        )
+        camera = asyncio.create_task(simulator.run())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({camera, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not camera.done():
+            simulator.stop()
+        summary = await camera
+        typer.echo(f"camera: {summary.describe()}")
+        if keep_running and not stop.is_set():
+            typer.echo(f"services keep running; try e.g. curl {ingest.url}/v1/samples/<id> — Ctrl-C stops")
+            await stop.wait()
+        stopper.cancel()
+        return summary.missing
+    finally:
+        typer.echo("stopping ...")
+        for server in reversed(servers):
+            await server.stop()
+        await bus.stop()

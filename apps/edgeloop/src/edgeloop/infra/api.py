@@ -1,0 +1,145 @@
+"""The Python API of ``edgeloop infra``, for the CLI and for tests that stop and start a server.
+
+    from edgeloop import infra
+    infra.stop("kafka")     # returns once the broker has exited
+    infra.start("kafka")    # returns once it answers on 127.0.0.1:9092 (topics ensured)
+    infra.status()          # [ComponentStatus(name="kafka", state="running", pid=..., ...), ...]
+
+Every call takes a lock file under ``.edgeloop/`` so that two ``up``/``down``
+runs (two terminals, a test and a terminal) do not interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from edgeloop.infra.component import Component, ComponentStatus, Launch
+from edgeloop.infra.errors import InfraError
+from edgeloop.infra.kafka import Kafka
+from edgeloop.infra.mosquitto import Mosquitto
+from edgeloop.infra.packages import ensure_installed
+from edgeloop.infra.postgres import Postgres
+from edgeloop.paths import repo_root, state_dir
+
+Echo = Callable[[str], None]
+
+# Start order; `down` goes the other way. Kafka first: it boots longest, the others boot meanwhile.
+COMPONENT_TYPES: dict[str, type[Component]] = {"kafka": Kafka, "mosquitto": Mosquitto, "postgres": Postgres}
+ALIASES = {"mqtt": "mosquitto", "postgresql": "postgres", "pg": "postgres"}
+COMPONENTS: tuple[str, ...] = tuple(COMPONENT_TYPES)
+
+_lock = threading.RLock()
+_lock_depth = 0
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def component(name: str) -> Component:
+    """The component called name (or an alias: mqtt, postgresql), bound to this checkout's ``.edgeloop/``."""
+    key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in COMPONENT_TYPES:
+        raise InfraError(f"unknown component {name!r}; choose from {', '.join(COMPONENTS)}")
+    return COMPONENT_TYPES[key](state_dir(), repo_root())
+
+
+def select(names: Iterable[str] | None) -> list[Component]:
+    """Components in start order; all of them when names is None or empty."""
+    wanted = {component(name).name for name in names} if names else set(COMPONENTS)
+    return [component(name) for name in COMPONENTS if name in wanted]
+
+
+def start(name: str, *, echo: Echo = _print) -> ComponentStatus:
+    """Start one component (installing what it lacks) unless ours already runs; returns when it answers."""
+    with _exclusive():
+        server = component(name)
+        ensure_installed(server.requirements(), echo)
+        server.start(echo)
+        return server.status()
+
+
+def stop(name: str, *, echo: Echo = _print) -> bool:
+    """Stop one component by its pid file (never a process we did not start). True if it was running."""
+    with _exclusive():
+        return component(name).stop(echo)
+
+
+def restart(name: str, *, echo: Echo = _print) -> ComponentStatus:
+    with _exclusive():
+        stop(name, echo=echo)
+        return start(name, echo=echo)
+
+
+def status(names: Iterable[str] | None = None) -> list[ComponentStatus]:
+    """What runs where, without changing anything."""
+    return [server.status() for server in select(names)]
+
+
+def up(names: Iterable[str] | None = None, *, echo: Echo = _print) -> list[ComponentStatus]:
+    """Install and start every component (or those named) that is not running; servers boot side by side.
+
+    A component that fails does not stop the others; InfraError lists every failure at the end.
+    """
+    with _exclusive():
+        servers = select(names)
+        ensure_installed([req for server in servers for req in server.requirements()], echo)
+        failures: list[str] = []
+        launches: list[tuple[Component, Launch]] = []
+        for server in servers:
+            try:
+                launches.append((server, server.launch(echo)))
+            except InfraError as exc:
+                failures.append(str(exc))
+        for server, launch in reversed(launches):  # the quick ones first; Kafka boots meanwhile
+            try:
+                server.finish(launch, echo)
+            except InfraError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise InfraError("\n".join(failures))
+        return [server.status() for server in servers]
+
+
+def down(names: Iterable[str] | None = None, *, echo: Echo = _print) -> list[str]:
+    """Stop what ``up`` started (by pid file), in reverse order. Returns the components that were running."""
+    with _exclusive():
+        return [server.name for server in reversed(select(names)) if server.stop(echo)]
+
+
+async def start_async(name: str, *, echo: Echo = _print) -> ComponentStatus:
+    """:func:`start` from async code, without blocking the caller's event loop."""
+    return await asyncio.to_thread(start, name, echo=echo)
+
+
+async def stop_async(name: str, *, echo: Echo = _print) -> bool:
+    """:func:`stop` from async code, without blocking the caller's event loop."""
+    return await asyncio.to_thread(stop, name, echo=echo)
+
+
+@contextmanager
+def _exclusive() -> Iterator[None]:
+    """Hold ``.edgeloop/run/infra.lock`` (re-entrant within this process)."""
+    global _lock_depth
+    with _lock:
+        if _lock_depth:
+            _lock_depth += 1
+            try:
+                yield
+            finally:
+                _lock_depth -= 1
+            return
+        lock_path = state_dir() / "run" / "infra.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("w") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            _lock_depth = 1
+            try:
+                yield
+            finally:
+                _lock_depth = 0
+                fcntl.flock(lock_file, fcntl.LOCK_UN)

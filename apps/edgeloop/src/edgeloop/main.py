@@ -1,0 +1,28 @@
+"""``edgeloop``: one command for the infrastructure, every service and the tools.
+
+Sub-commands import their service lazily, so ``edgeloop --help`` is fast and a
+service's heavy dependencies (TensorFlow) load only when that service runs.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from edgeloop import demo, device, infra, kube, services, train
+
+app = typer.Typer(
+    name="edgeloop",
+    help="EdgeLoop: close the machine-learning loop between edge devices and the cloud.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(infra.app, name="infra", help="Local Kafka, Mosquitto and PostgreSQL: up, down, status.")
+app.add_typer(kube.app, name="kube", help="A local Kubernetes control plane with simulated KubeEdge edge nodes.")
+app.add_typer(device.app, name="device", help="Simulated edge devices (a Pi camera over MQTT).")
+app.command("train", help=train.HELP)(train.train)
+app.command("demo", help=demo.HELP)(demo.demo)
+services.register(app)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,42 @@
+"""``edgeloop <service>``: run one EdgeLoop service in the foreground.
+
+The same as the service's own ``edgeloop-<service>`` script (``edgeloop_common.service_runner``); this module only
+makes each service a sub-command of ``edgeloop``, with its environment variables in the help text.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import typer
+from edgeloop_common.service_runner import env_help, run_service
+
+# The services this application is built from, in the order `edgeloop --help` lists them.
+SERVICE_PACKAGES: dict[str, str] = {
+    "ingest": "edgeloop_ingest",
+    "inference-gateway": "edgeloop_inference_gateway",
+    "model-server": "edgeloop_model_server",
+    "registry": "edgeloop_registry",
+    "trainer": "edgeloop_trainer",
+    "drift": "edgeloop_drift",
+    "deployer": "edgeloop_deployer",
+}
+
+
+def _runner(package: str) -> Callable[..., None]:
+    def run(
+        host: str = typer.Option(None, help="Bind address (overrides the settings' http_host)."),
+        port: int = typer.Option(None, help="HTTP port (overrides the settings' http_port)."),
+    ) -> None:
+        run_service(package, host=host, port=port)
+
+    return run
+
+
+def register(app: typer.Typer) -> None:
+    for command, package in SERVICE_PACKAGES.items():
+        # Each service's __main__ holds its one-line summary; importing it loads only the settings module.
+        summary = importlib.import_module(f"{package}.__main__").SUMMARY
+        settings = importlib.import_module(f"{package}.settings").Settings
+        app.command(command, help=summary, epilog=env_help(settings))(_runner(package))
