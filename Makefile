@@ -30,6 +30,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 infra-up: install
 	$(BIN)/edgeloop infra up

@@ -626,56 +626,24 @@ class LogWatch:
 # -- standalone: ingest + gateway around one in-process bus (a child process of the benchmark) ------------------------
 
 
-class _Server:
-    """A uvicorn server sharing the loop with another, signals left to us."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        import uvicorn
-
-        class Quiet(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        self.server = Quiet(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-                raise RuntimeError("server stopped while starting")
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task is not None:
-            await asyncio.wait_for(self.task, timeout=20)
-
-
 @contextlib.asynccontextmanager
 async def standalone_services() -> AsyncIterator[None]:
+    """Ingest and gateway wired by :class:`edgeloop.system.System` (as the demo is); the rest from the environment."""
+    from edgeloop.system import System, SystemConfig
     from edgeloop_common.bus.inprocess import InProcessBus
-    from edgeloop_inference_gateway.app import create_app as create_gateway
     from edgeloop_inference_gateway.settings import Settings as GatewaySettings
-    from edgeloop_ingest.app import create_app as create_ingest
     from edgeloop_ingest.settings import Settings as IngestSettings
 
     bus = InProcessBus(source="edgeloop-bench")
-    ingest_settings, gateway_settings = IngestSettings(), GatewaySettings()
-    servers = [
-        _Server(create_ingest(ingest_settings, bus=bus), ingest_settings.http_host, ingest_settings.http_port),
-        _Server(create_gateway(gateway_settings, bus=bus), gateway_settings.http_host, gateway_settings.http_port),
-    ]
+    # The parent chose the ports and the model server's URLs and passed them (and --set) in the environment.
+    ports = {"ingest": IngestSettings().http_port, "inference-gateway": GatewaySettings().http_port}
+    system = System(SystemConfig(bus=bus, ports=ports))
     await bus.start()
     try:
-        for server in servers:
-            await server.start()
+        await system.start(("ingest", "inference-gateway"))
         yield
     finally:
-        for server in reversed(servers):
-            await server.stop()
+        await system.stop()
         await bus.stop()
 
 

@@ -41,7 +41,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from edgeloop.demo import EmbeddedServer, wait_ready
 from edgeloop.demo_loop import (
     CameraResult,
     LoopPhotos,
@@ -52,6 +51,8 @@ from edgeloop.demo_loop import (
     split_photos,
     wait_until,
 )
+from edgeloop.processes import any_free_port
+from edgeloop.system import EmbeddedServer, wait_ready
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.settings import CommonSettings
 from edgeloop_trainer.app import create_app as create_trainer
@@ -59,7 +60,7 @@ from kube_helpers import KubeCluster
 from kubernetes import client
 from loop_first_model import FirstModel, FirstModelParameters, first_model
 from loop_harness import FreshSchemas
-from loop_system import DATABASES, DistributedLoop, LoopConfig, free_port
+from loop_system import DATABASES, DistributedLoop, LoopConfig
 
 pytestmark = [
     pytest.mark.kafka,
@@ -393,7 +394,7 @@ async def test_a_worse_candidate_is_registered_but_not_promoted(loop: Distribute
         common=CommonSettings(mode="standalone", data_dir=scratch_dir),
     )
     bus = InProcessBus(source="scratch-trainer")
-    server = EmbeddedServer("scratch-trainer", create_trainer(settings, bus=bus), "127.0.0.1", free_port())
+    server = EmbeddedServer("scratch-trainer", create_trainer(settings, bus=bus), "127.0.0.1", any_free_port())
     await bus.start()
     await server.start()
     try:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from common_samples import SAMPLE_EVENTS
 from edgeloop_common import asyncapi, topics
-from edgeloop_common.codec import encode
+from edgeloop_common.bus.codec import encode
 from edgeloop_common.events import ALL_EVENTS, Event
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from common_samples import SAMPLE_EVENTS, image_received
 from edgeloop_common.bus.base import PermanentError
-from edgeloop_common.codec import Headers, decode, encode
+from edgeloop_common.bus.codec import Headers, decode, encode
 from edgeloop_common.events import Event, ImageReceived
 from edgeloop_common.tracing import new_traceparent
 

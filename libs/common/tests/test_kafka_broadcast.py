@@ -17,7 +17,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from edgeloop_common import topics
 from edgeloop_common.bus.base import EventContext, PermanentError, RetryPolicy
 from edgeloop_common.bus.kafka import KafkaBus
-from edgeloop_common.codec import decode
+from edgeloop_common.bus.codec import decode
 from edgeloop_common.events import DeadLetter, DeploymentPhase, DeploymentUpdated
 
 from tests.helpers import eventually, read_topic_records

@@ -15,12 +15,9 @@ distributed mode; only the adapters differ.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +28,9 @@ from edgeloop_common.service_runner import freeze_what_is_loaded
 
 from edgeloop.demo_loop import LoopScenario
 from edgeloop.drifts import DEFAULT_DRIFT, DRIFT_HELP, parse_drift
-from edgeloop.local_mqtt import LocalBroker, free_port, start_local_broker
+from edgeloop.local_mqtt import LocalBroker, start_local_broker
 from edgeloop.paths import repo_root, state_dir
+from edgeloop.system import DOCUMENTED_PORTS, System, SystemConfig
 
 HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
@@ -219,56 +217,6 @@ def _ensure_model(options: DemoOptions, model_base: Path) -> None:
     typer.echo(f"model: {options.model} version {result.version} exported to {result.path}{figure}")
 
 
-class EmbeddedServer:
-    """A uvicorn server that leaves signals to the demo (several servers share one loop)."""
-
-    def __init__(self, name: str, app: Any, host: str, port: int) -> None:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        self.name = name
-        self.url = f"http://{host}:{port}"
-        self.server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self, timeout_s: float = 120.0) -> None:
-        self.task = asyncio.create_task(self.server.serve(), name=f"demo:{self.name}")
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()  # raises what stopped it
-                raise RuntimeError(f"{self.name} stopped while starting")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not start in {timeout_s:.0f}s")
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.task, timeout=15)
-
-
-async def wait_ready(url: str, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                response = await client.get(url)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = str(exc) or type(exc).__name__
-            await asyncio.sleep(0.25)
-    raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s ({last})")
-
-
 async def _run(options: DemoOptions, home: Path, model_base: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -334,78 +282,31 @@ async def _classify_captures(
     """Act one: model server, ingest and gateway; the camera sends the captures. Returns the results missing."""
     from edgeloop_common.bus.inprocess import InProcessBus
     from edgeloop_common.settings import CommonSettings
-    from edgeloop_inference_gateway.app import create_app as create_gateway
-    from edgeloop_inference_gateway.settings import Settings as GatewaySettings
-    from edgeloop_ingest.app import create_app as create_ingest
-    from edgeloop_ingest.settings import Settings as IngestSettings
-    from edgeloop_model_server.app import create_app as create_model_server
-    from edgeloop_model_server.settings import Settings as ModelServerSettings
 
     from edgeloop.device import DeviceSimulator, SimulatorConfig, format_result
 
     common = CommonSettings(mode="standalone", data_dir=home / "data", mqtt_host=broker.host, mqtt_port=broker.port)
     bus = InProcessBus(source="edgeloop-demo")
-    rest_port, grpc_port = free_port(8501), free_port(8500)
-    model_server = EmbeddedServer(
-        "model-server",
-        create_model_server(
-            ModelServerSettings(
-                http_host="127.0.0.1",
-                http_port=rest_port,
-                grpc_host="127.0.0.1",
-                grpc_port=grpc_port,
-                model_name=options.model,
-                model_base_path=model_base,
-                common=common,
-            )
-        ),
-        "127.0.0.1",
-        rest_port,
-    )
-    ingest_port, gateway_port = free_port(8081), free_port(8082)
-    ingest = EmbeddedServer(
-        "ingest",
-        create_ingest(
-            IngestSettings(
-                http_host="127.0.0.1",
-                http_port=ingest_port,
-                # the embedded broker speaks MQTT 3.1.1 only
-                mqtt_protocol="5" if broker.kind == "mosquitto" else "3.1.1",
-                common=common,
-            ),
+    system = System(
+        SystemConfig(
+            model_name=options.model,
+            model_base=model_base,
+            common=lambda service: common,
             bus=bus,
-        ),
-        "127.0.0.1",
-        ingest_port,
+            ports=DOCUMENTED_PORTS,
+            # the embedded broker speaks MQTT 3.1.1 only
+            settings={"ingest": {"mqtt_protocol": "5" if broker.kind == "mosquitto" else "3.1.1"}},
+        )
     )
-    gateway = EmbeddedServer(
-        "inference-gateway",
-        create_gateway(
-            GatewaySettings(
-                http_host="127.0.0.1",
-                http_port=gateway_port,
-                model_server_rest_url=f"http://127.0.0.1:{rest_port}",
-                model_server_grpc_target=f"127.0.0.1:{grpc_port}",
-                model_name=options.model,
-                common=common,
-            ),
-            bus=bus,
-        ),
-        "127.0.0.1",
-        gateway_port,
-    )
-    servers = [model_server, ingest, gateway]
     try:
+        await system.start_model_server()
         await bus.start()
-        for server in servers:
-            await server.start()
-        await wait_ready(f"{model_server.url}/readyz", "model server")
-        await wait_ready(f"{ingest.url}/readyz", "ingest")
-        await wait_ready(f"{gateway.url}/readyz", "inference gateway")
+        await system.start(("ingest", "inference-gateway"))
         freeze_what_is_loaded()  # as `edgeloop <service>` does: no full collection walks the start-up objects again
+        urls = system.urls
         typer.echo(
-            f"up:    model server {model_server.url} (gRPC :{grpc_port}), ingest {ingest.url}, "
-            f"gateway {gateway.url}; data in {home}"
+            f"up:    model server {urls['model-server']} (gRPC {urls['grpc']}), ingest {urls['ingest']}, "
+            f"gateway {urls['inference-gateway']}; data in {home}"
         )
         typer.echo(f"camera: {options.device}@{options.site} sends photos from {options.images}")
         simulator = DeviceSimulator(
@@ -429,12 +330,11 @@ async def _classify_captures(
         summary = await camera
         typer.echo(f"camera: {summary.describe()}")
         if keep_running and not stop.is_set():
-            typer.echo(f"services keep running; try e.g. curl {ingest.url}/v1/samples/<id> — Ctrl-C stops")
+            typer.echo(f"services keep running; try e.g. curl {urls['ingest']}/v1/samples/<id> — Ctrl-C stops")
             await stop.wait()
         stopper.cancel()
         return summary.missing
     finally:
         typer.echo("stopping ...")
-        for server in reversed(servers):
-            await server.stop()
+        await system.stop()
         await bus.stop()

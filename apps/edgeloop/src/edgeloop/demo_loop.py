@@ -38,7 +38,8 @@ from typing import Any
 import httpx
 
 from edgeloop.drifts import DEFAULT_DRIFT, Drift, parse_drift
-from edgeloop.local_mqtt import LocalBroker, free_port
+from edgeloop.local_mqtt import LocalBroker
+from edgeloop.system import DOCUMENTED_PORTS, System, SystemConfig, wait_ready
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 Echo = Callable[[str], None]
@@ -532,51 +533,77 @@ class _Narrator:
 
 @dataclass
 class _LoopServices:
-    """The loop's services in this process: uvicorn servers around one in-process bus, plus the model server."""
+    """The loop's services in this process (:class:`edgeloop.system.System`) around one in-process bus."""
 
     scenario: LoopScenario
     home: Path
     seed_dir: Path
     broker: LocalBroker
-    urls: dict[str, str] = field(default_factory=dict)
-    servers: list[Any] = field(default_factory=list)
-    exit_stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    bus: Any = None
+    system: System = field(init=False)
 
-    async def start(self, narrator: _Narrator) -> None:
+    def __post_init__(self) -> None:
         from edgeloop_common.bus.inprocess import InProcessBus
 
-        self.bus = InProcessBus(source="edgeloop-demo-loop")
+        scenario = self.scenario
+        protocol = "5" if self.broker.kind == "mosquitto" else "3.1.1"  # the embedded broker speaks 3.1.1 only
+        self.system = System(
+            SystemConfig(
+                model_name=scenario.model_name,
+                model_base=self.home / "models",
+                common=lambda service: self.common(),
+                bus=InProcessBus(source="edgeloop-demo-loop"),
+                ports=DOCUMENTED_PORTS,
+                settings={
+                    "registry": {"promotion_margin": scenario.promotion_margin},
+                    "ingest": {"mqtt_session_expiry_s": 60, "mqtt_protocol": protocol},
+                    "drift": {
+                        "window_size": scenario.drift_window,
+                        "check_every": scenario.drift_check_every,
+                        "reference_retry_s": 1.0,
+                        # The labeler answers the alarm and the trainer retrains on the new labels: a training
+                        # requested by the alarm itself would start before any photo of the new condition has a label.
+                        "request_training": False,
+                    },
+                    "trainer": {
+                        "seed_data_dir": self.seed_dir,
+                        "data_dir": self.home / "trainer",
+                        "retrain_every_labels": scenario.labels_per_training,
+                        "backbone": scenario.backbone,
+                        "epochs": scenario.epochs,
+                        "incremental_epochs": scenario.incremental_epochs,
+                        "incremental_learning_rate": scenario.incremental_learning_rate,
+                        "new_sample_weight": scenario.new_sample_weight,
+                        "image_size": scenario.image_size,
+                        "seed": scenario.seed,
+                    },
+                    "deployer": {
+                        "target": "local",
+                        "node_groups": scenario.site,
+                        "rollout_timeout_s": 60,
+                        "poll_interval_s": 0.25,
+                    },
+                },
+            )
+        )
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return self.system.urls
+
+    @property
+    def bus(self) -> Any:
+        return self.system.config.bus
+
+    async def start(self, narrator: _Narrator) -> None:
         narrator.subscribe(self.bus)
-        await asyncio.to_thread(self._start_model_server)
+        await self.system.start_model_server()
         await self.bus.start()
-        for name, port, build in (
-            ("registry", 8083, self._registry),
-            ("ingest", 8081, self._ingest),
-            ("inference-gateway", 8082, self._gateway),
-            ("drift", 8085, self._drift),
-            ("trainer", 8084, self._trainer),
-            ("deployer", 8086, self._deployer),
-        ):
-            await self._serve(name, free_port(port), build())
+        # No version exists before the first training: the gateway is waited for only until it is alive.
+        await self.system.start(wait_for_model=False)
 
     async def stop(self) -> None:
-        for server in reversed(self.servers):
-            await server.stop()
-        if self.bus is not None:
-            await self.bus.stop()
-        await asyncio.to_thread(self.exit_stack.close)
-
-    async def _serve(self, name: str, port: int, app: Any) -> None:
-        from edgeloop.demo import EmbeddedServer, wait_ready
-
-        server = EmbeddedServer(name, app, "127.0.0.1", port)
-        await server.start()
-        self.servers.append(server)
-        self.urls[name] = server.url
-        # The gateway is ready only once the model server has a version: there is none before the first training.
-        probe = "/healthz" if name == "inference-gateway" else "/readyz"
-        await wait_ready(f"{server.url}{probe}", name, timeout_s=120)
+        await self.system.stop()
+        await self.bus.stop()
 
     @property
     def model_base(self) -> Path:
@@ -588,116 +615,6 @@ class _LoopServices:
         return CommonSettings(
             mode="standalone", data_dir=self.home / "data", mqtt_host=self.broker.host, mqtt_port=self.broker.port
         )
-
-    def _start_model_server(self) -> None:
-        from edgeloop_model_server.embedded import serve_in_thread
-        from edgeloop_model_server.settings import Settings
-
-        self.model_base.joinpath(self.scenario.model_name).mkdir(parents=True, exist_ok=True)
-        running = self.exit_stack.enter_context(
-            serve_in_thread(
-                Settings(
-                    http_host="127.0.0.1",
-                    http_port=free_port(8501),
-                    grpc_host="127.0.0.1",
-                    grpc_port=free_port(8500),
-                    model_name=self.scenario.model_name,
-                    model_base_path=self.model_base,
-                    model_version_policy="all",  # the gateway picks the version per site
-                    poll_interval_s=0.3,
-                    common=self.common(),
-                )
-            )
-        )
-        self.urls["model-server"] = running.rest_url
-        self.urls["model-server-grpc"] = running.grpc_target
-
-    def _registry(self) -> Any:
-        from edgeloop_registry.app import create_app
-        from edgeloop_registry.settings import Settings
-
-        settings = Settings(promotion_margin=self.scenario.promotion_margin, common=self.common())
-        return create_app(settings, bus=self.bus)
-
-    def _ingest(self) -> Any:
-        from edgeloop_ingest.app import create_app
-        from edgeloop_ingest.settings import Settings
-
-        protocol = "5" if self.broker.kind == "mosquitto" else "3.1.1"  # the embedded broker speaks 3.1.1 only
-        settings = Settings(
-            mqtt_client_id=f"edgeloop-demo-ingest-{uuid.uuid4().hex[:6]}",
-            mqtt_session_expiry_s=60,
-            mqtt_protocol=protocol,
-            common=self.common(),
-        )
-        return create_app(settings, bus=self.bus)
-
-    def _gateway(self) -> Any:
-        from edgeloop_inference_gateway.app import create_app
-        from edgeloop_inference_gateway.settings import Settings
-
-        settings = Settings(
-            model_server_rest_url=self.urls["model-server"],
-            model_server_grpc_target=self.urls["model-server-grpc"],
-            model_name=self.scenario.model_name,
-            metadata_refresh_s=0.5,
-            common=self.common(),
-        )
-        return create_app(settings, bus=self.bus)
-
-    def _drift(self) -> Any:
-        from edgeloop_drift.app import create_app
-        from edgeloop_drift.settings import Settings
-
-        settings = Settings(
-            registry_url=self.urls["registry"],
-            window_size=self.scenario.drift_window,
-            check_every=self.scenario.drift_check_every,
-            reference_retry_s=1.0,
-            # The labeler answers the alarm and the trainer retrains on the new labels: a training requested by
-            # the alarm itself would start before any photo of the new condition has a label.
-            request_training=False,
-            common=self.common(),
-        )
-        return create_app(settings, bus=self.bus)
-
-    def _trainer(self) -> Any:
-        from edgeloop_trainer.app import create_app
-        from edgeloop_trainer.settings import Settings
-
-        scenario = self.scenario
-        settings = Settings(
-            registry_url=self.urls["registry"],
-            ingest_url=self.urls["ingest"],
-            seed_data_dir=self.seed_dir,
-            data_dir=self.home / "trainer",
-            model_base=self.model_base,
-            models=scenario.model_name,
-            retrain_every_labels=scenario.labels_per_training,
-            backbone=scenario.backbone,
-            epochs=scenario.epochs,
-            incremental_epochs=scenario.incremental_epochs,
-            incremental_learning_rate=scenario.incremental_learning_rate,
-            new_sample_weight=scenario.new_sample_weight,
-            image_size=scenario.image_size,
-            seed=scenario.seed,
-            common=self.common(),
-        )
-        return create_app(settings, bus=self.bus)
-
-    def _deployer(self) -> Any:
-        from edgeloop_deployer.app import create_app
-        from edgeloop_deployer.settings import Settings
-
-        settings = Settings(
-            target="local",
-            node_groups=self.scenario.site,
-            model_server_url=self.urls["model-server"],
-            rollout_timeout_s=60,
-            poll_interval_s=0.25,
-            common=self.common(),
-        )
-        return create_app(settings, bus=self.bus)
 
 
 @dataclass(frozen=True)
@@ -927,8 +844,6 @@ class _LoopSteps:
         return dict(await wait_until(probe, "the training run", timeout_s=1800, interval_s=0.5))
 
     async def _deployed(self, version: int) -> None:
-        from edgeloop.demo import wait_ready
-
         await self.narrator.wait_deployed(version, timeout_s=120)
 
         async def routed() -> bool:

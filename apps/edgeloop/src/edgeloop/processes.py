@@ -123,14 +123,19 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def pick_port(preferred: int, taken: Collection[int] = (), host: str = "127.0.0.1") -> int:
     """``preferred`` when it is free, else a free port the kernel picks; never one in ``taken``."""
-    if preferred not in taken and port_free(preferred, host):
+    if preferred and preferred not in taken and port_free(preferred, host):
         return preferred
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = int(probe.getsockname()[1])
+        port = any_free_port(host)
         if port not in taken:
             return port
+
+
+def any_free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel finds free now (another process may still take it before it is bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _descendants(process: psutil.Process) -> list[psutil.Process]:

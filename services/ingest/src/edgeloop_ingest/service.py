@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from edgeloop_common.events import BlobRef, DeadLetter, Event, ImageFormat, ImageReceived, Ingress, TelemetryReceived
 from edgeloop_common.tracing import new_traceparent
 
-from edgeloop_ingest.adapters.blobstore import BlobStore, sha256_hex
+from edgeloop_ingest.blobs import BlobStore, sha256_hex
 from edgeloop_ingest.validation import (
     CONTENT_TYPES,
     ImageLimits,

@@ -1,7 +1,7 @@
 """Content-addressed blob storage for image bytes.
 
-:class:`BlobStore` is the interface: a blob's name is the sha256 of its bytes,
-so ``put`` is idempotent and a blob never changes. :class:`LocalBlobStore`
+:class:`~edgeloop_ingest.blobs.BlobStore` is the interface (the service's port): a
+blob's name is the sha256 of its bytes, so ``put`` is idempotent and a blob never changes. :class:`LocalBlobStore`
 keeps them in a folder; an S3-compatible store implements the same methods
 (``put`` with the sha256 as object key, ``uri`` as ``s3://bucket/key``).
 
@@ -19,43 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
-
-class BlobNotFoundError(KeyError):
-    """No blob with this sha256 in the store."""
-
-
-class BlobStore(Protocol):
-    """Blocking calls: async callers run them in a thread."""
-
-    def put(self, data: bytes, *, sha256: str | None = None) -> str:
-        """Store ``data`` durably under its sha256 (computed when not given); return the sha256."""
-        ...
-
-    def put_many(self, blobs: Sequence[tuple[bytes, str]]) -> None:
-        """Store ``(data, sha256)`` pairs; every one is durable when this returns (cheaper than one by one)."""
-        ...
-
-    def get(self, sha256: str) -> bytes: ...
-
-    def exists(self, sha256: str) -> bool: ...
-
-    def uri(self, sha256: str) -> str: ...
-
-    def writable(self) -> bool:
-        """True when a ``put`` can succeed now (readiness)."""
-        ...
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from edgeloop_ingest.blobs import BlobNotFoundError, sha256_hex
 
 
 def _check_sha256(sha256: str) -> str:

@@ -1,0 +1,44 @@
+"""The house's import rules hold: the contracts of pyproject.toml's [tool.importlinter], run as `make lint` runs them.
+
+apps/ on top, then the services (none imports another), then libs/common; no circle between the modules of any
+package. A new import that breaks a rule fails here with import-linter's report of the offending chain.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_import_contracts_are_kept() -> None:
+    lint_imports = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint_imports, "import-linter is not installed (requirements-dev.txt)"
+    result = subprocess.run(
+        [lint_imports, "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout, result.stdout[-4000:]
+
+
+def test_the_contracts_cover_every_package_of_the_house() -> None:
+    """A new service or library must join the contracts, or nothing checks its imports."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    declared = set(config["root_packages"])
+    packages = {
+        source.name
+        for folder in ("libs", "services", "apps")
+        for source in (REPO / folder).glob("*/src/*")
+        if (source / "__init__.py").exists()
+    }
+    assert packages == declared, f"packages not in [tool.importlinter]: {packages - declared}"
