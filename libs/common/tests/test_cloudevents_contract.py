@@ -11,8 +11,8 @@ from cloudevents.v1 import kafka as ce_kafka_v1
 from common_samples import SAMPLE_EVENTS, image_received
 from edgeloop_common import topics
 from edgeloop_common.bus.base import EventContext
-from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.bus.codec import encode
+from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import Event, ImageReceived
 
 from tests.helpers import eventually, read_topic_records

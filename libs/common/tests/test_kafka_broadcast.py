@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from edgeloop_common import topics
 from edgeloop_common.bus.base import EventContext, PermanentError, RetryPolicy
-from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.bus.codec import decode
+from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import DeadLetter, DeploymentPhase, DeploymentUpdated
 
 from tests.helpers import eventually, read_topic_records

@@ -18,8 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from common_samples import image_received, telemetry_received
 from edgeloop_common import topics
 from edgeloop_common.bus.base import BusUnavailableError, EventContext, PermanentError, RetryPolicy
-from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.bus.codec import decode, encode
+from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import DeadLetter, ImageReceived, TelemetryReceived
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, SqlProcessedEventStore
 

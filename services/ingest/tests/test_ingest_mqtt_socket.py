@@ -26,7 +26,7 @@ async def test_the_bridge_connection_does_not_hold_back_small_packets(mqtt_broke
     await subscriber.start()
     try:
         assert await subscriber.wait_connected(timeout_s=10), "the bridge did not connect to Mosquitto"
-        sock = subscriber._client.socket()
+        sock = subscriber.client._client.socket()
         assert sock is not None
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:

@@ -25,8 +25,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from edgeloop_common import topics
-from edgeloop_common.bus.kafka import DEFAULT_TOPIC_PARTITIONS
 from edgeloop_common.bus.codec import CONTENT_TYPE, SPEC_VERSION
+from edgeloop_common.bus.kafka import DEFAULT_TOPIC_PARTITIONS
 from edgeloop_common.device_messages import DEVICE_MODELS
 from edgeloop_common.events import ALL_EVENTS, DeadLetter, DeploymentUpdated, Event
 

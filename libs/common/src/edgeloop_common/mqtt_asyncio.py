@@ -11,6 +11,17 @@ Only the (blocking) TCP connect runs in a worker thread, so an unreachable
 broker never stalls the loop; the socket callbacks it triggers are marshalled
 back onto the loop. The client reconnects with backoff, subscribes again, and
 paho resends unacknowledged QoS 1 messages after a reconnect.
+
+It serves two kinds of user:
+
+* devices, the gateway, the demo: a clean session, messages acknowledged on
+  receipt, ``on_message(topic, payload)``;
+* ingest's bridge: a persistent session (``session_expiry_s``; a fixed client
+  id), MQTT 5 or 3.1.1, and manual acknowledgement (``manual_ack=True``):
+  ``on_receive`` gets a :class:`ReceivedMessage` and paho sends no PUBACK
+  until its ``ack()`` is called -- once the message is durable. The broker
+  redelivers, after a reconnect or a restart, what was not acknowledged, and
+  MQTT 5's ``Receive Maximum`` bounds how much is unacknowledged at once.
 """
 
 from __future__ import annotations
@@ -21,15 +32,36 @@ import logging
 import socket
 import threading
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 
+MqttProtocol = Literal["3.1.1", "5"]
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A message as ``on_receive`` gets it."""
+
+    topic: str  # repr() of the raw bytes when they are not UTF-8, so the message can still be dead-lettered
+    payload: bytes
+    dup: bool  # the broker sent it before (it was not acknowledged then)
+    qos: int
+    # Sends the PUBACK (manual_ack mode), on the connection the message came on: a no-op on a later connection,
+    # where the broker redelivers the message anyway. Without manual_ack paho has acknowledged it already.
+    ack: Callable[[], None]
+
+
 MessageCallback = Callable[[str, bytes], None]
+ReceiveCallback = Callable[[ReceivedMessage], None]
+ConnectionCallback = Callable[[bool], None]
 
 
 def disable_nagle(sock: Any) -> None:
@@ -46,8 +78,18 @@ class MqttUnavailableError(Exception):
 class AsyncMqttClient:
     """One MQTT connection, driven by the running asyncio loop.
 
-    ``on_message(topic, payload)`` is called on the loop thread for every
-    message on a subscribed topic.
+    ``on_message(topic, payload)`` and ``on_receive(message)`` are called on the loop thread for every message on
+    a subscribed topic, in arrival order. Other options:
+
+    * ``protocol``: ``"3.1.1"`` (default) or ``"5"``;
+    * ``session_expiry_s``: ``None`` (default) starts a clean session on every connect. A number keeps the session
+      (subscriptions, unacknowledged messages) on the broker across disconnects: under MQTT 5 for that many
+      seconds, under 3.1.1 (``clean_session=False``, no expiry interval) as long as the broker keeps sessions;
+    * ``receive_maximum``: MQTT 5's bound on unacknowledged QoS 1/2 messages the broker sends (ignored for 3.1.1);
+    * ``manual_ack``: no PUBACK until ``ReceivedMessage.ack()`` (needs ``on_receive``);
+    * ``read_burst``: packets read per readiness callback while each delivers a message, so a backlog of
+      messages is taken in one go before the loop runs other work;
+    * ``on_connection_change(connected)``: called on the loop thread on every CONNACK and every lost connection.
     """
 
     def __init__(
@@ -60,46 +102,91 @@ class AsyncMqttClient:
         max_inflight: int = 1000,
         on_message: MessageCallback | None = None,
         reconnect_max_delay_s: float = 5.0,
+        on_receive: ReceiveCallback | None = None,
+        manual_ack: bool = False,
+        protocol: MqttProtocol = "3.1.1",
+        session_expiry_s: int | None = None,
+        receive_maximum: int | None = None,
+        connect_timeout_s: float = 5.0,
+        read_burst: int = 1,
+        on_connection_change: ConnectionCallback | None = None,
     ) -> None:
+        if manual_ack and on_receive is None:
+            raise ValueError("manual_ack needs on_receive: nothing could acknowledge the messages")
         self.host = host
         self.port = port
         self.client_id = client_id or f"edgeloop-{uuid.uuid4().hex[:12]}"
         self.keepalive_s = keepalive_s
         self.on_message = on_message
+        self.on_receive = on_receive
+        self.on_connection_change = on_connection_change
         self.reconnect_max_delay_s = reconnect_max_delay_s
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
-        self._client.max_inflight_messages_set(max_inflight)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._client.on_socket_open = self._on_socket_open
-        self._client.on_socket_close = self._on_socket_close
-        self._client.on_socket_register_write = self._on_socket_register_write
-        self._client.on_socket_unregister_write = self._on_socket_unregister_write
+        self.manual_ack = manual_ack
+        self.protocol = protocol
+        self.session_expiry_s = session_expiry_s
+        self.receive_maximum = receive_maximum
+        self.read_burst = read_burst
+        self._client = self._make_client(max_inflight, connect_timeout_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._connected = asyncio.Event()
+        self._connection_number = 0  # incremented per CONNACK: an ack goes out only on its message's connection
+        self._session_present = False
+        self._messages_received = 0
+        self._reading_paused = False
         self._pending_publishes: dict[int, asyncio.Future[None]] = {}
         self._pending_subscribes: dict[int, asyncio.Future[None]] = {}
         self._subscriptions: dict[str, int] = {}
+        self._connect_attempt: asyncio.Task[None] | None = None
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
+
+    def _make_client(self, max_inflight: int, connect_timeout_s: float) -> mqtt.Client:
+        if self.protocol == "5":  # MQTT 5 keeps the session with clean_start and the expiry interval (connect)
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=self.manual_ack
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=self.session_expiry_s is None,
+                manual_ack=self.manual_ack,
+            )
+        client.max_inflight_messages_set(max_inflight)
+        client.connect_timeout = connect_timeout_s
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        return client
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def session_present(self) -> bool:
+        """Whether the broker still had this client's session at the last CONNACK."""
+        return self._session_present
+
+    @property
+    def messages_received(self) -> int:
+        return self._messages_received
+
     async def connect(self, timeout_s: float = 10.0) -> None:
         """Connect and wait for the broker's CONNACK; :class:`MqttUnavailableError` if it does not come."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._closing = False
+        self._bind_to_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
-                await asyncio.to_thread(self._client.connect, self.host, self.port, self.keepalive_s)
+                await self._attempt_connection()
                 await self._connected.wait()
         except (OSError, TimeoutError) as exc:
             self._client_socket_close()
@@ -107,14 +194,14 @@ class AsyncMqttClient:
         self._ensure_misc_loop()
 
     def connect_in_background(self) -> None:
-        """Keep trying to connect without blocking (after :meth:`connect` failed); publishes queue meanwhile."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._closing = False
+        """Keep trying to connect without blocking (instead of :meth:`connect`, or after it failed); publishes
+        queue meanwhile."""
+        self._bind_to_running_loop()
         if self._reconnect_task is None or self._reconnect_task.done():
-            self._reconnect_task = self._loop.create_task(self._reconnect_loop())
+            self._reconnect_task = self._require_loop().create_task(self._reconnect_loop())
 
-    async def wait_connected(self, timeout_s: float) -> bool:
+    async def wait_connected(self, timeout_s: float | None) -> bool:
+        """Wait for a connection (``None``: as long as it takes); False if there is none after ``timeout_s``."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._connected.wait()
@@ -122,19 +209,22 @@ class AsyncMqttClient:
             return False
         return True
 
-    async def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 10.0) -> None:
-        """Subscribe and wait for the SUBACK. The subscription is renewed after every reconnect."""
-        self._subscriptions[topic] = qos
-        result, mid = self._client.subscribe(topic, qos)
+    async def subscribe(self, topic: str | Sequence[str], qos: int = 1, timeout_s: float = 10.0) -> None:
+        """Subscribe (several topics: in one SUBSCRIBE) and wait for the SUBACK. The subscription is renewed after
+        every reconnect."""
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        for each in topics:
+            self._subscriptions[each] = qos
+        result, mid = self._client.subscribe([(each, qos) for each in topics])
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise MqttUnavailableError(f"subscribe to {topic} failed: {mqtt.error_string(result)}")
+            raise MqttUnavailableError(f"subscribe to {', '.join(topics)} failed: {mqtt.error_string(result)}")
         done = self._future()
         self._pending_subscribes[mid] = done
         try:
             async with asyncio.timeout(timeout_s):
                 await done
         except TimeoutError as exc:
-            raise MqttUnavailableError(f"no SUBACK for {topic} within {timeout_s}s") from exc
+            raise MqttUnavailableError(f"no SUBACK for {', '.join(topics)} within {timeout_s}s") from exc
 
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> asyncio.Future[None]:
         """Queue a publish; the future resolves on the PUBACK (QoS 1) or once written (QoS 0).
@@ -153,17 +243,28 @@ class AsyncMqttClient:
         self._pending_publishes[info.mid] = done
         return done
 
+    def pause_reading(self) -> None:
+        """Read nothing more, so no new messages arrive; acknowledgements and publishes still go out (for a
+        graceful stop: what was received can still be acknowledged)."""
+        self._reading_paused = True
+        sock = self._client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+
     async def close(self) -> None:
+        """Disconnect. In manual_ack mode what is still unacknowledged stays with the broker's session."""
         self._closing = True
         for task in (self._reconnect_task, self._misc_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._connect_attempt is not None:
+            # A connect still running in its worker thread would open a connection after the close; let it end.
+            await asyncio.wait([self._connect_attempt])
         if self.connected:
             self._client.disconnect()
-            # Let the loop write the DISCONNECT packet before the socket goes.
-            await asyncio.sleep(0)
+            self._client.loop_write()  # the DISCONNECT goes out now; paho closes the socket once it is written
         self._client_socket_close()
         self._connected.clear()
         for future in [*self._pending_publishes.values(), *self._pending_subscribes.values()]:
@@ -178,18 +279,25 @@ class AsyncMqttClient:
         if reason_code.is_failure:
             log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
-        for topic, qos in self._subscriptions.items():
-            client.subscribe(topic, qos)
+        self._connection_number += 1
+        self._session_present = bool(flags.session_present)
+        if self._subscriptions:
+            client.subscribe(list(self._subscriptions.items()))
         self._connected.set()
+        if self.on_connection_change is not None:
+            self.on_connection_change(True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._in_loop(self._handle_disconnect)
+        self._in_loop(lambda: self._handle_disconnect(reason_code))
 
-    def _handle_disconnect(self) -> None:
+    def _handle_disconnect(self, reason_code: Any) -> None:
+        was_connected = self.connected
         self._connected.clear()
+        if was_connected and self.on_connection_change is not None:
+            self.on_connection_change(False)
         if self._closing or self._loop is None:
             return
-        log.warning("MQTT connection to %s:%d lost; reconnecting", self.host, self.port)
+        log.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, reason_code)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = self._loop.create_task(self._reconnect_loop())
 
@@ -199,27 +307,49 @@ class AsyncMqttClient:
             done.set_result(None)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        done = self._pending_subscribes.pop(mid, None)
-        if done is None or done.done():
-            return
         failures = [code for code in reason_codes if code.is_failure]
+        done = self._pending_subscribes.pop(mid, None)
+        if done is None:  # a renewal after a reconnect: nobody waits for it
+            if failures:
+                log.error("MQTT broker %s:%d refused the subscription: %s", self.host, self.port, failures)
+            return
+        if done.done():
+            return
         if failures:
             done.set_exception(MqttUnavailableError(f"subscription refused: {failures}"))
         else:
             done.set_result(None)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._messages_received += 1
         if self.on_message is not None:
             self.on_message(message.topic, bytes(message.payload))
+        if self.on_receive is not None:
+            self.on_receive(self._received_message(message))
+
+    def _received_message(self, message: mqtt.MQTTMessage) -> ReceivedMessage:
+        connection, mid, qos = self._connection_number, message.mid, message.qos
+
+        def ack() -> None:
+            # A message from an earlier connection is redelivered on this one with the same packet id;
+            # acking the old copy here could acknowledge a different, newer message. Leave it to the copy.
+            if qos > 0 and connection == self._connection_number and self.connected:
+                self._client.ack(mid, qos)
+
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = repr(message._topic)
+        return ReceivedMessage(topic=topic, payload=bytes(message.payload), dup=bool(message.dup), qos=qos, ack=ack)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         disable_nagle(sock)
         fd = sock.fileno()
-        self._in_loop(lambda: self._require_loop().add_reader(fd, self._read))
+        self._in_loop(lambda: self._watch_reads(fd))
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         fd = sock.fileno()  # taken now: paho closes the socket right after this callback
-        self._in_loop(lambda: self._require_loop().remove_reader(fd))
+        self._in_loop(lambda: self._unwatch(fd))
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
@@ -231,8 +361,20 @@ class AsyncMqttClient:
 
     # -- driving the network loop --
 
+    def _watch_reads(self, fd: int) -> None:
+        if not self._reading_paused:
+            self._require_loop().add_reader(fd, self._read)
+
+    def _unwatch(self, fd: int) -> None:
+        loop = self._require_loop()
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+
     def _read(self) -> None:
-        self._client.loop_read()
+        for _ in range(self.read_burst):
+            received_before = self._messages_received
+            if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._messages_received == received_before:
+                return
 
     def _write(self) -> None:
         self._client.loop_write()
@@ -247,7 +389,7 @@ class AsyncMqttClient:
         while not self._closing:
             await asyncio.sleep(delay)
             try:
-                await asyncio.to_thread(self._client.reconnect)
+                await self._attempt_connection()
             except OSError as exc:
                 log.info("MQTT reconnect to %s:%d failed: %s", self.host, self.port, exc)
                 delay = min(self.reconnect_max_delay_s, delay * 2)
@@ -256,6 +398,36 @@ class AsyncMqttClient:
                 log.info("MQTT connected to %s:%d", self.host, self.port)
                 self._ensure_misc_loop()
                 return
+
+    async def _attempt_connection(self) -> None:
+        """paho's blocking connect (TCP, then the CONNECT packet) in a worker thread, one attempt at a time."""
+        if self._connect_attempt is None or self._connect_attempt.done():
+            self._connect_attempt = self._require_loop().create_task(asyncio.to_thread(self._connect_blocking))
+            self._connect_attempt.add_done_callback(_retrieve_exception)
+        # Shielded: a caller that stops waiting (a timeout, close()) leaves the thread to finish, and close() waits.
+        await asyncio.shield(self._connect_attempt)
+
+    def _connect_blocking(self) -> None:
+        if self.protocol != "5":
+            self._client.connect(self.host, self.port, self.keepalive_s)
+            return
+        self._client.connect(
+            self.host,
+            self.port,
+            self.keepalive_s,
+            clean_start=self.session_expiry_s is None,
+            properties=self._connect_properties(),
+        )
+
+    def _connect_properties(self) -> Properties | None:
+        if self.session_expiry_s is None and self.receive_maximum is None:
+            return None
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self.session_expiry_s is not None:
+            properties.SessionExpiryInterval = self.session_expiry_s
+        if self.receive_maximum is not None:
+            properties.ReceiveMaximum = self.receive_maximum
+        return properties
 
     def _ensure_misc_loop(self) -> None:
         if self._misc_task is None or self._misc_task.done():
@@ -269,6 +441,11 @@ class AsyncMqttClient:
     def _future(self) -> asyncio.Future[None]:
         return self._require_loop().create_future()
 
+    def _bind_to_running_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._closing = False
+
     def _require_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             raise RuntimeError("AsyncMqttClient.connect() has not been called")
@@ -279,3 +456,9 @@ class AsyncMqttClient:
             callback()
         else:
             self._require_loop().call_soon_threadsafe(callback)
+
+
+def _retrieve_exception(attempt: asyncio.Task[None]) -> None:
+    """A failed attempt nobody waits for any more (its caller timed out) is not an unretrieved error."""
+    if not attempt.cancelled():
+        attempt.exception()

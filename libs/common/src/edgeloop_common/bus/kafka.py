@@ -54,8 +54,8 @@ from aiokafka.structs import RecordMetadata
 
 from edgeloop_common import topics
 from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError, RetryPolicy, Subscription
-from edgeloop_common.bus.dispatch import dead_letter_for, deliver
 from edgeloop_common.bus.codec import decode, encode, headers_dict
+from edgeloop_common.bus.dispatch import dead_letter_for, deliver
 from edgeloop_common.events import DeadLetter, Event
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, ProcessedEventStore
 
