@@ -42,3 +42,23 @@ def test_the_contracts_cover_every_package_of_the_house() -> None:
         if (source / "__init__.py").exists()
     }
     assert packages == declared, f"packages not in [tool.importlinter]: {packages - declared}"
+
+
+def test_each_service_image_installs_only_libs_common_and_itself() -> None:
+    """A service's Dockerfile builds from libs/common and the service alone, and runs the service's own script.
+
+    No Docker engine here to build them; what can go wrong in the house's shape (an image that needs the
+    application, or names a script its package does not declare) is read off the files.
+    """
+    import re
+    import tomllib
+
+    for dockerfile in sorted((REPO / "services").glob("*/Dockerfile")):
+        service = dockerfile.parent.name
+        text = dockerfile.read_text()
+        copied = set(re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE))
+        assert copied == {"constraints.txt", "libs/common", f"services/{service}"}, (dockerfile, copied)
+        command = re.search(r'^CMD \["([^"]+)"', text, flags=re.MULTILINE)
+        assert command, f"{dockerfile}: no CMD"
+        scripts = tomllib.loads((dockerfile.parent / "pyproject.toml").read_text())["project"]["scripts"]
+        assert command.group(1) == f"edgeloop-{service}" in scripts, (dockerfile, command.group(1), scripts)
