@@ -84,6 +84,15 @@ def fresh_postgres_url(postgres_url: str, request: pytest.FixtureRequest) -> Ite
         yield url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def sqlite_or_postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A test that takes it runs twice: on a fresh SQLite file, and on the real PostgreSQL in a schema of its own
+    (``fresh_postgres_url``: a module may override it, the registry's shares one schema per module)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'database.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
 @pytest.fixture(scope="session")
 def catdog_dir() -> Path:
     path = SHARED_DATASETS / "catdog"

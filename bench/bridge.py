@@ -204,20 +204,18 @@ async def running_bridge(args: argparse.Namespace, run: str, prefix: str, data_d
         await bus.stop()
 
 
-def acknowledged_by_bridge() -> float:
-    """Image messages the bridge acknowledged (the counter's own samples: REGISTRY.get_sample_value would
-    collect every metric, process statistics included, and cost more than the bridge)."""
-    from edgeloop_ingest import metrics
-
+def acknowledged_by_bridge(runtime: Any) -> float:
+    """Image messages the bridge acknowledged (the counter's own samples: the registry's get_sample_value would
+    collect every metric and cost more than the bridge)."""
     return sum(
         sample.value
-        for metric in metrics.BRIDGE_MESSAGES.collect()
+        for metric in runtime.bridge.metrics.bridge_messages.collect()
         for sample in metric.samples
         if sample.name.endswith("_total") and sample.labels.get("kind") == "image"
     )
 
 
-async def bridge_phase(args: argparse.Namespace, base: bytes, tag: str) -> Phase:
+async def bridge_phase(args: argparse.Namespace, runtime: Any, base: bytes, tag: str) -> Phase:
     """``--devices`` publisher processes send ``--messages`` through the running bridge; rate = N / (first publish
     .. the bridge's last acknowledgement, sent only once Kafka acknowledged the event)."""
     context = mp.get_context("spawn")  # the children must not inherit this process's threads and locks
@@ -235,13 +233,13 @@ async def bridge_phase(args: argparse.Namespace, base: bytes, tag: str) -> Phase
         process.start()
     try:
         await asyncio.sleep(1.5)  # publishers start, connect and build their payloads
-        before = acknowledged_by_bridge()
+        before = acknowledged_by_bridge(runtime)
         usage_before = resource.getrusage(resource.RUSAGE_SELF)
         loop_before = time.thread_time()
         started = time.perf_counter()
         start.set()
         last_progress, last_count = time.monotonic(), before
-        while (count := acknowledged_by_bridge()) - before < args.messages:
+        while (count := acknowledged_by_bridge(runtime)) - before < args.messages:
             await asyncio.sleep(0.02)
             if count != last_count:
                 last_progress, last_count = time.monotonic(), count
@@ -249,7 +247,7 @@ async def bridge_phase(args: argparse.Namespace, base: bytes, tag: str) -> Phase
                 print(f"  bridge stalled at {count - before:.0f}/{args.messages}", file=sys.stderr)
                 break
         elapsed = time.perf_counter() - started
-        done = acknowledged_by_bridge() - before
+        done = acknowledged_by_bridge(runtime) - before
         user_us, system_us = cpu_per_message(usage_before, done)
         loop_us = (time.thread_time() - loop_before) / max(done, 1) * 1e6
         reports = [await asyncio.to_thread(results.get, True, 60) for _ in processes]
@@ -341,7 +339,7 @@ async def main(args: argparse.Namespace) -> int:
     ratios: list[float] = []
     acked: dict[str, dict[int, int]] = {}
     try:
-        async with running_bridge(args, run, prefix, data_dir):
+        async with running_bridge(args, run, prefix, data_dir) as runtime:
             for round_number in range(1, args.rounds + 1):
                 tag = f"{run}-r{round_number}"
                 bare_payloads = [
@@ -350,7 +348,7 @@ async def main(args: argparse.Namespace) -> int:
                     for payload in device_messages(base, f"{tag}-bare", device, counts[device])
                 ]
                 bare = await bare_producer_phase(args.kafka, f"{prefix}bare", bare_payloads, args.bare_window)
-                bridged = await bridge_phase(args, base, tag)
+                bridged = await bridge_phase(args, runtime, base, tag)
                 assert bridged.acked_by_broker is not None
                 acked[tag] = bridged.acked_by_broker
                 ratios.append(bridged.rate / bare.rate)

@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests.helpers
+from tests.helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASET = REPO_ROOT.parent / "shared" / "datasets" / "catdog"
@@ -55,12 +57,6 @@ class ModeResult:
     p99_ms: float = 0.0
     rate_mean_batch: float = 0.0
     rate_errors: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -21,7 +21,6 @@ import argparse
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests.helpers
+from tests.helpers import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "datasets" / "catdog"
 BENCH_MODELS = REPO_ROOT / ".edgeloop" / "bench" / "models"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def ensure_model(model_base: Path | None, model: str, data_dir: Path) -> Path:

@@ -1,22 +1,28 @@
-"""Helpers shared by the tests of every package: the real Kafka and PostgreSQL, and waiting for a condition.
+"""Helpers shared by the tests of every package: the real Kafka and PostgreSQL, a service's Alembic migrations,
+free ports and waiting for a condition.
 
 Import them as ``from tests.helpers import ...`` (the root conftest.py puts the repository root on sys.path
-and builds its ``kafka_topics`` and ``fresh_postgres_url`` fixtures on these).
+and builds its ``kafka_topics``, ``fresh_postgres_url`` and ``sqlite_or_postgres_url`` fixtures on these).
+Benchmarks in bench/ import them too, with the repository root put on sys.path themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
+
+if TYPE_CHECKING:
+    from edgeloop_common.migrations import AlembicMigrations
 
 RawRecord: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -113,3 +119,59 @@ def fresh_postgres_schema(postgres_url: str, prefix: str = "test") -> Iterator[s
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+# -- a service's Alembic migrations -------------------------------------------------------------------------------
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def assert_at_head(engine: Engine, migrations: AlembicMigrations, tables: Collection[str]) -> None:
+    """The service's tables are there, at its head revision, recorded in its own version table, not in Alembic's
+    default one (which other services' migrations in the same database would share)."""
+    present = table_names(engine)
+    assert present >= {*tables, migrations.version_table}
+    assert "alembic_version" not in present
+    assert migrations.current_revision(engine) == migrations.head_revision() is not None
+
+
+def assert_at_base(engine: Engine, migrations: AlembicMigrations, tables: Collection[str]) -> None:
+    """None of the service's tables is there, and no revision: downgraded to base, or never upgraded."""
+    assert not table_names(engine) & set(tables)
+    assert migrations.current_revision(engine) is None
+
+
+def recorded_revisions(engine: Engine, migrations: AlembicMigrations) -> list[str]:
+    """The rows of the service's version table: exactly one (the head), however many replicas upgraded."""
+    with engine.connect() as connection:
+        return list(connection.exec_driver_sql(f"SELECT version_num FROM {migrations.version_table}").scalars())
+
+
+def start_replicas_together(
+    database_url: str,
+    start: Callable[[Engine], object],
+    *,
+    create_sql_engine: Callable[[str], Engine],
+    replicas: int = 3,
+) -> None:
+    """Call ``start`` (what a service does with its database at start-up: upgrade the schema) from ``replicas``
+    threads at once, each on an engine of its own, as replicas starting together do; fail with what any raised."""
+    errors: list[BaseException] = []
+
+    def start_replica() -> None:
+        engine = create_sql_engine(database_url)
+        try:
+            start(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=start_replica) for _ in range(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,15 +14,10 @@ from edgeloop_deployer.app import create_app
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
 from edgeloop_model_server.settings import Settings as ModelServerSettings
 
+from tests.helpers import free_port
 from tests.model_fixtures import copy_model_base
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

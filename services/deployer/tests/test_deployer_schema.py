@@ -4,20 +4,12 @@ starting together, and the tables the code queries agree with what the migration
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import pytest
-from edgeloop_common import migrations
-from edgeloop_deployer.adapters.schema import (
-    VERSION_TABLE,
-    current_revision,
-    downgrade_schema,
-    head_revision,
-    upgrade_schema,
-)
+from edgeloop_deployer.adapters.schema import MIGRATIONS
 from edgeloop_deployer.adapters.store import SqlDeploymentStore, create_sql_engine, metadata
 from edgeloop_deployer.service import DeploymentState, RolloutRecord
 from sqlalchemy import (
@@ -35,10 +27,26 @@ from sqlalchemy import (
     inspect,
 )
 
+from tests.helpers import assert_at_base, assert_at_head, recorded_revisions, start_replicas_together
+
 HEAD = "0001"
 DEPLOYER_TABLES = {"deployer_deployments", "deployer_rollouts"}
 STARTED = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
 FINISHED = datetime(2026, 3, 1, 12, 1, 40, tzinfo=UTC)
+# A row of the pre-Alembic deployer_rollouts, as the store reads it back after the adoption.
+OLD_ROLLOUT: dict[str, Any] = {
+    "rollout_id": "r-old-1",
+    "model_name": "classifier",
+    "node_group": "site-a",
+    "version": 3,
+    "action": "rollout",
+    "trigger": "promotion",
+    "phase": "succeeded",
+    "detail": "3/3 replicas ready",
+    "pod_annotations": {"edgeloop.io/model-version": "3"},
+    "started_at": STARTED,
+    "finished_at": FINISHED,
+}
 
 
 def create_pre_alembic_schema(engine: Engine) -> None:
@@ -87,41 +95,19 @@ def create_pre_alembic_schema(engine: Engine) -> None:
                 updated_at=FINISHED,
             )
         )
-        connection.execute(
-            insert(rollouts).values(
-                rollout_id="r-old-1",
-                model_name="classifier",
-                node_group="site-a",
-                version=3,
-                action="rollout",
-                trigger="promotion",
-                phase="succeeded",
-                detail="3/3 replicas ready",
-                pod_annotations={"edgeloop.io/model-version": "3"},
-                started_at=STARTED,
-                finished_at=FINISHED,
-            )
-        )
+        connection.execute(insert(rollouts).values(**OLD_ROLLOUT))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'deployer.sqlite3'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")  # a schema of this test's own, dropped afterwards
-    engine = create_sql_engine(url)
+@pytest.fixture
+def engine(sqlite_or_postgres_url: str) -> Iterator[Engine]:
+    engine = create_sql_engine(sqlite_or_postgres_url)
     yield engine
     engine.dispose()
 
 
-def tables(engine: Engine) -> set[str]:
-    return set(inspect(engine).get_table_names())
-
-
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's deployer tables match the code's."""
-    return migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables=DEPLOYER_TABLES)
+    return MIGRATIONS.schema_differences(engine, metadata, tables=DEPLOYER_TABLES)
 
 
 def deployment(version: int) -> DeploymentState:
@@ -138,21 +124,19 @@ def deployment(version: int) -> DeploymentState:
 
 
 async def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
-    assert not tables(engine) & DEPLOYER_TABLES and current_revision(engine) is None
+    assert_at_base(engine, MIGRATIONS, DEPLOYER_TABLES)
 
     store = SqlDeploymentStore(engine)  # the store upgrades at start
-    assert tables(engine) >= DEPLOYER_TABLES | {VERSION_TABLE}
-    assert "alembic_version" not in tables(engine)  # other services' migrations keep theirs
-    assert current_revision(engine) == head_revision() == HEAD
+    assert_at_head(engine, MIGRATIONS, DEPLOYER_TABLES)
+    assert MIGRATIONS.current_revision(engine) == HEAD
     await store.save(deployment(1))
     assert [state.desired_version for state in await store.all()] == [1]
 
-    downgrade_schema(engine, "base")
-    assert not tables(engine) & DEPLOYER_TABLES
-    assert current_revision(engine) is None
+    MIGRATIONS.downgrade(engine, "base")
+    assert_at_base(engine, MIGRATIONS, DEPLOYER_TABLES)
 
-    upgrade_schema(engine)
-    assert current_revision(engine) == HEAD
+    MIGRATIONS.upgrade(engine)
+    assert MIGRATIONS.current_revision(engine) == HEAD
     assert await store.all() == []  # a fresh schema: the downgrade really dropped the rows
     await store.save(deployment(2))
     SqlDeploymentStore(engine)  # a restart at head: nothing to do, nothing fails
@@ -161,36 +145,23 @@ async def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
 
 async def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine) -> None:
     create_pre_alembic_schema(engine)
-    assert current_revision(engine) is None
+    assert MIGRATIONS.current_revision(engine) is None
 
     store = SqlDeploymentStore(engine)
 
-    assert current_revision(engine) == HEAD
+    assert MIGRATIONS.current_revision(engine) == HEAD
     state = await store.get("classifier", "site-a")
     assert state is not None
     assert (state.desired_version, state.actual_version, state.previous_version, state.phase) == (3, 3, 2, "ready")
     assert state.updated_at == FINISHED
-    kept = await store.last_rollout_of("classifier", "site-a", 3, phase="succeeded")
-    assert kept == RolloutRecord(
-        rollout_id="r-old-1",
-        model_name="classifier",
-        node_group="site-a",
-        version=3,
-        action="rollout",
-        trigger="promotion",
-        phase="succeeded",
-        detail="3/3 replicas ready",
-        pod_annotations={"edgeloop.io/model-version": "3"},
-        started_at=STARTED,
-        finished_at=FINISHED,
-    )
+    assert await store.last_rollout_of("classifier", "site-a", 3, phase="succeeded") == RolloutRecord(**OLD_ROLLOUT)
     assert schema_differences(engine) == []
     await store.save(deployment(4))  # and it goes on being written
     assert len(await store.all()) == 2
 
 
 def test_the_migrated_schema_is_the_one_the_code_queries(engine: Engine) -> None:
-    upgrade_schema(engine)
+    MIGRATIONS.upgrade(engine)
     assert schema_differences(engine) == []
     indexes = {index["name"] for index in inspect(engine).get_indexes("deployer_rollouts")}
     assert "ix_deployer_rollouts_key_started" in indexes
@@ -201,27 +172,9 @@ def test_replicas_starting_together_adopt_a_pre_alembic_database_once(fresh_post
     engine = create_sql_engine(fresh_postgres_url)
     try:
         create_pre_alembic_schema(engine)
-        errors: list[BaseException] = []
-
-        def start_replica() -> None:
-            replica = create_sql_engine(fresh_postgres_url)
-            try:
-                upgrade_schema(replica)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                errors.append(exc)
-            finally:
-                replica.dispose()
-
-        replicas = [threading.Thread(target=start_replica) for _ in range(3)]
-        for thread in replicas:
-            thread.start()
-        for thread in replicas:
-            thread.join(60)
-        assert errors == []
-        assert current_revision(engine) == HEAD
-        with engine.connect() as connection:
-            versions = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars().all()
-        assert versions == [HEAD]
+        start_replicas_together(fresh_postgres_url, MIGRATIONS.upgrade, create_sql_engine=create_sql_engine)
+        assert MIGRATIONS.current_revision(engine) == HEAD
+        assert recorded_revisions(engine, MIGRATIONS) == [HEAD]
         assert schema_differences(engine) == []
     finally:
         engine.dispose()

@@ -271,7 +271,7 @@ async def test_rollback_without_a_previous_version_is_409_and_delete_then_says_d
         deleted = await client.delete("/v1/deployments/catdog/site-a")
 
     assert refused.status_code == 409
-    assert refused.json()["error"] == "catdog in site-a has no previous version to roll back to (serving: 1)"
+    assert refused.json()["detail"] == "catdog in site-a has no previous version to roll back to (serving: 1)"
     assert deleted.status_code == 200
     assert (deleted.json()["phase"], deleted.json()["actual_version"]) == ("deleted", None)
     assert target.deleted == [("catdog", "site-a")]

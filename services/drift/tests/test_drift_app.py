@@ -14,7 +14,7 @@ import pytest
 from drift_samples import REGISTRY, inference_events, labeled_event, reference_stats, registry_client
 from edgeloop_common.bus import BusUnavailableError
 from edgeloop_common.bus.inprocess import InProcessBus
-from edgeloop_common.events import DriftDetected, Event, TrainingRequested
+from edgeloop_common.events import DriftDetected, Event, InferenceCompleted, SampleLabeled, TrainingRequested
 from edgeloop_common.settings import CommonSettings
 from edgeloop_drift.adapters.registry import RegistryReferences
 from edgeloop_drift.app import create_app
@@ -144,3 +144,15 @@ async def test_the_registry_client_says_why_there_is_no_reference(caplog: pytest
     assert "reference_stats of catdog:3 are not valid" in caplog.text
     assert "registry answered 404 for catdog:4" in caplog.text and "has no version 4" in caplog.text
     assert "registry unreachable for catdog:1" in caplog.text
+
+
+@pytest.mark.parametrize(("overrides", "group"), [({}, "drift"), ({"consumer_group": "drift-blue"}, "drift-blue")])
+async def test_the_app_subscribes_its_table_in_its_consumer_group_once_running(
+    tmp_path: Path, bus: InProcessBus, overrides: dict[str, str], group: str
+) -> None:
+    app = create_app(drift_settings(tmp_path, **overrides), bus=bus, references=registry_client({}))
+    assert bus.subscriptions == []  # nothing to handle events with before the lifespan built the service
+    async with app.router.lifespan_context(app):
+        subscribed = [(s.event_cls, s.group) for s in bus.subscriptions]
+
+    assert subscribed == [(InferenceCompleted, group), (SampleLabeled, group)]

@@ -83,7 +83,7 @@ async def test_classify_multipart_uses_the_sites_route(gateway: Gateway) -> None
 async def test_classify_refuses_what_is_not_an_image(gateway: Gateway) -> None:
     garbage = await gateway.http.post("/v1/classify", content=b"hello, not an image")
     assert garbage.status_code == 400
-    assert "JPEG or PNG" in garbage.json()["error"]
+    assert "JPEG or PNG" in garbage.json()["detail"]
     empty = await gateway.http.post("/v1/classify", content=b"")
     assert empty.status_code == 400 and "no image" in empty.json()["detail"]
     bad_site = await gateway.http.post("/v1/classify", content=jpeg_bytes(), params={"site": "no/slash"})
@@ -97,7 +97,7 @@ async def test_model_server_down_answers_503_and_not_ready(gateway: Gateway) -> 
     gateway.model.fail_with = model_server_down()
     response = await gateway.http.post("/v1/classify", content=jpeg_bytes())
     assert response.status_code == 503
-    assert "unreachable" in response.json()["error"]
+    assert "unreachable" in response.json()["detail"]
     ready = await gateway.http.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["model_server"] == "not ready"
@@ -142,7 +142,7 @@ async def test_routes_can_be_read_and_changed(gateway: Gateway) -> None:
 async def test_passthrough_reports_an_unreachable_model_server(gateway: Gateway) -> None:
     response = await gateway.http.post("/v1/models/edgeloop-classifier:predict", json={"instances": []})
     assert response.status_code == 503
-    assert "unreachable" in response.json()["error"]
+    assert "unreachable" in response.json()["detail"]
 
 
 def test_a_bad_route_setting_stops_start_up_with_the_reason() -> None:
@@ -155,7 +155,7 @@ async def test_images_over_the_limit_are_refused_with_413(gateway: Gateway) -> N
     image = jpeg_bytes(size=(200, 200))
     assert len(image) > 1000
     over = await gateway.http.post("/v1/classify", content=image)
-    assert over.status_code == 413 and "limit of 1000" in over.json()["error"]
+    assert over.status_code == 413 and "limit of 1000" in over.json()["detail"]
     huge = await gateway.http.post("/v1/classify", content=b"\xff" * 200_000)
     assert huge.status_code == 413 and "over the limit" in huge.json()["detail"]
     assert gateway.model.calls == []

@@ -12,8 +12,9 @@ from edgeloop_common.bus import EventContext, PermanentError
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import DeadLetter, DeploymentPhase, DeploymentUpdated
 from edgeloop_inference_gateway.app import create_app
-from edgeloop_inference_gateway.deployments import DeploymentRouteFollower
-from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter
+from edgeloop_inference_gateway.handlers import GatewayHandlers
+from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, RouteConfigError
+from edgeloop_inference_gateway.service import BatchingConfig, InferenceService
 from edgeloop_inference_gateway.settings import Settings
 from fastapi import FastAPI
 from gateway_fakes import FakeModelClient, FakeResults, jpeg_bytes
@@ -41,40 +42,49 @@ def router() -> ModelRouter:
     return ModelRouter(ModelRoute("catdog"), {"site-b": ModelRoute("catdog", version=1)})
 
 
-async def test_ready_routes_the_site_of_the_group_to_the_actual_version(router: ModelRouter) -> None:
-    follow = DeploymentRouteFollower(router)
+def test_ready_routes_the_site_of_the_group_to_the_actual_version(router: ModelRouter) -> None:
+    follow = router.follow_deployment
 
-    await follow(update("pending", None, desired=3), CONTEXT)
-    await follow(update("progressing", None, desired=3), CONTEXT)
+    follow(update("pending", None, desired=3))
+    follow(update("progressing", None, desired=3))
     assert router.route_for("site-a") == ModelRoute("catdog")  # nothing changes before the version is ready
 
-    await follow(update("ready", 3), CONTEXT)
+    follow(update("ready", 3))
     assert router.route_for("site-a") == ModelRoute("catdog", version=3)
     assert router.route_for("site-b") == ModelRoute("catdog", version=1)  # another group, untouched
 
 
-async def test_a_rolled_back_or_failed_rollout_keeps_the_version_that_serves(router: ModelRouter) -> None:
-    follow = DeploymentRouteFollower(router)
-    await follow(update("ready", 3), CONTEXT)
+def test_a_rolled_back_or_failed_rollout_keeps_the_version_that_serves(router: ModelRouter) -> None:
+    follow = router.follow_deployment
+    follow(update("ready", 3))
 
-    await follow(update("rolled_back", 3, desired=4), CONTEXT)
+    follow(update("rolled_back", 3, desired=4))
     assert router.route_for("site-a") == ModelRoute("catdog", version=3)
-    await follow(update("failed", None, desired=5), CONTEXT)  # failed with nothing serving: the route stays
+    follow(update("failed", None, desired=5))  # failed with nothing serving: the route stays
     assert router.route_for("site-a") == ModelRoute("catdog", version=3)
 
 
-async def test_deleted_sends_the_site_back_to_the_default_route_only_for_that_model(router: ModelRouter) -> None:
-    follow = DeploymentRouteFollower(router)
+def test_deleted_sends_the_site_back_to_the_default_route_only_for_that_model(router: ModelRouter) -> None:
+    follow = router.follow_deployment
 
-    await follow(update("deleted", None, group="site-b", model="another-model"), CONTEXT)
+    follow(update("deleted", None, group="site-b", model="another-model"))
     assert router.route_for("site-b") == ModelRoute("catdog", version=1)
-    await follow(update("deleted", None, group="site-b"), CONTEXT)
+    follow(update("deleted", None, group="site-b"))
     assert router.route_for("site-b") == ModelRoute("catdog")
 
 
 async def test_a_group_that_cannot_be_a_site_is_a_permanent_error(router: ModelRouter) -> None:
-    with pytest.raises(PermanentError, match="cannot route site 'site a'"):
-        await DeploymentRouteFollower(router)(update("ready", 2, group="site a"), CONTEXT)
+    with pytest.raises(RouteConfigError, match="invalid site id 'site a'"):
+        router.follow_deployment(update("ready", 2, group="site a"))
+
+    service = InferenceService(
+        model_client=FakeModelClient(), router=router, blob_fetcher=None, batching=BatchingConfig()
+    )
+    handlers = GatewayHandlers(service, InProcessBus(), results=None)
+    with pytest.raises(PermanentError, match="cannot route site 'site a' to catdog:2") as raised:
+        await handlers.on_deployment_updated(update("ready", 2, group="site a"), CONTEXT)
+    assert isinstance(raised.value.__cause__, RouteConfigError)  # the dead letter names it
+    await service.close()
 
 
 # --- through the app: what a device of the site gets back -------------------------------------------------------
@@ -125,3 +135,4 @@ async def test_a_bad_update_is_dead_lettered_with_the_reason(gateway: Gateway) -
 
     [dead] = [event for event in gateway.bus.events_of(DeadLetter) if isinstance(event, DeadLetter)]
     assert dead.reason.startswith("inference-gateway-routes: cannot route site 'site a' to catdog:2")
+    assert dead.error_type == "RouteConfigError"

@@ -10,8 +10,9 @@ import pytest
 from edgeloop_common.bus import RetryPolicy
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import BlobRef, DeadLetter, InferenceCompleted
+from edgeloop_common.subscriptions import subscribed
 from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
-from edgeloop_inference_gateway.handlers import ImageReceivedHandler, inference_event_id
+from edgeloop_inference_gateway.handlers import SUBSCRIPTIONS, GatewayHandlers, inference_event_id
 from edgeloop_inference_gateway.ports import (
     BatchPrediction,
     HardExampleMiner,
@@ -58,12 +59,12 @@ async def run_gateway(
     service: InferenceService, results: FakeResults, events: list, retry: RetryPolicy = FAST_RETRY
 ) -> InProcessBus:
     bus = InProcessBus(source="inference-gateway", retry=retry)
-    bus.subscribe(type(events[0]), ImageReceivedHandler(service, bus, results), group="inference-gateway")
-    await bus.start()
-    for event in events:
-        await bus.publish(event)
-    await bus.drain(timeout_s=20)
-    await bus.stop()
+    with subscribed(bus, SUBSCRIPTIONS, GatewayHandlers(service, bus, results)):
+        await bus.start()
+        for event in events:
+            await bus.publish(event)
+        await bus.drain(timeout_s=20)
+        await bus.stop()
     return bus
 
 
@@ -269,13 +270,13 @@ async def test_model_server_back_within_the_bound_loses_nothing(tmp_path: Path) 
     service = make_service(model)
     results = FakeResults()
     bus = InProcessBus(source="inference-gateway", retry=RetryPolicy(max_attempts=5, initial_backoff_s=0.05))
-    bus.subscribe(type(image_event(ref)), ImageReceivedHandler(service, bus, results), group="inference-gateway")
-    await bus.start()
-    await bus.publish(image_event(ref))
-    await asyncio.sleep(0.08)
-    model.fail_with = None  # the model server comes back
-    await bus.drain(timeout_s=10)
-    await bus.stop()
+    with subscribed(bus, SUBSCRIPTIONS, GatewayHandlers(service, bus, results)):
+        await bus.start()
+        await bus.publish(image_event(ref))
+        await asyncio.sleep(0.08)
+        model.fail_with = None  # the model server comes back
+        await bus.drain(timeout_s=10)
+        await bus.stop()
     await service.close()
     assert len(bus.events_of(InferenceCompleted)) == 1 and bus.dead_letters == []
     assert len(results.sent) == 1
@@ -320,7 +321,9 @@ async def test_unsupported_blob_uri_is_dead_lettered(tmp_path: Path) -> None:
     assert dead.error_type == "UnsupportedBlobUriError" and "s3" in dead.reason
 
 
-def test_model_unavailable_error_is_transient() -> None:
+def test_model_unavailable_error_is_transient_and_no_domain_error_is_the_bus_s() -> None:
     from edgeloop_common.bus import PermanentError
+    from edgeloop_inference_gateway.ports import GatewayError, UnclassifiableError
 
-    assert not isinstance(ModelServerUnavailableError("x"), PermanentError)
+    assert not isinstance(ModelServerUnavailableError("x"), UnclassifiableError)
+    assert not issubclass(GatewayError, PermanentError)

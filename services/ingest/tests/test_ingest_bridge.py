@@ -19,7 +19,6 @@ from edgeloop_ingest.handlers import device_message_from_mqtt
 from edgeloop_ingest.service import IngestService, Outcome
 from edgeloop_ingest.validation import ImageLimits
 from ingest_testing import SwitchableBus, catdog_photos, gif_bytes, png_declaring, tagged_jpeg, wait_for
-from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 
@@ -32,6 +31,10 @@ class Rig:
     bridge: Bridge
     acked: list[str] = field(default_factory=list)  # message tags, in the order they were acknowledged
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the bridge's metrics (as /metrics shows them)."""
+        return self.bridge.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def send(self, topic: str, payload: bytes, *, tag: str, dup: bool = False) -> None:
         message = device_message_from_mqtt(topic, payload, dup=dup, received_at=datetime.now(UTC))
@@ -83,13 +86,9 @@ def photos(catdog_train_dir: Path) -> list[Path]:
     return catdog_photos(catdog_train_dir)
 
 
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 async def test_image_is_stored_recorded_and_announced_with_a_blob_reference(rig: Rig, photos: list[Path]) -> None:
     photo = photos[0].read_bytes()
-    published_before = metric("edgeloop_bridge_messages_total", kind="image", outcome="published")
+    published_before = rig.metric("edgeloop_bridge_messages_total", kind="image", outcome="published")
     rig.send("dt/edgeloop/site-a/cam-1/image", photo, tag="photo")
     await rig.wait_acked(1)
 
@@ -103,7 +102,7 @@ async def test_image_is_stored_recorded_and_announced_with_a_blob_reference(rig:
     assert record is not None
     assert (record.sha256, record.size_bytes, record.format) == (event.image.sha256, len(photo), "jpeg")
     assert (record.width, record.height) == (event.width, event.height)
-    assert metric("edgeloop_bridge_messages_total", kind="image", outcome="published") == published_before + 1
+    assert rig.metric("edgeloop_bridge_messages_total", kind="image", outcome="published") == published_before + 1
 
 
 async def test_the_device_is_acknowledged_only_once_kafka_acknowledged(rig: Rig, photos: list[Path]) -> None:
@@ -185,7 +184,7 @@ async def test_while_kafka_is_unreachable_events_are_buffered_then_drained_in_or
     await rig.wait_acked(10)  # acknowledged once on disk, not in Kafka
     assert rig.images() == []
     assert rig.bridge.buffered_count == 10
-    assert metric("edgeloop_bridge_buffered_messages") == 10
+    assert rig.metric("edgeloop_bridge_buffered_messages") == 10
 
     rig.bus.down = False
     await wait_for(lambda: rig.bridge.buffered_count == 0, what="the buffer to drain")

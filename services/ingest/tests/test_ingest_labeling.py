@@ -23,7 +23,6 @@ from edgeloop_ingest.settings import Settings
 from edgeloop_ingest.validation import ImageLimits
 from fastapi.testclient import TestClient
 from ingest_testing import SwitchableBus, catdog_photos, tagged_jpeg, wait_for
-from prometheus_client import REGISTRY
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +164,11 @@ def test_hard_example_waits_in_the_queue_until_labeled(client: TestClient, devic
     devices.predict(hard, {"cat": 0.55, "dog": 0.45}, hard=True, reason="confidence 0.55 < 0.80")
     assert queue_ids(client) == [hard["sample_id"]]
 
-    labels_before = REGISTRY.get_sample_value("edgeloop_ingest_labels_total", {"request": "single"}) or 0.0
+    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+    labels_before = registry.get_sample_value("edgeloop_ingest_labels_total", {"request": "single"}) or 0.0
     response = client.put(f"/v1/samples/{hard['sample_id']}/label", json={"label": "dog", "labeled_by": "alice"})
     assert response.status_code == 200, response.text
-    assert REGISTRY.get_sample_value("edgeloop_ingest_labels_total", {"request": "single"}) == labels_before + 1
+    assert registry.get_sample_value("edgeloop_ingest_labels_total", {"request": "single"}) == labels_before + 1
     body = response.json()
     assert (body["label"], body["labeled_by"], body["predicted_label"]) == ("dog", "alice", "cat")
     assert body["labeled_at"] is not None

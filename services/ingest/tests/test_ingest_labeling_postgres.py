@@ -8,7 +8,6 @@ previous schema is upgraded in place, by replicas starting together, with its da
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,12 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-from edgeloop_common import migrations, topics
+from edgeloop_common import topics
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import BlobRef, InferenceCompleted
 from edgeloop_common.settings import CommonSettings
-from edgeloop_ingest.adapters.samples import create_sql_engine, metadata
-from edgeloop_ingest.adapters.schema import VERSION_TABLE, current_revision, upgrade_schema
+from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
+from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.app import create_app
 from edgeloop_ingest.settings import Settings
 from ingest_testing import (
@@ -35,7 +34,7 @@ from ingest_testing import (
 )
 from sqlalchemy import Engine, inspect
 
-from tests.helpers import delete_topics, eventually, read_topic_records
+from tests.helpers import delete_topics, eventually, read_topic_records, start_replicas_together
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
@@ -188,33 +187,17 @@ async def test_hard_example_to_queue_to_label_to_kafka(
     assert by_sample[hard["sample_id"]].key.decode() == "cam-1"  # keyed by device, as every device event
 
 
-def test_replicas_starting_together_upgrade_a_previous_schema_database_once(engine: Engine) -> None:
+def test_replicas_starting_together_upgrade_a_previous_schema_database_once(
+    engine: Engine, fresh_postgres_url: str
+) -> None:
     create_previous_schema(engine)
-    assert current_revision(engine) is None
-    errors: list[BaseException] = []
-
-    def start_replica() -> None:
-        replica = create_sql_engine(str(engine.url.render_as_string(hide_password=False)))
-        try:
-            upgrade_schema(replica)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-        finally:
-            replica.dispose()
-
-    replicas = [threading.Thread(target=start_replica) for _ in range(3)]
-    for thread in replicas:
-        thread.start()
-    for thread in replicas:
-        thread.join(60)
-    assert errors == []
-    assert current_revision(engine) == "0002"
+    assert MIGRATIONS.current_revision(engine) is None
+    start_replicas_together(fresh_postgres_url, MIGRATIONS.upgrade, create_sql_engine=create_sql_engine)
+    assert MIGRATIONS.current_revision(engine) == "0002"
 
     columns = {column["name"] for column in inspect(engine).get_columns("ingest_samples")}
     assert {"label", "labeled_by", "labeled_at", "predicted_label", "hard_example", "scores"} <= columns
-    assert migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables={"ingest_samples"}) == []
-
-    from edgeloop_ingest.adapters.samples import SqlSampleRepository
+    assert MIGRATIONS.schema_differences(engine, metadata, tables={"ingest_samples"}) == []
 
     kept = SqlSampleRepository(engine).get_sample(str(OLD_ROW["sample_id"]))
     assert kept is not None

@@ -9,18 +9,16 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from edgeloop_common import migrations
 from edgeloop_common.settings import CommonSettings
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
-from edgeloop_ingest.adapters.schema import VERSION_TABLE, current_revision, downgrade_schema, upgrade_schema
+from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.app import create_app
 from edgeloop_ingest.settings import Settings
 from fastapi.testclient import TestClient
 from ingest_testing import OLD_ROW, create_previous_schema
-from sqlalchemy import (
-    Engine,
-    inspect,
-)
+from sqlalchemy import Engine, inspect
+
+from tests.helpers import assert_at_head
 
 HEAD = "0002"
 NEW_COLUMNS = {
@@ -58,7 +56,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_at_start_with_its_data(
     tmp_path: Path, database: Path, engine: Engine
 ) -> None:
     create_previous_schema(engine)
-    assert current_revision(engine) is None and not NEW_COLUMNS & columns(engine)
+    assert MIGRATIONS.current_revision(engine) is None and not NEW_COLUMNS & columns(engine)
 
     settings = Settings(
         mqtt_enabled=False,
@@ -77,7 +75,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_at_start_with_its_data(
             OLD_ROW["sample_id"]
         ]
 
-    assert current_revision(engine) == HEAD
+    assert MIGRATIONS.current_revision(engine) == HEAD
     assert columns(engine) >= NEW_COLUMNS
     indexes = {index["name"] for index in inspect(engine).get_indexes("ingest_samples")}
     assert {"ix_ingest_samples_labeling_queue", "ix_ingest_samples_site_received"} <= indexes
@@ -85,40 +83,39 @@ def test_a_database_of_the_previous_schema_is_upgraded_at_start_with_its_data(
 
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's ingest_samples match the code's table."""
-    return migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables={"ingest_samples"})
+    return MIGRATIONS.schema_differences(engine, metadata, tables={"ingest_samples"})
 
 
 def test_the_migrated_schema_is_the_one_the_code_queries(engine: Engine) -> None:
-    upgrade_schema(engine)
+    MIGRATIONS.upgrade(engine)
     assert schema_differences(engine) == []
 
 
 def test_the_upgraded_previous_schema_is_the_one_the_code_queries(engine: Engine) -> None:
     create_previous_schema(engine)
-    upgrade_schema(engine)
+    MIGRATIONS.upgrade(engine)
     assert schema_differences(engine) == []
 
 
 def test_upgrading_twice_and_a_fresh_database(engine: Engine) -> None:
     SqlSampleRepository(engine)
     SqlSampleRepository(engine)  # a restart: nothing to do
-    assert current_revision(engine) == HEAD
+    assert_at_head(engine, MIGRATIONS, {"ingest_samples"})
+    assert MIGRATIONS.current_revision(engine) == HEAD
     assert columns(engine) >= NEW_COLUMNS
-    assert VERSION_TABLE in inspect(engine).get_table_names()
-    assert "alembic_version" not in inspect(engine).get_table_names()  # other services' migrations keep theirs
 
 
 def test_downgrade_to_the_first_revision_keeps_the_records(engine: Engine) -> None:
     create_previous_schema(engine)
-    upgrade_schema(engine)
-    downgrade_schema(engine, "0001")
-    assert current_revision(engine) == "0001"
+    MIGRATIONS.upgrade(engine)
+    MIGRATIONS.downgrade(engine, "0001")
+    assert MIGRATIONS.current_revision(engine) == "0001"
     assert not NEW_COLUMNS & columns(engine)
     repository = SqlSampleRepository(engine, upgrade=False)
     record = repository.get(str(OLD_ROW["sample_id"]))
     assert record is not None and record.device_id == "cam-old"
-    upgrade_schema(engine)
-    assert current_revision(engine) == HEAD and columns(engine) >= NEW_COLUMNS
+    MIGRATIONS.upgrade(engine)
+    assert MIGRATIONS.current_revision(engine) == HEAD and columns(engine) >= NEW_COLUMNS
 
 
 def test_the_labeling_queue_query_can_use_the_partial_index(engine: Engine) -> None:
@@ -127,7 +124,7 @@ def test_the_labeling_queue_query_can_use_the_partial_index(engine: Engine) -> N
     from edgeloop_ingest.labeling import SampleQuery
     from sqlalchemy import select
 
-    upgrade_schema(engine)
+    MIGRATIONS.upgrade(engine)
     query = SampleQuery(hard_example=True, labeled=False)
     statement = select(samples).where(*_conditions(query)).order_by(samples.c.received_at, samples.c.sample_id)
     sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))

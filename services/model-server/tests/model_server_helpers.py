@@ -1,10 +1,9 @@
-"""Helpers for the model server's tests: free ports, publishing versions like a trainer, waiting."""
+"""Helpers for the model server's tests: server settings on free ports, publishing versions like a trainer, waiting."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -15,13 +14,9 @@ from typing import Any
 from edgeloop_model_server.embedded import RunningServer
 from edgeloop_model_server.settings import Settings
 
+from tests.helpers import free_port
+
 ServerFactory = Callable[..., AbstractContextManager[RunningServer]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def add_version(model_dir: Path, version: int, source: Path, *, without: tuple[str, ...] = ()) -> Path:

@@ -7,12 +7,11 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from edgeloop_registry.adapters import migrations
 from edgeloop_registry.adapters.db import SqlUnitOfWork, create_sql_engine
+from edgeloop_registry.adapters.migrations import MIGRATIONS
 from edgeloop_registry.service import PRODUCTION, NewVersion, RegistryService
 from registry_testing import fresh_postgres_url
 
@@ -22,17 +21,13 @@ WORKERS = 8
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryService]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'registry.sqlite3'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    engine = create_sql_engine(url)
-    migrations.upgrade(engine)
+@pytest.fixture
+def service(sqlite_or_postgres_url: str) -> Iterator[RegistryService]:
+    engine = create_sql_engine(sqlite_or_postgres_url)
+    MIGRATIONS.upgrade(engine)
     yield RegistryService(SqlUnitOfWork(engine))
-    if request.param == "postgresql":
-        migrations.downgrade(engine)
+    if engine.dialect.name == "postgresql":
+        MIGRATIONS.downgrade(engine)  # the schema is shared by this module's tests
     engine.dispose()
 
 

@@ -13,7 +13,6 @@ from edgeloop_common.bus.base import EventContext
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import Event, ModelPromoted, ModelRegistered
 from edgeloop_common.settings import CommonSettings
-from edgeloop_registry.adapters import migrations
 from edgeloop_registry.adapters.db import (
     AliasMoveRow,
     AliasRow,
@@ -24,6 +23,7 @@ from edgeloop_registry.adapters.db import (
     VersionRow,
     create_sql_engine,
 )
+from edgeloop_registry.adapters.migrations import MIGRATIONS
 from edgeloop_registry.app import create_app
 from edgeloop_registry.relay import OutboxRelay
 from edgeloop_registry.service import NewVersion, RegistryService
@@ -36,7 +36,7 @@ from sqlalchemy.engine import Engine
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_sql_engine(f"sqlite:///{tmp_path / 'registry.sqlite3'}")
-    migrations.upgrade(engine)
+    MIGRATIONS.upgrade(engine)
     yield engine
     engine.dispose()
 

@@ -15,6 +15,7 @@ from edgeloop_common.events import BlobRef, SampleLabeled, TrainingRequested
 from edgeloop_common.settings import CommonSettings
 from edgeloop_trainer.app import create_app
 from edgeloop_trainer.settings import Settings
+from prometheus_client.parser import text_string_to_metric_families
 from trainer_testing import FakeEngine, FakeRegistry, FakeSamples, seed_folder, wait_for
 
 
@@ -165,3 +166,29 @@ async def test_an_event_for_an_impossible_model_name_is_dead_lettered(settings: 
         await bus.drain()
 
     assert len(bus.dead_letters) == 1 and "no/slashes" in bus.dead_letters[0].reason
+
+
+async def test_metrics_count_requests_and_runs_by_outcome_with_their_duration(
+    settings: Settings, tmp_path: Path
+) -> None:
+    engine = FakeEngine(tmp_path / "models")
+    async with running(settings, InProcessBus(source="test"), FakeRegistry(), engine) as client:
+        first = (await client.post("/v1/trainings", json={"model_name": "catdog"})).json()
+        await finished(client, first["run_id"])
+        engine.fail_at = "training"
+        second = (await client.post("/v1/trainings", json={"model_name": "catdog", "reason": "drift"})).json()
+        await finished(client, second["run_id"])
+        exposition = (await client.get("/metrics")).text
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    assert samples[("edgeloop_trainer_requests_total", (("reason", "manual"),))] == 1
+    assert samples[("edgeloop_trainer_requests_total", (("reason", "drift"),))] == 1
+    assert samples[("edgeloop_trainer_runs_total", (("outcome", "succeeded"),))] == 1
+    assert samples[("edgeloop_trainer_runs_total", (("outcome", "failed"),))] == 1
+    assert samples[("edgeloop_trainer_runs_total", (("outcome", "interrupted"),))] == 0
+    assert samples[("edgeloop_trainer_run_duration_seconds_count", (("outcome", "failed"),))] == 1
+    assert samples[("edgeloop_trainer_runs_in_progress", ())] == 0

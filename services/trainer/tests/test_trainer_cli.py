@@ -6,7 +6,6 @@ terminal would reach them.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,12 +21,12 @@ from fastapi import FastAPI
 from trainer_testing import FakeEngine, FakeRegistry, catdog_subset, seed_folder
 from typer.testing import CliRunner
 
+from tests.helpers import free_port
+
 
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,22 +5,14 @@ code queries agree with what the migrations create."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from edgeloop_common import migrations
 from edgeloop_trainer.adapters.runs import SqlRunStore, create_sql_engine, metadata
-from edgeloop_trainer.adapters.schema import (
-    VERSION_TABLE,
-    current_revision,
-    downgrade_schema,
-    head_revision,
-    upgrade_schema,
-)
+from edgeloop_trainer.adapters.schema import MIGRATIONS
 from edgeloop_trainer.ports import TrainingRequest
 from sqlalchemy import (
     JSON,
@@ -35,12 +27,17 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
-    inspect,
     text,
 )
 from sqlalchemy.exc import IntegrityError
 
-from tests.helpers import fresh_postgres_schema
+from tests.helpers import (
+    assert_at_base,
+    assert_at_head,
+    fresh_postgres_schema,
+    recorded_revisions,
+    start_replicas_together,
+)
 
 HEAD = "0001"
 TRAINER_TABLES = {"trainings", "training_requests", "training_label_counts"}
@@ -125,24 +122,16 @@ def create_pre_alembic_schema(engine: Engine) -> None:
         connection.execute(insert(label_counts).values(model_name="catdog", labels_since_request=7))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'trainer.sqlite3'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")  # a schema of this test's own, dropped afterwards
-    engine = create_sql_engine(url)
+@pytest.fixture
+def engine(sqlite_or_postgres_url: str) -> Iterator[Engine]:
+    engine = create_sql_engine(sqlite_or_postgres_url)
     yield engine
     engine.dispose()
 
 
-def tables(engine: Engine) -> set[str]:
-    return set(inspect(engine).get_table_names())
-
-
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's trainer tables match the code's."""
-    return migrations.schema_differences(engine, metadata, version_table=VERSION_TABLE, tables=TRAINER_TABLES)
+    return MIGRATIONS.schema_differences(engine, metadata, tables=TRAINER_TABLES)
 
 
 def index_definitions(engine: Engine) -> dict[str, str]:
@@ -171,21 +160,19 @@ def request(request_id: str, model: str = "catdog") -> TrainingRequest:
 
 
 def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
-    assert not tables(engine) & TRAINER_TABLES and current_revision(engine) is None
+    assert_at_base(engine, MIGRATIONS, TRAINER_TABLES)
 
     store = SqlRunStore(engine)  # the store upgrades at start
-    assert tables(engine) >= TRAINER_TABLES | {VERSION_TABLE}
-    assert "alembic_version" not in tables(engine)  # other services' migrations keep theirs
-    assert current_revision(engine) == head_revision() == HEAD
+    assert_at_head(engine, MIGRATIONS, TRAINER_TABLES)
+    assert MIGRATIONS.current_revision(engine) == HEAD
     first = store.enqueue(request("event-1"))
     assert store.add_labels("catdog", 3) == 3
 
-    downgrade_schema(engine, "base")
-    assert not tables(engine) & TRAINER_TABLES
-    assert current_revision(engine) is None
+    MIGRATIONS.downgrade(engine, "base")
+    assert_at_base(engine, MIGRATIONS, TRAINER_TABLES)
 
-    upgrade_schema(engine)
-    assert current_revision(engine) == HEAD
+    MIGRATIONS.upgrade(engine)
+    assert MIGRATIONS.current_revision(engine) == HEAD
     assert store.get(first.run_id) is None and store.find() == []  # a fresh schema: the rows really went
     assert store.add_labels("catdog", 2) == 2
     SqlRunStore(engine)  # a restart at head: nothing to do, nothing fails
@@ -196,11 +183,11 @@ def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
 def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine) -> None:
     create_pre_alembic_schema(engine)
     before = index_definitions(engine)
-    assert current_revision(engine) is None
+    assert MIGRATIONS.current_revision(engine) is None
 
     store = SqlRunStore(engine)
 
-    assert current_revision(engine) == HEAD
+    assert MIGRATIONS.current_revision(engine) == HEAD
     assert index_definitions(engine) == before  # kept as they were
     run = store.get("run-old")
     assert run is not None
@@ -221,7 +208,7 @@ def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine)
 def test_the_migrated_schema_is_the_one_the_code_queries(
     engine: Engine, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    upgrade_schema(engine)
+    MIGRATIONS.upgrade(engine)
     assert schema_differences(engine) == []
 
     # The same indexes, partial indexes' WHERE included, as the code's table definitions create on the same dialect
@@ -239,7 +226,7 @@ def test_the_migrated_schema_is_the_one_the_code_queries(
 
 
 def test_the_migrated_schema_holds_the_queue_rules(engine: Engine) -> None:
-    upgrade_schema(engine)
+    MIGRATIONS.upgrade(engine)
     row = {"model_name": "catdog", "attempt": 1, "created_at": CREATED, "progress": {}}
     trainings = metadata.tables["trainings"]
     with engine.begin() as connection:
@@ -259,26 +246,8 @@ def test_replicas_starting_together_adopt_a_pre_alembic_database_once(fresh_post
     engine = create_sql_engine(fresh_postgres_url)
     try:
         create_pre_alembic_schema(engine)
-        errors: list[BaseException] = []
-
-        def start_replica() -> None:
-            replica = create_sql_engine(fresh_postgres_url)
-            try:
-                SqlRunStore(replica)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                errors.append(exc)
-            finally:
-                replica.dispose()
-
-        replicas = [threading.Thread(target=start_replica) for _ in range(3)]
-        for thread in replicas:
-            thread.start()
-        for thread in replicas:
-            thread.join(60)
-        assert errors == []
-        with engine.connect() as connection:
-            versions = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalars().all()
-        assert versions == [HEAD]
+        start_replicas_together(fresh_postgres_url, SqlRunStore, create_sql_engine=create_sql_engine)
+        assert recorded_revisions(engine, MIGRATIONS) == [HEAD]
         assert schema_differences(engine) == []
         assert SqlRunStore(engine, upgrade=False).get("run-old") is not None
     finally:

@@ -1,12 +1,14 @@
 """SQLAlchemy engines for a service's own tables: PostgreSQL in distributed mode, SQLite in standalone mode.
 
 SQLite is opened for use from several threads (blocking calls run in a thread pool), waits up to 30 s for a
-lock held by another writer, and runs the given PRAGMAs on every new connection.
+lock held by another writer, and runs the given PRAGMAs on every new connection. Also what every service's SQL
+adapter needs beside: a readiness check and aware times read back from SQLite.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -48,3 +50,18 @@ def create_sql_engine(
 
 def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def database_reachable(engine: Engine) -> bool:
+    """True after a round trip to the database (a readiness check); raises what the driver raises where it cannot
+    be reached."""
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT 1").scalar() == 1
+
+
+def aware_utc(moment: datetime | None) -> datetime | None:
+    """A time read back from a ``DateTime(timezone=True)`` column, aware: SQLite gives naive datetimes back, they
+    were stored in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)

@@ -1,7 +1,7 @@
 """HTTP: deploy, delete and roll back a model version per node group (the console's Deploy and Delete buttons).
 
 A deploy or rollback answers 202 at once with the rollout it started; ``GET`` shows its progress.
-Domain errors are mapped to status codes in app.py (unknown node group 404, nothing to roll back 409, ...).
+Domain errors answer the status of :data:`STATUS_FOR_ERROR` with ``{"detail": reason}``.
 """
 
 from __future__ import annotations
@@ -10,12 +10,31 @@ import re
 from datetime import datetime
 from typing import Annotated
 
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgeloop_deployer.service import DeploymentState, RolloutRecord, RolloutService
+from edgeloop_deployer.service import (
+    DeployerError,
+    DeploymentNotFoundError,
+    DeploymentState,
+    InvalidRequestError,
+    NothingToRollBackError,
+    RolloutRecord,
+    RolloutService,
+    UnknownNodeGroupError,
+)
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
+
+# Domain errors -> HTTP status, in one place (installed by app.py).
+STATUS_FOR_ERROR: StatusForError = {
+    UnknownNodeGroupError: status.HTTP_404_NOT_FOUND,
+    DeploymentNotFoundError: status.HTTP_404_NOT_FOUND,
+    NothingToRollBackError: status.HTTP_409_CONFLICT,
+    InvalidRequestError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    DeployerError: status.HTTP_502_BAD_GATEWAY,  # the target failed (e.g. the API refused a deletion)
+}
 
 # A Kubernetes annotation key: an optional DNS-subdomain prefix and a name of at most 63 characters.
 _ANNOTATION_KEY = re.compile(
@@ -24,7 +43,9 @@ _ANNOTATION_KEY = re.compile(
 
 
 def get_service(request: Request) -> RolloutService:
-    service: RolloutService = request.app.state.service
+    service: RolloutService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise ServiceNotRunningError("the deployer is starting or stopping")
     return service
 
 

@@ -1,8 +1,8 @@
 """``create_app(settings, *, bus=None)``: the deployer as a FastAPI app.
 
-The ModelPromoted subscription is registered when the app is created (a shared in-process
-bus may start before this app's lifespan); the store and the target are built in the lifespan,
-which also resumes the rollouts a previous run left unfinished.
+The lifespan builds the store, the target and the service, subscribes the handlers of
+:data:`~edgeloop_deployer.handlers.SUBSCRIPTIONS` (ModelPromoted), starts the bus if the app
+owns it, and resumes the rollouts a previous run left unfinished.
 """
 
 from __future__ import annotations
@@ -12,30 +12,20 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from edgeloop_common.bus import EventBus, EventContext
+from edgeloop_common.bus import EventBus
 from edgeloop_common.bus.factory import create_bus
-from edgeloop_common.events import ModelPromoted
 from edgeloop_common.health import health_router
+from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.idempotency import SqlProcessedEventStore
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from edgeloop_common.subscriptions import ConsumerGroup, renamed, subscribed
+from fastapi import FastAPI
 
 from edgeloop_deployer import api
 from edgeloop_deployer.adapters.manifests import ServingSpec
 from edgeloop_deployer.adapters.store import SqlDeploymentStore, create_sql_engine
-from edgeloop_deployer.handlers import ModelPromotedHandler
+from edgeloop_deployer.handlers import SUBSCRIPTIONS, DeployerHandlers
 from edgeloop_deployer.metrics import DeployerMetrics
-from edgeloop_deployer.service import (
-    SERVICE_NAME,
-    DeployerError,
-    DeploymentNotFoundError,
-    DeploymentTarget,
-    InvalidRequestError,
-    NothingToRollBackError,
-    RolloutConfig,
-    RolloutService,
-    UnknownNodeGroupError,
-)
+from edgeloop_deployer.service import SERVICE_NAME, DeploymentTarget, RolloutConfig, RolloutService
 from edgeloop_deployer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +74,14 @@ def rollout_config(settings: Settings) -> RolloutConfig:
     )
 
 
+def consumer_groups(settings: Settings) -> tuple[ConsumerGroup[DeployerHandlers], ...]:
+    """The handlers' table; ``consumer_group``, where an operator set it (EDGELOOP_DEPLOYER_CONSUMER_GROUP),
+    renames the table's group."""
+    if "consumer_group" not in settings.model_fields_set:
+        return SUBSCRIPTIONS
+    return renamed(SUBSCRIPTIONS, {SUBSCRIPTIONS[0].name: settings.consumer_group})
+
+
 def create_app(
     settings: Settings | None = None, *, bus: EventBus | None = None, target: DeploymentTarget | None = None
 ) -> FastAPI:
@@ -97,14 +95,6 @@ def create_app(
         processed = SqlProcessedEventStore(engine)  # a redelivered promotion starts no second rollout
         bus = create_bus(settings.common, source=SERVICE_NAME, processed=processed, topic_prefix=settings.topic_prefix)
     event_bus: EventBus = bus
-
-    async def on_model_promoted(event: ModelPromoted, context: EventContext) -> None:
-        handler: ModelPromotedHandler | None = getattr(app.state, "promoted_handler", None)
-        if handler is None:
-            raise RuntimeError("the deployer is not running (starting or stopping)")
-        await handler(event, context)
-
-    event_bus.subscribe(ModelPromoted, on_model_promoted, group=settings.consumer_group)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,11 +112,11 @@ def create_app(
             app.state.service = service
             app.state.store = store
             app.state.target = chosen
+            stack.push_async_callback(service.close)
+            stack.enter_context(subscribed(event_bus, consumer_groups(settings), DeployerHandlers(service)))
             if owns_bus:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)
-            stack.push_async_callback(service.close)
-            app.state.promoted_handler = ModelPromotedHandler(service)
             resumed = await service.resume_unfinished()
             log.info(
                 "deployer up: %s target, node groups %s, %d rollout(s) resumed",
@@ -135,12 +125,11 @@ def create_app(
                 len(resumed),
             )
             yield
-            app.state.promoted_handler = None
 
     app = FastAPI(title="EdgeLoop deployer", version="1", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(health_router(lambda: _checks(app, event_bus), registry=metrics.registry))
-    _install_error_handlers(app)
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.bus = event_bus
     app.state.metrics = metrics
     return app
@@ -160,19 +149,3 @@ def _checks(app: FastAPI, bus: EventBus) -> dict[str, Callable[[], Awaitable[boo
 
 async def _not_started() -> bool:
     return False
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """Domain errors -> HTTP status, in one place (most specific first)."""
-
-    def reply(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-        async def handle(request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
-
-        return handle
-
-    app.add_exception_handler(UnknownNodeGroupError, reply(404))
-    app.add_exception_handler(DeploymentNotFoundError, reply(404))
-    app.add_exception_handler(NothingToRollBackError, reply(409))
-    app.add_exception_handler(InvalidRequestError, reply(422))
-    app.add_exception_handler(DeployerError, reply(502))  # the target failed (e.g. the API refused a deletion)

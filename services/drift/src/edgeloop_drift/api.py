@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from edgeloop_drift.service import DriftService
 
 router = APIRouter(prefix="/v1", tags=["drift"])
+
+# Domain errors -> HTTP status, in one place (installed by app.py). The drift API only reads: none to map yet.
+STATUS_FOR_ERROR: StatusForError = {}
 
 
 class StatisticView(BaseModel):
@@ -89,7 +93,7 @@ class DriftView(BaseModel):
 def _service(request: Request) -> DriftService:
     service: DriftService | None = getattr(request.app.state, "drift", None)
     if service is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the drift service is starting or stopping")
+        raise ServiceNotRunningError("the drift service is starting or stopping")
     return service
 
 

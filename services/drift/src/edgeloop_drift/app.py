@@ -1,9 +1,8 @@
 """``create_app(settings, *, bus=None)``: the drift service as a FastAPI app.
 
-The subscriptions (InferenceCompleted and SampleLabeled, one consumer group)
-are registered when the app is created, so that a shared in-process bus
-(standalone mode) can be started after every service subscribed. An event that
-arrives before the lifespan built the service fails and is retried by the bus.
+The lifespan builds the service, then subscribes the handlers of
+:data:`~edgeloop_drift.handlers.SUBSCRIPTIONS` (InferenceCompleted and
+SampleLabeled, one consumer group), then starts the bus if the app owns it.
 
 No database: windows, ADWIN detectors and the alarm history live in memory
 (docs/drift.md, "State"), and so do the handled event ids.
@@ -16,14 +15,15 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-from edgeloop_common.bus import EventBus, EventContext
-from edgeloop_common.events import InferenceCompleted, SampleLabeled
+from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
+from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.subscriptions import ConsumerGroup, renamed, subscribed
 from fastapi import FastAPI
 
 from edgeloop_drift import api
 from edgeloop_drift.adapters.registry import NoReferences, RegistryReferences
-from edgeloop_drift.handlers import DriftHandlers
+from edgeloop_drift.handlers import SUBSCRIPTIONS, DriftHandlers
 from edgeloop_drift.metrics import DriftMetrics
 from edgeloop_drift.service import SERVICE_NAME, DriftPolicy, DriftService, ReferenceLookup
 from edgeloop_drift.settings import Settings
@@ -59,6 +59,14 @@ def drift_policy(settings: Settings) -> DriftPolicy:
     )
 
 
+def consumer_groups(settings: Settings) -> tuple[ConsumerGroup[DriftHandlers], ...]:
+    """The handlers' table; ``consumer_group``, where an operator set it (EDGELOOP_DRIFT_CONSUMER_GROUP), renames
+    the table's group."""
+    if "consumer_group" not in settings.model_fields_set:
+        return SUBSCRIPTIONS
+    return renamed(SUBSCRIPTIONS, {SUBSCRIPTIONS[0].name: settings.consumer_group})
+
+
 def create_app(
     settings: Settings | None = None, *, bus: EventBus | None = None, references: ReferenceLookup | None = None
 ) -> FastAPI:
@@ -76,21 +84,6 @@ def create_app(
         bus = create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
     event_bus: EventBus = bus
 
-    def running() -> DriftHandlers:
-        handlers: DriftHandlers | None = getattr(app.state, "handlers", None)
-        if handlers is None:
-            raise RuntimeError("the drift service is not running (starting or stopping)")
-        return handlers
-
-    async def on_inference_completed(event: InferenceCompleted, context: EventContext) -> None:
-        await running().on_inference_completed(event, context)
-
-    async def on_sample_labeled(event: SampleLabeled, context: EventContext) -> None:
-        await running().on_sample_labeled(event, context)
-
-    event_bus.subscribe(InferenceCompleted, on_inference_completed, group=settings.consumer_group)
-    event_bus.subscribe(SampleLabeled, on_sample_labeled, group=settings.consumer_group)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -105,8 +98,8 @@ def create_app(
                 lookup = client
             service = DriftService(config, lookup, policy=drift_policy(settings), metrics=metrics)
             app.state.drift = service
-            app.state.handlers = DriftHandlers(service, event_bus)
             stack.callback(_forget_service, app)  # after the bus stopped (callbacks run last-in, first-out)
+            stack.enter_context(subscribed(event_bus, consumer_groups(settings), DriftHandlers(service, event_bus)))
             if owns_bus:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)
@@ -132,11 +125,11 @@ def create_app(
 
     app.include_router(api.router)
     app.include_router(health_router({"bus": bus_ready, "started": started}, registry=metrics.registry))
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
     app.state.bus = event_bus
     return app
 
 
 def _forget_service(app: FastAPI) -> None:
-    app.state.handlers = None
     app.state.drift = None

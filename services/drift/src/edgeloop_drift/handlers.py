@@ -1,5 +1,7 @@
 """Thin: InferenceCompleted / SampleLabeled in -> the drift service -> DriftDetected, TrainingRequested out.
 
+:data:`SUBSCRIPTIONS` is the drift service's table: which consumer group handles which event with which handler.
+
 A handler that fails to publish is retried by the bus with the same event. The
 event must not be counted twice in the windows, so what it produced waits
 under the event's id and the retry publishes that again. Published events have
@@ -14,6 +16,7 @@ from collections import OrderedDict
 
 from edgeloop_common.bus import EventBus, EventContext
 from edgeloop_common.events import InferenceCompleted, SampleLabeled
+from edgeloop_common.subscriptions import ConsumerGroup
 from edgeloop_common.tracing import child_traceparent
 
 from edgeloop_drift.service import DriftService, Reaction
@@ -59,3 +62,14 @@ class DriftHandlers:
                 traceparent=child_traceparent(context.traceparent),
             )
         self._pending.pop(context.event_id, None)
+
+
+SUBSCRIPTIONS = (
+    ConsumerGroup(
+        "drift",
+        {
+            InferenceCompleted: DriftHandlers.on_inference_completed,
+            SampleLabeled: DriftHandlers.on_sample_labeled,
+        },
+    ),
+)

@@ -7,14 +7,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from edgeloop_common.topics import ID_PATTERN
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
-from edgeloop_inference_gateway.routing import ModelRoute
+from edgeloop_inference_gateway.ports import (
+    ImageTooLargeError,
+    ModelNotFoundError,
+    ModelResponseError,
+    ModelServerUnavailableError,
+    UnclassifiableError,
+)
+from edgeloop_inference_gateway.routing import ModelRoute, RouteConfigError
 from edgeloop_inference_gateway.service import InferenceService, classification_result
+
+# Domain errors -> HTTP status, in one place (installed by app.py). A subclass not named here answers its base's.
+STATUS_FOR_ERROR: StatusForError = {
+    UnclassifiableError: status.HTTP_400_BAD_REQUEST,
+    ImageTooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,
+    ModelResponseError: status.HTTP_502_BAD_GATEWAY,  # the model does not classify: the server's fault, not yours
+    RouteConfigError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    ModelServerUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
+    ModelNotFoundError: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
 
 
 @dataclass
@@ -30,7 +48,7 @@ class GatewayState:
 def gateway_state(request: Request) -> GatewayState:
     state: GatewayState | None = getattr(request.app.state, "gateway", None)
     if state is None:
-        raise HTTPException(status_code=503, detail="the gateway is starting")
+        raise ServiceNotRunningError("the gateway is starting")
     return state
 
 

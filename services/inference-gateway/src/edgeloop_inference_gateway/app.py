@@ -1,9 +1,8 @@
 """``create_app(settings, *, bus=None)``: the inference gateway as a FastAPI app.
 
-The ImageReceived subscription is registered here, when the app is created, so
-that a shared in-process bus (standalone mode) can be started after every
-service subscribed. The adapters are built in the lifespan; an event that
-arrives before they are ready fails and is retried by the bus.
+The lifespan builds the adapters and the service, subscribes the handlers of
+:data:`~edgeloop_inference_gateway.handlers.SUBSCRIPTIONS` (ImageReceived, and
+DeploymentUpdated for the routes), then starts the bus if the app owns it.
 """
 
 from __future__ import annotations
@@ -12,39 +11,32 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from edgeloop_common.bus import EventBus, EventContext, PermanentError
-from edgeloop_common.events import DeploymentUpdated, ImageReceived
+from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.subscriptions import ConsumerGroup, renamed, subscribed
+from fastapi import FastAPI
 
 from edgeloop_inference_gateway import api
 from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
 from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
-from edgeloop_inference_gateway.deployments import ROUTES_CONSUMER_GROUP, DeploymentRouteFollower
-from edgeloop_inference_gateway.handlers import ImageReceivedHandler
+from edgeloop_inference_gateway.handlers import SUBSCRIPTIONS, GatewayHandlers
 from edgeloop_inference_gateway.metrics import GatewayMetrics
 from edgeloop_inference_gateway.miners import create_miner
 from edgeloop_inference_gateway.ports import (
     BlobFetcher,
     HardExampleMiner,
-    ImageTooLargeError,
     ModelClient,
-    ModelNotFoundError,
-    ModelResponseError,
-    ModelServerUnavailableError,
     ResultPublisher,
     SignatureFallback,
 )
-from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, RouteConfigError, parse_site_routes
+from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, parse_site_routes
 from edgeloop_inference_gateway.service import BatchingConfig, InferenceService
 from edgeloop_inference_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference-gateway"
-# How long an image waits for the routes to replay the deployments at start before its attempt fails (and is retried).
-ROUTES_CATCH_UP_TIMEOUT_S = 30.0
 
 
 def router_from_settings(settings: Settings) -> ModelRouter:
@@ -97,6 +89,14 @@ def rest_client_from_settings(settings: Settings, fallback: SignatureFallback | 
     )
 
 
+def consumer_groups(settings: Settings) -> tuple[ConsumerGroup[GatewayHandlers], ...]:
+    """The handlers' table; ``consumer_group``, where an operator set it (EDGELOOP_GATEWAY_CONSUMER_GROUP), renames
+    the table's ImageReceived group."""
+    if "consumer_group" not in settings.model_fields_set:
+        return SUBSCRIPTIONS
+    return renamed(SUBSCRIPTIONS, {SUBSCRIPTIONS[0].name: settings.consumer_group})
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -122,19 +122,6 @@ def create_app(
         # InferenceCompleted it yields has the same event id (handlers.inference_event_id), so consumers skip it.
         bus = create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
     event_bus: EventBus = bus
-
-    async def on_image_received(event: ImageReceived, context: EventContext) -> None:
-        handler: ImageReceivedHandler | None = getattr(app.state, "image_handler", None)
-        if handler is None:
-            raise RuntimeError("the inference gateway is not running (starting or stopping)")
-        if not event_bus.caught_up():  # the routes replay the deployments first: classify with the current one
-            await event_bus.wait_until_caught_up(ROUTES_CATCH_UP_TIMEOUT_S)
-        await handler(event, context)
-
-    event_bus.subscribe(ImageReceived, on_image_received, group=settings.consumer_group)
-    # Routes follow the deployer: a node group that serves a new version routes its site there. Broadcast: every
-    # replica reads every DeploymentUpdated, the compacted topic's history first (docs/gateway.md, "Routes").
-    event_bus.subscribe(DeploymentUpdated, DeploymentRouteFollower(router), group=ROUTES_CONSUMER_GROUP, broadcast=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -172,7 +159,9 @@ def create_app(
                 service=service, passthrough=passthrough, routes_caught_up=event_bus.caught_up
             )
             app.state.results = publisher
-            app.state.image_handler = ImageReceivedHandler(service, event_bus, publisher)
+            stack.enter_context(
+                subscribed(event_bus, consumer_groups(settings), GatewayHandlers(service, event_bus, publisher))
+            )
             if owns_bus:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)
@@ -184,7 +173,6 @@ def create_app(
                 settings.max_wait_ms,
             )
             yield
-            app.state.image_handler = None
 
     app = FastAPI(title="EdgeLoop inference gateway", lifespan=lifespan)
 
@@ -209,7 +197,7 @@ def create_app(
     app.include_router(api.classify_router)
     app.include_router(api.tf_serving_router)
     app.include_router(api.routes_router)
-    _install_error_handlers(app)
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
     app.state.bus = event_bus
     return app
@@ -228,20 +216,3 @@ async def _start_mqtt(settings: Settings, metrics: GatewayMetrics, stack: AsyncE
     await publisher.start()
     stack.push_async_callback(publisher.close)
     return publisher
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """Domain errors -> HTTP status, in one place."""
-
-    def reply(status: int) -> object:
-        async def handle(request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=status)
-
-        return handle
-
-    app.add_exception_handler(ImageTooLargeError, reply(413))  # type: ignore[arg-type]
-    app.add_exception_handler(ModelResponseError, reply(502))  # type: ignore[arg-type]
-    app.add_exception_handler(PermanentError, reply(400))  # type: ignore[arg-type]
-    app.add_exception_handler(RouteConfigError, reply(422))  # type: ignore[arg-type]
-    app.add_exception_handler(ModelServerUnavailableError, reply(503))  # type: ignore[arg-type]
-    app.add_exception_handler(ModelNotFoundError, reply(503))  # type: ignore[arg-type]

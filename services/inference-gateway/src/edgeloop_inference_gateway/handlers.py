@@ -1,4 +1,8 @@
-"""Thin: ImageReceived in -> classify -> InferenceCompleted out, and the result to the device."""
+"""Thin: ImageReceived in -> classify -> InferenceCompleted out, and the result to the device; DeploymentUpdated in
+-> the site's route.
+
+:data:`SUBSCRIPTIONS` is the gateway's table: which consumer group handles which event with which handler.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,17 @@ import asyncio
 import json
 import uuid
 
-from edgeloop_common.bus import EventBus, EventContext
-from edgeloop_common.events import ImageReceived
+from edgeloop_common.bus import EventBus, EventContext, PermanentError
+from edgeloop_common.events import DeploymentUpdated, ImageReceived
+from edgeloop_common.subscriptions import ConsumerGroup
 
-from edgeloop_inference_gateway.ports import ResultPublisher
+from edgeloop_inference_gateway.ports import ResultPublisher, UnclassifiableError
+from edgeloop_inference_gateway.routing import RouteConfigError
 from edgeloop_inference_gateway.service import InferenceService, device_result
 
 _INFERENCE_ID_NAMESPACE = uuid.UUID("5b0c1f3e-6a53-4c4e-9f0e-7d1f2f6f2a10")
+# How long an image waits for the routes to replay the deployments at start before its attempt fails (and is retried).
+ROUTES_CATCH_UP_TIMEOUT_S = 30.0
 
 
 def inference_event_id(image_event_id: str) -> str:
@@ -20,14 +28,19 @@ def inference_event_id(image_event_id: str) -> str:
     return str(uuid.uuid5(_INFERENCE_ID_NAMESPACE, f"inference-gateway:{image_event_id}"))
 
 
-class ImageReceivedHandler:
+class GatewayHandlers:
     def __init__(self, service: InferenceService, bus: EventBus, results: ResultPublisher | None) -> None:
         self.service = service
         self.bus = bus
         self.results = results
 
-    async def __call__(self, event: ImageReceived, context: EventContext) -> None:
-        completed = await self.service.classify_event(event)
+    async def on_image_received(self, event: ImageReceived, context: EventContext) -> None:
+        if not self.bus.caught_up():  # the routes replay the deployments first: classify with the current one
+            await self.bus.wait_until_caught_up(ROUTES_CATCH_UP_TIMEOUT_S)
+        try:
+            completed = await self.service.classify_event(event)
+        except UnclassifiableError as exc:  # no retry helps: dead-lettered at once
+            raise PermanentError(str(exc)) from exc
         publishing = self.bus.publish(
             completed, event_id=inference_event_id(context.event_id), traceparent=context.traceparent
         )
@@ -45,3 +58,22 @@ class ImageReceivedHandler:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    async def on_deployment_updated(self, event: DeploymentUpdated, context: EventContext) -> None:
+        """Routes follow the deployer: a node group that serves a new version routes its site there."""
+        try:
+            self.service.router.follow_deployment(event)
+        except RouteConfigError as exc:
+            raise PermanentError(
+                f"cannot route site {event.node_group!r} to {event.model_name}:{event.actual_version}: {exc}"
+            ) from exc
+
+
+SUBSCRIPTIONS = (
+    ConsumerGroup("inference-gateway", {ImageReceived: GatewayHandlers.on_image_received}),
+    # Broadcast: every replica reads every DeploymentUpdated, the compacted topic's history first, so that each
+    # holds every route (docs/gateway.md, "Routes").
+    ConsumerGroup(
+        "inference-gateway-routes", {DeploymentUpdated: GatewayHandlers.on_deployment_updated}, broadcast=True
+    ),
+)

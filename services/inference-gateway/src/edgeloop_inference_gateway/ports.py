@@ -1,10 +1,10 @@
 """What the gateway's logic needs from the outside world, and the errors it speaks.
 
 The adapters (TF Serving REST and gRPC, blob fetchers, MQTT) implement these
-protocols; the unit tests use fakes of them. Errors that can never succeed on
-a retry are :class:`PermanentError` (an event goes straight to the dead-letter
-topic; HTTP answers 4xx); the others are transient (retried, then
-dead-lettered after the bound; HTTP answers 503).
+protocols; the unit tests use fakes of them. Errors that no retry can fix are
+:class:`UnclassifiableError`s: the event handler dead-letters the event at once
+(handlers.py) and HTTP answers 4xx (api.py); the others are transient: retried,
+then dead-lettered after the bound; HTTP answers 503.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from edgeloop_common.bus import PermanentError
 from edgeloop_common.events import BlobRef
 
 from edgeloop_inference_gateway.routing import ModelRoute
@@ -21,7 +20,15 @@ from edgeloop_inference_gateway.routing import ModelRoute
 # -- errors -------------------------------------------------------------------
 
 
-class InvalidImageError(PermanentError):
+class GatewayError(Exception):
+    """Base of the gateway's domain errors."""
+
+
+class UnclassifiableError(GatewayError):
+    """No retry can classify this image (bad input, or a model that does not classify): give it up at once."""
+
+
+class InvalidImageError(UnclassifiableError):
     """The bytes are not a JPEG or PNG image that can be decoded.
 
     ``edgeloop_common.images.inspect_image`` raises its own ``InvalidImageError`` (a ValueError); the service
@@ -29,39 +36,39 @@ class InvalidImageError(PermanentError):
     """
 
 
-class ImageTooLargeError(PermanentError):
+class ImageTooLargeError(UnclassifiableError):
     """The image is larger than ``max_image_bytes``."""
 
 
-class BlobIntegrityError(PermanentError):
+class BlobIntegrityError(UnclassifiableError):
     """The fetched blob's SHA-256 (or size) is not the one the event names."""
 
 
-class BlobNotFoundError(PermanentError):
+class BlobNotFoundError(UnclassifiableError):
     """The blob the event names does not exist where its URI points."""
 
 
-class UnsupportedBlobUriError(PermanentError):
+class UnsupportedBlobUriError(UnclassifiableError):
     """No fetcher handles the blob URI's scheme."""
 
 
-class BlobUnavailableError(Exception):
+class BlobUnavailableError(GatewayError):
     """The blob store could not be reached (transient)."""
 
 
-class ModelInputError(PermanentError):
+class ModelInputError(UnclassifiableError):
     """The model server rejected the input (TF Serving INVALID_ARGUMENT / HTTP 400)."""
 
 
-class ModelResponseError(PermanentError):
+class ModelResponseError(UnclassifiableError):
     """The model's signature or response is not one the gateway understands (wrong model for classification)."""
 
 
-class ModelServerUnavailableError(Exception):
+class ModelServerUnavailableError(GatewayError):
     """The model server could not be reached or answered with a transient error (after the client's retries)."""
 
 
-class ModelNotFoundError(Exception):
+class ModelNotFoundError(GatewayError):
     """The model server does not serve this model or version (yet): transient, it may be loading."""
 
 

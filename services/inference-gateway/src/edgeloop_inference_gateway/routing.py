@@ -1,15 +1,28 @@
 """Which model, and which version of it, serves which site.
 
-Routes come from settings now; the deployer will call :meth:`ModelRouter.set_route`
-at run time when it rolls a version out to a site.
+Routes come from settings, from ``PUT /v1/routes/{site}``, and from the deployer:
+:meth:`ModelRouter.follow_deployment` moves a site's route as the deployer's
+``DeploymentUpdated`` events report. A KubeEdge node group serves the devices of
+the site of the same name (docs/learning-loop.md), so:
+
+* ``ready``: the group now serves ``model_name:actual_version`` -> route the site there;
+* ``rolled_back`` (and ``failed`` with an actual version): the version the group still serves -> route there
+  (it normally already is: the failed version never became ready);
+* ``deleted``: the group serves the model no more -> the site goes back to the default route, if it was
+  routed to that model;
+* ``pending`` / ``progressing``: nothing changes until the new version is ready.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
+from edgeloop_common.events import DeploymentUpdated
 from edgeloop_common.topics import ID_PATTERN
+
+log = logging.getLogger(__name__)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
@@ -111,3 +124,20 @@ class ModelRouter:
 
     def all_routes(self) -> set[ModelRoute]:
         return {self._default, *self._site_routes.values()}
+
+    def follow_deployment(self, update: DeploymentUpdated) -> None:
+        """Route the site named like ``update``'s node group to what the group serves (see the module's doc).
+        :class:`RouteConfigError` if the group's name cannot be a site's."""
+        site = update.node_group
+        if update.phase == "deleted":
+            current = self._site_routes.get(site)
+            if current is not None and current.model_name == update.model_name:
+                self.remove_route(site)
+                log.info(
+                    "site %s back on the default route %s (%s deleted there)", site, self._default, update.model_name
+                )
+        elif update.phase in ("ready", "rolled_back", "failed") and update.actual_version is not None:
+            route = ModelRoute(update.model_name, version=update.actual_version)
+            if self._site_routes.get(site) != route:
+                self.set_route(site, route)
+                log.info("site %s now served by %s (deployment %s: %s)", site, route, update.phase, update.reason)

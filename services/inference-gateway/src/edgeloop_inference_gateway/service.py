@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from edgeloop_common.bus import PermanentError
 from edgeloop_common.device_messages import DeviceResult
 from edgeloop_common.events import ImageQuality, ImageReceived, InferenceCompleted, ServedBy
 from edgeloop_common.images import ImageFacts, inspect_image
@@ -37,6 +36,7 @@ from edgeloop_inference_gateway.ports import (
     ModelResponseError,
     ModelServerUnavailableError,
     NoHardExamples,
+    UnclassifiableError,
 )
 from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter
 
@@ -200,7 +200,7 @@ class InferenceService:
         except BlobUnavailableError:
             self.metrics.inferences.labels(outcome="blob_unavailable").inc()
             raise
-        except PermanentError:
+        except UnclassifiableError:
             self.metrics.inferences.labels(outcome="invalid_input").inc()
             raise
         except Exception:

@@ -13,13 +13,13 @@ import asyncio
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
-from edgeloop_ingest import metrics
-from edgeloop_ingest.adapters.blobstore import BlobNotFoundError
+from edgeloop_ingest.blobs import BlobNotFoundError
 from edgeloop_ingest.bridge import Bridge
 from edgeloop_ingest.handlers import handle_upload, label_sample, label_samples
 from edgeloop_ingest.labeling import (
@@ -27,9 +27,9 @@ from edgeloop_ingest.labeling import (
     Cursor,
     InvalidLabelError,
     InvalidQueryError,
-    LabelingError,
     LabelingService,
     Sample,
+    SampleImageMissingError,
     SamplePage,
     SampleQuery,
     UnknownSampleError,
@@ -37,7 +37,15 @@ from edgeloop_ingest.labeling import (
 from edgeloop_ingest.service import Accepted, IngestService, SampleRecord
 from edgeloop_ingest.validation import RejectionCode
 
-# Domain errors -> HTTP status codes, in one place.
+# Domain errors -> HTTP status, in one place (installed by app.py).
+STATUS_FOR_ERROR: StatusForError = {
+    UnknownSampleError: status.HTTP_404_NOT_FOUND,
+    SampleImageMissingError: status.HTTP_404_NOT_FOUND,
+    InvalidLabelError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidQueryError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+
+# A rejected upload is an outcome, not an error: its status by reason code (the body adds the code).
 STATUS_FOR_REJECTION: dict[RejectionCode, int] = {
     RejectionCode.EMPTY: status.HTTP_400_BAD_REQUEST,
     RejectionCode.TOO_LARGE: status.HTTP_413_CONTENT_TOO_LARGE,
@@ -128,7 +136,7 @@ class SampleOut(BaseModel):
 def get_bridge(request: Request) -> Bridge:
     bridge: Bridge | None = getattr(request.app.state, "bridge", None)
     if bridge is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "ingest is starting or stopping")
+        raise ServiceNotRunningError("ingest is starting or stopping")
     return bridge
 
 
@@ -140,20 +148,13 @@ def get_service(request: Request) -> IngestService:
 def get_labeling(request: Request) -> LabelingService:
     labeling: LabelingService | None = getattr(request.app.state, "labeling", None)
     if labeling is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "ingest is starting or stopping")
+        raise ServiceNotRunningError("ingest is starting or stopping")
     return labeling
 
 
 BridgeDep = Annotated[Bridge, Depends(get_bridge)]
 ServiceDep = Annotated[IngestService, Depends(get_service)]
 LabelingDep = Annotated[LabelingService, Depends(get_labeling)]
-
-# Labeling errors -> HTTP status codes, in one place.
-STATUS_FOR_LABELING_ERROR: dict[type[LabelingError], int] = {
-    UnknownSampleError: status.HTTP_404_NOT_FOUND,
-    InvalidLabelError: status.HTTP_422_UNPROCESSABLE_CONTENT,
-    InvalidQueryError: status.HTTP_422_UNPROCESSABLE_CONTENT,
-}
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"])
 labels_router = APIRouter(prefix="/v1/labels", tags=["labels"])
@@ -195,10 +196,6 @@ class LabelErrorOut(BaseModel):
 class BatchLabelsOut(BaseModel):
     labeled: int
     errors: list[LabelErrorOut]
-
-
-def _http_error(error: LabelingError) -> HTTPException:
-    return HTTPException(STATUS_FOR_LABELING_ERROR[type(error)], str(error))
 
 
 def _cursor(after: str | None) -> Cursor | None:
@@ -246,7 +243,7 @@ async def upload_sample(
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
-                metrics.HTTP_UPLOADS.labels("rejected").inc()
+                bridge.metrics.http_uploads.labels("rejected").inc()
                 return _rejected(RejectionCode.EMPTY, "multipart upload without a 'file' part")
             device_id = _form_text(form.get("device_id")) or device_id
             site_id = _form_text(form.get("site_id")) or site_id
@@ -256,8 +253,8 @@ async def upload_sample(
     else:
         payload = await _read_limited(request, limit)
     if payload is None:
-        metrics.HTTP_UPLOADS.labels("rejected").inc()
-        metrics.REJECTIONS.labels("http", "image", RejectionCode.TOO_LARGE.value).inc()
+        bridge.metrics.http_uploads.labels("rejected").inc()
+        bridge.metrics.rejections.labels("http", "image", RejectionCode.TOO_LARGE.value).inc()
         return _rejected(RejectionCode.TOO_LARGE, f"image is larger than the limit of {limit} bytes")
     outcome = await handle_upload(bridge, payload=payload, device_id=device_id, site_id=site_id)
     if not isinstance(outcome, Accepted) or outcome.sample is None:
@@ -275,7 +272,7 @@ def _form_text(value: object) -> str | None:
 async def _find(service: IngestService, sample_id: str) -> SampleRecord:
     record = await asyncio.to_thread(service.get_sample, sample_id)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no sample with id {sample_id!r}")
+        raise UnknownSampleError(f"no sample with id {sample_id!r}")
     return record
 
 
@@ -300,33 +297,27 @@ async def list_samples(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
     after: Annotated[str | None, Query(description="the 'next' cursor of the previous page")] = None,
 ) -> SamplePageOut:
-    try:
-        query = SampleQuery(
-            device_id=device_id,
-            site_id=site_id,
-            label=label,
-            labeled=labeled,
-            predicted_label=predicted_label,
-            min_confidence=min_confidence,
-            max_confidence=max_confidence,
-            hard_example=hard_example,
-            since=since,
-            until=until,
-            limit=limit,
-            after=_cursor(after),
-        )
-        page = await asyncio.to_thread(labeling.find, query)
-    except LabelingError as exc:
-        raise _http_error(exc) from exc
+    query = SampleQuery(
+        device_id=device_id,
+        site_id=site_id,
+        label=label,
+        labeled=labeled,
+        predicted_label=predicted_label,
+        min_confidence=min_confidence,
+        max_confidence=max_confidence,
+        hard_example=hard_example,
+        since=since,
+        until=until,
+        limit=limit,
+        after=_cursor(after),
+    )
+    page = await asyncio.to_thread(labeling.find, query)
     return SamplePageOut.of(page)
 
 
 @router.get("/{sample_id}", response_model=SampleOut, responses={404: {}})
 async def get_sample(sample_id: str, labeling: LabelingDep) -> SampleOut:
-    try:
-        return SampleOut.of_sample(await asyncio.to_thread(labeling.get, sample_id))
-    except LabelingError as exc:
-        raise _http_error(exc) from exc
+    return SampleOut.of_sample(await asyncio.to_thread(labeling.get, sample_id))
 
 
 @router.put(
@@ -336,10 +327,7 @@ async def get_sample(sample_id: str, labeling: LabelingDep) -> SampleOut:
     responses={404: {}, 422: {}},
 )
 async def put_label(sample_id: str, body: LabelIn, bridge: BridgeDep, labeling: LabelingDep) -> SampleOut:
-    try:
-        sample = await label_sample(bridge, labeling, sample_id, body.label, body.labeled_by)
-    except LabelingError as exc:
-        raise _http_error(exc) from exc
+    sample = await label_sample(bridge, labeling, sample_id, body.label, body.labeled_by)
     return SampleOut.of_sample(sample)
 
 
@@ -348,8 +336,8 @@ async def get_sample_image(sample_id: str, service: ServiceDep) -> Response:
     record = await _find(service, sample_id)
     try:
         data = await asyncio.to_thread(service.read_image, record)
-    except BlobNotFoundError as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"the image of sample {sample_id!r} is missing") from exc
+    except BlobNotFoundError as exc:  # its message names a hash; the client asked for a sample
+        raise SampleImageMissingError(f"the image of sample {sample_id!r} is missing") from exc
     headers = {"ETag": f'"{record.sha256}"', "Cache-Control": "public, max-age=31536000, immutable"}
     return Response(data, media_type=record.content_type, headers=headers)
 
@@ -362,10 +350,7 @@ async def get_sample_image(sample_id: str, service: ServiceDep) -> Response:
 )
 async def post_labels(body: BatchLabelsIn, bridge: BridgeDep, labeling: LabelingDep) -> BatchLabelsOut:
     items = [(item.sample_id, item.label) for item in body.labels]
-    try:
-        result = await label_samples(bridge, labeling, items, body.labeled_by)
-    except LabelingError as exc:  # labeled_by itself is bad: nothing is labeled
-        raise _http_error(exc) from exc
+    result = await label_samples(bridge, labeling, items, body.labeled_by)  # a bad labeled_by refuses them all
     return BatchLabelsOut(
         labeled=len(result.labeled),
         errors=[LabelErrorOut(sample_id=error.sample_id, reason=error.reason) for error in result.errors],
@@ -384,8 +369,5 @@ async def labeling_queue(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
     after: Annotated[str | None, Query(description="the 'next' cursor of the previous page")] = None,
 ) -> SamplePageOut:
-    try:
-        page = await asyncio.to_thread(labeling.queue, site_id=site_id, limit=limit, after=_cursor(after))
-    except LabelingError as exc:
-        raise _http_error(exc) from exc
+    page = await asyncio.to_thread(labeling.queue, site_id=site_id, limit=limit, after=_cursor(after))
     return SamplePageOut.of(page)

@@ -1,9 +1,8 @@
 """``create_app``: the ingest service wired together (bridge, stores, MQTT subscriber, HTTP API).
 
-Ingest also consumes InferenceCompleted (group ``ingest-predictions``) to keep each sample's prediction.
-With a bus handed in (standalone: one shared bus, started after every service subscribed) the subscription
-is made when the app is created, so that bus must take subscriptions then (a KafkaBus: not started yet);
-with its own bus, the lifespan subscribes once the store is ready and then starts the bus.
+Ingest also consumes InferenceCompleted to keep each sample's prediction: the lifespan builds the store,
+subscribes the handlers of :data:`~edgeloop_ingest.handlers.SUBSCRIPTIONS`, then starts the bus if the app
+owns it.
 """
 
 from __future__ import annotations
@@ -11,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from edgeloop_common.bus.base import EventBus, EventContext
+from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
-from edgeloop_common.events import InferenceCompleted
 from edgeloop_common.health import health_router
+from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.subscriptions import subscribed
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -28,15 +28,14 @@ from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.adapters.mqtt import AsyncioMqttSubscriber, MqttConfig
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine
 from edgeloop_ingest.bridge import Bridge, BridgeConfig
-from edgeloop_ingest.handlers import mqtt_message_handler, record_prediction
+from edgeloop_ingest.handlers import SUBSCRIPTIONS, IngestHandlers, mqtt_message_handler
 from edgeloop_ingest.labeling import LabelingService
+from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import SERVICE_NAME, IngestService
 from edgeloop_ingest.settings import Settings
 from edgeloop_ingest.validation import ImageLimits
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS_GROUP = "ingest-predictions"
 
 
 @dataclass
@@ -48,6 +47,7 @@ class IngestRuntime:
     service: IngestService
     labeling: LabelingService
     bus: EventBus
+    subscriptions: ExitStack
     buffer: DiskBuffer
     bridge: Bridge
     subscriber: AsyncioMqttSubscriber | None
@@ -106,32 +106,14 @@ def mqtt_config(settings: Settings) -> MqttConfig:
     )
 
 
-@dataclass
-class PredictionConsumer:
-    """The InferenceCompleted subscription. It needs the sample store, which exists only while ingest runs;
-    an event that comes before (or after) fails and is retried by the bus."""
-
-    labeling: LabelingService | None = None
-
-    async def __call__(self, event: InferenceCompleted, context: EventContext) -> None:
-        if self.labeling is None:
-            raise RuntimeError("ingest is not running (starting or stopping)")
-        await record_prediction(self.labeling, event, context)
-
-    def subscribe_to(self, bus: EventBus) -> None:
-        bus.subscribe(InferenceCompleted, self, group=PREDICTIONS_GROUP)
-
-
 def create_app(settings: Settings | None = None, *, bus: EventBus | None = None) -> FastAPI:
     """The ingest app. With ``bus`` given (standalone, tests) the app uses it and does not start or stop it."""
     settings = settings or Settings()
-    predictions = PredictionConsumer()
-    if bus is not None:
-        predictions.subscribe_to(bus)
+    metrics = IngestMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await _start(settings, bus, predictions)
+        runtime = await _start(settings, bus, metrics)
         app.state.runtime = runtime
         app.state.service = runtime.service
         app.state.labeling = runtime.labeling
@@ -141,13 +123,14 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
         finally:
             app.state.bridge = None
             await _stop(runtime, owns_bus=bus is None)
-            predictions.labeling = None
 
     app = FastAPI(title="EdgeLoop ingest", version="1", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(api.labels_router)
     app.include_router(api.queue_router)
-    app.include_router(health_router(lambda: _checks(app)))
+    app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
+    app.state.metrics = metrics
     return app
 
 
@@ -158,18 +141,18 @@ def _checks(app: FastAPI) -> dict[str, Callable[[], Awaitable[bool]]]:
     return runtime.readiness_checks()
 
 
-async def _start(settings: Settings, given_bus: EventBus | None, predictions: PredictionConsumer) -> IngestRuntime:
+async def _start(settings: Settings, given_bus: EventBus | None, metrics: IngestMetrics) -> IngestRuntime:
     engine = create_sql_engine(settings.common.resolved_database_url(SERVICE_NAME))
     service = await asyncio.to_thread(build_service, settings, engine)
     assert isinstance(service.samples, SqlSampleRepository)
     labeling = LabelingService(service.samples)
-    predictions.labeling = labeling
     event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+    subscriptions = ExitStack()
+    subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, IngestHandlers(labeling, metrics)))
     if given_bus is None:
-        predictions.subscribe_to(event_bus)
         await event_bus.start()
     buffer = await asyncio.to_thread(DiskBuffer, settings.resolved_buffer_path())
-    bridge = Bridge(service, event_bus, buffer, bridge_config(settings))
+    bridge = Bridge(service, event_bus, buffer, bridge_config(settings), metrics)
     await bridge.start()
     subscriber = None
     if settings.mqtt_enabled:
@@ -183,7 +166,7 @@ async def _start(settings: Settings, given_bus: EventBus | None, predictions: Pr
         bridge.buffered_count,
         f"{settings.common.mqtt_host}:{settings.common.mqtt_port}" if subscriber else "off",
     )
-    return IngestRuntime(settings, engine, service, labeling, event_bus, buffer, bridge, subscriber)
+    return IngestRuntime(settings, engine, service, labeling, event_bus, subscriptions, buffer, bridge, subscriber)
 
 
 async def _stop(runtime: IngestRuntime, *, owns_bus: bool) -> None:
@@ -194,5 +177,6 @@ async def _stop(runtime: IngestRuntime, *, owns_bus: bool) -> None:
         await runtime.subscriber.stop()  # what is still unacknowledged stays with the broker's session
     if owns_bus:
         await runtime.bus.stop()
+    runtime.subscriptions.close()
     runtime.buffer.close()
     runtime.engine.dispose()

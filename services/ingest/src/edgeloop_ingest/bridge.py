@@ -30,8 +30,8 @@ from typing import Any
 
 from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError
 
-from edgeloop_ingest import metrics
 from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
+from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import (
     DeviceMessage,
     IngestService,
@@ -69,12 +69,18 @@ class BridgeConfig:
 
 class Bridge:
     def __init__(
-        self, service: IngestService, bus: EventBus, buffer: DiskBuffer, config: BridgeConfig | None = None
+        self,
+        service: IngestService,
+        bus: EventBus,
+        buffer: DiskBuffer,
+        config: BridgeConfig | None = None,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self.service = service
         self.bus = bus
         self.buffer = buffer
         self.config = config or BridgeConfig()
+        self.metrics = metrics or IngestMetrics()
         self._inbox: deque[tuple[DeviceMessage, OnDurable]] = deque()
         self._inbox_ready = asyncio.Event()
         _Prepared = tuple[list[tuple[DeviceMessage, OnDurable]], asyncio.Future[list[Outcome]]]
@@ -110,7 +116,7 @@ class Bridge:
 
     async def start(self) -> None:
         self._buffered_count = await asyncio.to_thread(self.buffer.count)
-        metrics.BUFFERED.set(self._buffered_count)
+        self.metrics.buffered.set(self._buffered_count)
         if self._buffered_count:
             log.info("disk buffer holds %d event(s) from before; draining them first", self._buffered_count)
             self._buffering = True
@@ -141,7 +147,7 @@ class Bridge:
         self._inbox.append((message, on_durable))
         self._unfinished += 1
         self._idle.clear()
-        metrics.IN_FLIGHT.inc()
+        self.metrics.in_flight.inc()
         self._inbox_ready.set()
 
     async def handle(self, message: DeviceMessage) -> Outcome:
@@ -171,7 +177,7 @@ class Bridge:
             await self._append_to_buffer(unsent)
             self._buffered_count += len(unsent)
         self._buffering = True
-        metrics.BUFFERED.set(self._buffered_count)
+        self.metrics.buffered.set(self._buffered_count)
         self._drain_wanted.set()
         return "buffered"
 
@@ -236,7 +242,7 @@ class Bridge:
                 log.error("storing a batch of %d message(s) failed, retrying: %r", len(batch), exc)
                 await asyncio.sleep(self.config.store_retry_s)
                 continue
-            metrics.PREPARE_DURATION.observe(time.perf_counter() - started)
+            self.metrics.prepare_duration.observe(time.perf_counter() - started)
             return list(outcomes)
 
     def _prepare_chunk(self, messages: list[DeviceMessage]) -> list[Outcome]:
@@ -303,7 +309,7 @@ class Bridge:
             self._reroute_to_buffer(entry, exc)
             return False
         self._direct_in_flight -= 1
-        metrics.PUBLISH_DURATION.observe(time.perf_counter() - entry.enqueued_at)
+        self.metrics.publish_duration.observe(time.perf_counter() - entry.enqueued_at)
         return True
 
     def _reroute_to_buffer(self, entry: _Pending, exc: BaseException) -> None:
@@ -329,7 +335,7 @@ class Bridge:
             await self._append_to_buffer([entry.publication for entry in run])
             self._buffered_count += len(run)
             self._to_buffer -= len(run)
-        metrics.BUFFERED.set(self._buffered_count)
+        self.metrics.buffered.set(self._buffered_count)
         for _ in run:
             self._pending.popleft()
         for entry in run:
@@ -347,17 +353,17 @@ class Bridge:
 
     def _complete(self, message: DeviceMessage, outcome: Outcome, on_durable: OnDurable, path: str) -> None:
         if isinstance(outcome, Rejected):
-            metrics.REJECTIONS.labels(message.ingress, message.kind, outcome.code.value).inc()
+            self.metrics.rejections.labels(message.ingress, message.kind, outcome.code.value).inc()
             label = "dead_lettered" if outcome.publication else "rejected"
         else:
             label = path
             if outcome.redelivery:
-                metrics.BRIDGE_REDELIVERIES.inc()
+                self.metrics.bridge_redeliveries.inc()
         if message.ingress == "mqtt":
-            metrics.BRIDGE_MESSAGES.labels(message.kind, label).inc()
+            self.metrics.bridge_messages.labels(message.kind, label).inc()
         else:
-            metrics.HTTP_UPLOADS.labels("rejected" if isinstance(outcome, Rejected) else "accepted").inc()
-        metrics.IN_FLIGHT.dec()
+            self.metrics.http_uploads.labels("rejected" if isinstance(outcome, Rejected) else "accepted").inc()
+        self.metrics.in_flight.dec()
         self._unfinished -= 1
         if not self._unfinished:
             self._idle.set()
@@ -442,8 +448,8 @@ class Bridge:
             async with self._buffer_lock:
                 await asyncio.to_thread(self.buffer.remove_through, batch[acknowledged - 1].sequence)
                 self._buffered_count -= acknowledged
-            metrics.BUFFERED.set(self._buffered_count)
-            metrics.DRAINED.inc(acknowledged)
+            self.metrics.buffered.set(self._buffered_count)
+            self.metrics.drained.inc(acknowledged)
             log.info("drained %d buffered event(s) to Kafka; %d left", acknowledged, self._buffered_count)
         if unavailable is not None:
             log.warning("Kafka still unavailable while draining the disk buffer: %r", unavailable)

@@ -1,5 +1,8 @@
 """Thin: a device message in (MQTT or HTTP) -> the bridge -> acknowledgement out; a prediction or a
-label in -> the labeling service -> SampleLabeled out."""
+label in -> the labeling service -> SampleLabeled out.
+
+:data:`SUBSCRIPTIONS` is ingest's table: which consumer group handles which event with which handler.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ from datetime import UTC, datetime
 
 from edgeloop_common.bus import EventContext, PermanentError
 from edgeloop_common.events import InferenceCompleted, Ingress
+from edgeloop_common.subscriptions import ConsumerGroup
 
-from edgeloop_ingest import metrics
 from edgeloop_ingest.adapters.mqtt import ReceivedMessage
 from edgeloop_ingest.bridge import Bridge
 from edgeloop_ingest.labeling import BatchLabelResult, LabelingService, PredictionOutcome, Sample, labeled_publication
+from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import DeviceMessage, MessageKind, Outcome
 
 log = logging.getLogger(__name__)
@@ -65,15 +69,20 @@ async def handle_upload(
     return await bridge.handle(message)
 
 
-async def record_prediction(labeling: LabelingService, event: InferenceCompleted, context: EventContext) -> None:
-    """InferenceCompleted -> the sample's prediction (and hard-example verdict). Idempotent: an update by id."""
-    outcome = await asyncio.to_thread(labeling.record_prediction, event)
-    metrics.PREDICTIONS.labels(outcome.value).inc()
-    if outcome is PredictionOutcome.UNKNOWN_SAMPLE:
-        # Ingest commits a sample before announcing it, so an inference of an unknown sample never will match.
-        raise PermanentError(f"InferenceCompleted for sample {event.sample_id!r}, which this ingest does not hold")
-    if outcome is PredictionOutcome.STALE:
-        log.info("kept the newer prediction of sample %s; event %s is older", event.sample_id, context.event_id)
+class IngestHandlers:
+    def __init__(self, labeling: LabelingService, metrics: IngestMetrics) -> None:
+        self.labeling = labeling
+        self.metrics = metrics
+
+    async def on_inference_completed(self, event: InferenceCompleted, context: EventContext) -> None:
+        """The sample's prediction (and hard-example verdict). Idempotent: an update by id."""
+        outcome = await asyncio.to_thread(self.labeling.record_prediction, event)
+        self.metrics.predictions.labels(outcome.value).inc()
+        if outcome is PredictionOutcome.UNKNOWN_SAMPLE:
+            # Ingest commits a sample before announcing it, so an inference of an unknown sample never will match.
+            raise PermanentError(f"InferenceCompleted for sample {event.sample_id!r}, which this ingest does not hold")
+        if outcome is PredictionOutcome.STALE:
+            log.info("kept the newer prediction of sample %s; event %s is older", event.sample_id, context.event_id)
 
 
 async def label_sample(
@@ -82,7 +91,7 @@ async def label_sample(
     """Store the label, then announce it; returns once SampleLabeled is durable (Kafka or the disk buffer)."""
     sample = await asyncio.to_thread(labeling.label, sample_id, label, labeled_by=labeled_by)
     await bridge.publish_durably([labeled_publication(sample)])
-    metrics.LABELS.labels("single").inc()
+    bridge.metrics.labels.labels("single").inc()
     return sample
 
 
@@ -91,5 +100,8 @@ async def label_samples(
 ) -> BatchLabelResult:
     result = await asyncio.to_thread(labeling.label_many, items, labeled_by=labeled_by)
     await bridge.publish_durably([labeled_publication(sample) for sample in result.labeled])
-    metrics.LABELS.labels("batch").inc(len(result.labeled))
+    bridge.metrics.labels.labels("batch").inc(len(result.labeled))
     return result
+
+
+SUBSCRIPTIONS = (ConsumerGroup("ingest-predictions", {InferenceCompleted: IngestHandlers.on_inference_completed}),)

@@ -53,6 +53,10 @@ class InvalidQueryError(LabelingError):
     pass
 
 
+class SampleImageMissingError(LabelingError):
+    """The sample is recorded, but its image is gone from the blob store."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     predicted_label: str

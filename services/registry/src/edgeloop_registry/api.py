@@ -1,14 +1,15 @@
-"""The registry's HTTP routes (``/v1/models``). Domain errors become 404/409 in one place (``app.py``)."""
+"""The registry's HTTP routes (``/v1/models``). Domain errors answer the status of :data:`STATUS_FOR_ERROR`."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
 
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from edgeloop_common.topics import ID_PATTERN
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from edgeloop_registry import metrics
+from edgeloop_registry.metrics import RegistryMetrics
 from edgeloop_registry.schemas import (
     AliasMoveIn,
     AliasMoveOut,
@@ -25,20 +26,34 @@ from edgeloop_registry.schemas import (
     VersionStatus,
     VersionSummaryOut,
 )
-from edgeloop_registry.service import RegistryService
+from edgeloop_registry.service import ConflictError, NotFoundError, RegistryService
 
 router = APIRouter(prefix="/v1/models")
+
+# Domain errors -> HTTP status, in one place (installed by app.py).
+STATUS_FOR_ERROR: StatusForError = {
+    NotFoundError: status.HTTP_404_NOT_FOUND,
+    ConflictError: status.HTTP_409_CONFLICT,
+}
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown model or version."}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorOut, "description": "Conflicts with the state."}}
 
 
 def get_service(request: Request) -> RegistryService:
-    service: RegistryService = request.app.state.service
+    service: RegistryService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise ServiceNotRunningError("the registry is starting or stopping")
     return service
 
 
+def get_metrics(request: Request) -> RegistryMetrics:
+    metrics: RegistryMetrics = request.app.state.metrics
+    return metrics
+
+
 Service = Annotated[RegistryService, Depends(get_service)]
+Metrics = Annotated[RegistryMetrics, Depends(get_metrics)]
 ModelName = Annotated[str, Path(description="Model name.")]
 Version = Annotated[int, Path(ge=1, description="Version number.")]
 NEW_NAME = f"^{ID_PATTERN}$"
@@ -89,12 +104,13 @@ async def register_version(
     name: Annotated[str, Path(pattern=NEW_NAME, description="Model name; the model is created if missing.")],
     body: VersionIn,
     service: Service,
+    metrics: Metrics,
     response: Response,
 ) -> VersionOut:
     """Register a fully exported version (status `ready`) with its metrics, lineage and reference statistics.
     `version` null takes the next integer; an existing number is 409. Announces ModelRegistered (outbox)."""
     version = await asyncio.to_thread(service.register_version, name, body.to_new_version())
-    metrics.VERSIONS_REGISTERED.inc()
+    metrics.versions_registered.inc()
     response.headers["location"] = f"/v1/models/{name}/versions/{version.version}"
     return VersionOut.of(version)
 
@@ -198,7 +214,7 @@ async def alias_history(
     summary="Promote a version to production (policy decides)",
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The version is not ready."}},
 )
-async def promote(name: ModelName, body: PromotionIn, service: Service) -> PromotionOut:
+async def promote(name: ModelName, body: PromotionIn, service: Service, metrics: Metrics) -> PromotionOut:
     """Promote when there is no production version, or when the candidate's accuracy is at least production's on
     the same evaluation set plus the margin (`EDGELOOP_REGISTRY_PROMOTION_MARGIN`). A refusal is 200 with
     `promoted: false` and the reason. `force` skips the policy. A promotion announces ModelPromoted."""
@@ -211,7 +227,7 @@ async def promote(name: ModelName, body: PromotionIn, service: Service) -> Promo
         actor=body.actor,
         force=body.force,
     )
-    metrics.PROMOTIONS.labels(outcome=_outcome(result.promoted, result.previous_version, body)).inc()
+    metrics.promotions.labels(outcome=_outcome(result.promoted, result.previous_version, body)).inc()
     return PromotionOut.of(result)
 
 
@@ -222,7 +238,7 @@ async def promote(name: ModelName, body: PromotionIn, service: Service) -> Promo
     summary="Roll production back",
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "Nothing to roll back to."}},
 )
-async def rollback(name: ModelName, body: RollbackIn, service: Service) -> PromotionOut:
+async def rollback(name: ModelName, body: RollbackIn, service: Service, metrics: Metrics) -> PromotionOut:
     """Move `production` back to the version it had before the current one (undoing one promotion per call), or to
     `to_version`, with a reason. Announces ModelPromoted."""
     result = await asyncio.to_thread(
@@ -233,7 +249,7 @@ async def rollback(name: ModelName, body: RollbackIn, service: Service) -> Promo
         actor=body.actor,
         to_version=body.to_version,
     )
-    metrics.PROMOTIONS.labels(outcome="rolled_back").inc()
+    metrics.promotions.labels(outcome="rolled_back").inc()
     return PromotionOut.of(result)
 
 

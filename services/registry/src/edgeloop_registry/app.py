@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from edgeloop_common.http_errors import install_error_handlers
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from edgeloop_registry import api
 from edgeloop_registry.adapters import migrations
 from edgeloop_registry.adapters.db import SqlOutbox, SqlUnitOfWork, create_sql_engine, database_reachable
+from edgeloop_registry.metrics import RegistryMetrics
 from edgeloop_registry.relay import OutboxRelay, RelayConfig
-from edgeloop_registry.service import ConflictError, NotFoundError, RegistryService
+from edgeloop_registry.service import RegistryService
 from edgeloop_registry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,11 @@ class RegistryRuntime:
 def create_app(settings: Settings | None = None, *, bus: EventBus | None = None) -> FastAPI:
     """The registry app. With ``bus`` given (standalone, tests) the app uses it and does not start or stop it."""
     settings = settings or Settings()
+    metrics = RegistryMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await _start(settings, bus)
+        runtime = await _start(settings, bus, metrics)
         app.state.runtime = runtime
         app.state.service = runtime.service
         try:
@@ -74,26 +75,11 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
         title="EdgeLoop registry", version="1", description=DESCRIPTION, openapi_tags=OPENAPI_TAGS, lifespan=lifespan
     )
     app.include_router(api.router)
-    app.include_router(health_router(lambda: _checks(app)))
-    app.add_exception_handler(NotFoundError, _not_found)
-    app.add_exception_handler(ConflictError, _conflict)
-    app.add_exception_handler(RequestValidationError, _invalid)
+    app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    # Invalid input is not echoed back in a 422: an input holding NaN cannot even be rendered as JSON.
+    install_error_handlers(app, api.STATUS_FOR_ERROR, echo_invalid_input=False)
+    app.state.metrics = metrics
     return app
-
-
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=409)
-
-
-async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 without echoing the input back: an input with NaN in it cannot even be rendered as JSON."""
-    assert isinstance(exc, RequestValidationError)
-    errors = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-    return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def _constant(value: bool) -> bool:
@@ -107,7 +93,7 @@ def _checks(app: FastAPI) -> dict[str, Callable[[], Awaitable[bool]]]:
     return runtime.readiness_checks()
 
 
-async def _start(settings: Settings, given_bus: EventBus | None) -> RegistryRuntime:
+async def _start(settings: Settings, given_bus: EventBus | None, metrics: RegistryMetrics) -> RegistryRuntime:
     engine = create_sql_engine(settings.resolved_database_url())
     if settings.migrate_on_start:
         await asyncio.to_thread(migrations.upgrade, engine)
@@ -119,7 +105,7 @@ async def _start(settings: Settings, given_bus: EventBus | None) -> RegistryRunt
         batch_size=settings.outbox_batch_size,
         retry_max_s=settings.outbox_retry_max_s,
     )
-    relay = OutboxRelay(SqlOutbox(engine), event_bus, relay_config)
+    relay = OutboxRelay(SqlOutbox(engine), event_bus, relay_config, metrics)
     service = RegistryService(
         SqlUnitOfWork(engine), promotion_margin=settings.promotion_margin, outbox_written=relay.notify
     )

@@ -24,7 +24,7 @@ from edgeloop_common.events import EVENTS_BY_TYPE, Event
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from edgeloop_registry import metrics
+from edgeloop_registry.metrics import RegistryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,17 @@ class RelayConfig:
 
 
 class OutboxRelay:
-    def __init__(self, outbox: OutboxStore, bus: EventBus, config: RelayConfig | None = None) -> None:
+    def __init__(
+        self,
+        outbox: OutboxStore,
+        bus: EventBus,
+        config: RelayConfig | None = None,
+        metrics: RegistryMetrics | None = None,
+    ) -> None:
         self.outbox = outbox
         self.bus = bus
         self.config = config or RelayConfig()
+        self.metrics = metrics or RegistryMetrics()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,15 +116,15 @@ class OutboxRelay:
         try:
             await self.bus.publish(_event_of(row), event_id=row.event_id)
         except (BusUnavailableError, PermanentError) as exc:
-            metrics.OUTBOX_PUBLISH_FAILURES.inc()
+            self.metrics.outbox_publish_failures.inc()
             await asyncio.to_thread(self.outbox.record_failure, row.id, f"{type(exc).__name__}: {exc}")
             await self._update_pending_gauge()
             raise
         await asyncio.to_thread(self.outbox.mark_published, row.id)
-        metrics.OUTBOX_PUBLISHED.labels(event_type=row.event_type).inc()
+        self.metrics.outbox_published.labels(event_type=row.event_type).inc()
 
     async def _update_pending_gauge(self) -> None:
-        metrics.OUTBOX_PENDING.set(await asyncio.to_thread(self.outbox.pending_count))
+        self.metrics.outbox_pending.set(await asyncio.to_thread(self.outbox.pending_count))
 
     async def _run(self) -> None:
         backoff = self.config.retry_initial_s

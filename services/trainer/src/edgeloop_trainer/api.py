@@ -6,14 +6,20 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from edgeloop_common.events import TrainingReason
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from edgeloop_common.topics import ID_PATTERN
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeloop_trainer.ports import Run, RunState
+from edgeloop_trainer.ports import Run, RunNotFoundError, RunState
 from edgeloop_trainer.service import TrainerService
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"])
+
+# Domain errors -> HTTP status, in one place (installed by app.py).
+STATUS_FOR_ERROR: StatusForError = {
+    RunNotFoundError: status.HTTP_404_NOT_FOUND,
+}
 
 
 class TrainingRequestIn(BaseModel):
@@ -98,7 +104,7 @@ class RunList(BaseModel):
 def get_service(request: Request) -> TrainerService:
     service: TrainerService | None = getattr(request.app.state, "service", None)
     if service is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the trainer is starting or stopping")
+        raise ServiceNotRunningError("the trainer is starting or stopping")
     return service
 
 
@@ -136,7 +142,4 @@ async def list_trainings(
 
 @router.get("/{run_id}", response_model=RunOut, responses={404: {"description": "No such run"}})
 async def get_training(run_id: str, service: ServiceDep) -> RunOut:
-    run = await service.get_run(run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no training run {run_id!r}")
-    return RunOut.of(run)
+    return RunOut.of(await service.run(run_id))

@@ -1,4 +1,8 @@
-"""``create_app``: the trainer service wired together (trainings table, registry and ingest clients, engine, bus)."""
+"""``create_app``: the trainer service wired together (trainings table, registry and ingest clients, engine, bus).
+
+The lifespan builds the service, subscribes the handlers of :data:`~edgeloop_trainer.handlers.SUBSCRIPTIONS`
+(TrainingRequested, SampleLabeled), then starts the bus if the app owns it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
 from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
-from edgeloop_common.events import SampleLabeled, TrainingRequested
+from edgeloop_common.events import TrainingRequested
 from edgeloop_common.health import health_router
+from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.idempotency import SqlProcessedEventStore
+from edgeloop_common.subscriptions import subscribed
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -23,7 +29,8 @@ from edgeloop_trainer.adapters.registry_client import RegistryClient
 from edgeloop_trainer.adapters.runs import SqlRunStore, create_sql_engine
 from edgeloop_trainer.adapters.samples_client import SamplesClient
 from edgeloop_trainer.adapters.snapshots import LocalSnapshotStore
-from edgeloop_trainer.handlers import LABELS_GROUP, TRAINING_GROUP, sample_labeled_handler, training_requested_handler
+from edgeloop_trainer.handlers import SUBSCRIPTIONS, TrainerHandlers
+from edgeloop_trainer.metrics import TrainerMetrics
 from edgeloop_trainer.ports import Publisher, RegistryPort, SamplesPort, TrainingEngine
 from edgeloop_trainer.service import SERVICE_NAME, TrainerConfig, TrainerService
 from edgeloop_trainer.settings import Settings
@@ -40,6 +47,7 @@ class TrainerRuntime:
     runs: SqlRunStore
     service: TrainerService
     bus: EventBus
+    subscriptions: ExitStack
     http_clients: list[httpx.AsyncClient] = field(default_factory=list)
     schedule: asyncio.Task[None] | None = None
 
@@ -61,10 +69,11 @@ def create_app(
     Keras engine (tests; an in-process registry).
     """
     settings = settings or Settings()
+    metrics = TrainerMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await _start(settings, bus, registry, samples, engine)
+        runtime = await _start(settings, bus, registry, samples, engine, metrics)
         app.state.runtime = runtime
         app.state.service = runtime.service
         try:
@@ -75,7 +84,9 @@ def create_app(
 
     app = FastAPI(title="EdgeLoop trainer", version="1", lifespan=lifespan)
     app.include_router(api.router)
-    app.include_router(health_router(lambda: _checks(app)))
+    app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
+    app.state.metrics = metrics
     return app
 
 
@@ -137,6 +148,7 @@ async def _start(
     registry: RegistryPort | None,
     samples: SamplesPort | None,
     engine: TrainingEngine | None,
+    metrics: TrainerMetrics,
 ) -> TrainerRuntime:
     database = create_sql_engine(settings.common.resolved_database_url(SERVICE_NAME))
     runs = await asyncio.to_thread(SqlRunStore, database)
@@ -165,13 +177,14 @@ async def _start(
         engine=engine,
         publish=bus_publisher(event_bus),
         config=trainer_config(settings),
+        metrics=metrics,
     )
-    event_bus.subscribe(TrainingRequested, training_requested_handler(service), group=TRAINING_GROUP)
-    event_bus.subscribe(SampleLabeled, sample_labeled_handler(service), group=LABELS_GROUP)
+    subscriptions = ExitStack()
+    subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, TrainerHandlers(service)))
     if given_bus is None:
         await event_bus.start()
     await service.resume()
-    runtime = TrainerRuntime(settings, database, runs, service, event_bus, clients)
+    runtime = TrainerRuntime(settings, database, runs, service, event_bus, subscriptions, clients)
     if settings.schedule_s > 0:
         runtime.schedule = asyncio.create_task(_schedule(service, settings.schedule_s), name="trainer:schedule")
     log.info(
@@ -202,6 +215,7 @@ async def _stop(runtime: TrainerRuntime, *, owns_bus: bool) -> None:
             await runtime.schedule
     if owns_bus:
         await runtime.bus.stop()  # no new requests; those recorded stay queued for the next start
+    runtime.subscriptions.close()
     await runtime.service.stop()
     for client in runtime.http_clients:
         await client.aclose()

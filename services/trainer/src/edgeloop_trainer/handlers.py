@@ -1,20 +1,20 @@
-"""Thin: an event in -> the service -> events out."""
+"""Thin: an event in -> the service -> events out.
+
+:data:`SUBSCRIPTIONS` is the trainer's table: which consumer group handles which event with which handler.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
 
 from edgeloop_common.bus import EventContext, PermanentError
 from edgeloop_common.events import SampleLabeled, TrainingRequested
+from edgeloop_common.subscriptions import ConsumerGroup
 from edgeloop_common.topics import ID_PATTERN
 
 from edgeloop_trainer.ports import TrainingRequest
 from edgeloop_trainer.service import TrainerService
-
-TRAINING_GROUP = "trainer"
-LABELS_GROUP = "trainer-labels"
 
 _MODEL_NAME = re.compile(f"^{ID_PATTERN}$")
 
@@ -24,17 +24,17 @@ def request_id_of(event_id: str) -> str:
     return event_id if len(event_id) <= 200 else "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
-def training_requested_handler(
-    service: TrainerService,
-) -> Callable[[TrainingRequested, EventContext], Awaitable[None]]:
-    """Returns once the request is in the trainings table: the bus commits, the training runs later."""
+class TrainerHandlers:
+    def __init__(self, service: TrainerService) -> None:
+        self.service = service
 
-    async def handle(event: TrainingRequested, context: EventContext) -> None:
+    async def on_training_requested(self, event: TrainingRequested, context: EventContext) -> None:
+        """Returns once the request is in the trainings table: the bus commits, the training runs later."""
         if not _MODEL_NAME.match(event.model_name):
             raise PermanentError(
                 f"model name {event.model_name!r} must be 1-64 letters, digits, '_', '.' or '-' (it is part of paths)"
             )
-        await service.request_training(
+        await self.service.request_training(
             TrainingRequest(
                 request_id=request_id_of(context.event_id),
                 model_name=event.model_name,
@@ -45,11 +45,11 @@ def training_requested_handler(
             )
         )
 
-    return handle
+    async def on_sample_labeled(self, event: SampleLabeled, context: EventContext) -> None:
+        await self.service.count_label()
 
 
-def sample_labeled_handler(service: TrainerService) -> Callable[[SampleLabeled, EventContext], Awaitable[None]]:
-    async def handle(event: SampleLabeled, context: EventContext) -> None:
-        await service.count_label()
-
-    return handle
+SUBSCRIPTIONS = (
+    ConsumerGroup("trainer", {TrainingRequested: TrainerHandlers.on_training_requested}),
+    ConsumerGroup("trainer-labels", {SampleLabeled: TrainerHandlers.on_sample_labeled}),
+)

@@ -44,6 +44,10 @@ class TrainingCancelledError(Exception):
     """The trainer is stopping: the run is abandoned and its requests are queued again."""
 
 
+class RunNotFoundError(Exception):
+    """No training run has that id."""
+
+
 # -- records --------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from typing import Any
 from edgeloop_common.bus import BusUnavailableError
 from edgeloop_common.events import TrainingReason, TrainingRequested, utc_now
 
+from edgeloop_trainer.metrics import TrainerMetrics
 from edgeloop_trainer.ports import (
     Candidate,
     Enqueued,
@@ -45,6 +47,7 @@ from edgeloop_trainer.ports import (
     RegistryPort,
     RegistryUnavailableError,
     Run,
+    RunNotFoundError,
     RunState,
     RunStore,
     SampleImageMissingError,
@@ -85,6 +88,7 @@ class TrainerService:
         engine: TrainingEngine,
         publish: Publisher,
         config: TrainerConfig,
+        metrics: TrainerMetrics | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.runs = runs
@@ -94,6 +98,7 @@ class TrainerService:
         self.engine = engine
         self.publish = publish
         self.config = config
+        self.metrics = metrics or TrainerMetrics()
         self.clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -109,6 +114,7 @@ class TrainerService:
         if enqueued.duplicate:
             log.info("training request %s was already recorded (run %s)", request.request_id, enqueued.run_id)
         else:
+            self.metrics.requests.labels(reason=request.reason).inc()
             log.info(
                 "training of %s requested (%s by %s): %s run %s",
                 request.model_name,
@@ -209,6 +215,13 @@ class TrainerService:
         run = await asyncio.to_thread(self.runs.get, run_id)
         return self._with_live_progress(run) if run else None
 
+    async def run(self, run_id: str) -> Run:
+        """The run; :class:`RunNotFoundError` if there is none of that id."""
+        run = await self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no training run {run_id!r}")
+        return run
+
     async def list_runs(self, *, model_name: str | None, state: RunState | None, limit: int) -> list[Run]:
         runs = await asyncio.to_thread(self.runs.find, model_name=model_name, state=state, limit=limit)
         return [self._with_live_progress(run) for run in runs]
@@ -243,19 +256,25 @@ class TrainerService:
 
     async def _execute(self, run: Run) -> None:
         log.info("training run %s of %s started (%s)", run.run_id, run.model_name, _reasons(run))
+        started = time.perf_counter()
+        self.metrics.runs_in_progress.inc()
         try:
             result = await self._pipeline(run)
         except TrainingCancelledError:
+            self.metrics.run_finished("interrupted", time.perf_counter() - started)
             await self._fail_and_requeue(run, "cancelled: the trainer stopped during this run")
             return
         except Exception as exc:  # the run fails with its reason, logged; the worker goes on
+            self.metrics.run_finished("failed", time.perf_counter() - started)
             log.exception("training run %s of %s failed", run.run_id, run.model_name)
             await asyncio.to_thread(
                 self.runs.update, run.run_id, state="failed", error=_describe(exc), finished_at=self.clock()
             )
             return
         finally:
+            self.metrics.runs_in_progress.dec()
             self._live.pop(run.run_id, None)
+        self.metrics.run_finished("succeeded", time.perf_counter() - started)
         await asyncio.to_thread(
             self.runs.update,
             run.run_id,

@@ -40,7 +40,11 @@ E = TypeVar("E", bound=Event)
 
 
 class PermanentError(Exception):
-    """The message can never be handled (bad input); do not retry, dead-letter it."""
+    """The message can never be handled (bad input); do not retry, dead-letter it.
+
+    Domain errors do not inherit from it: a handler maps those that are permanent at its boundary, with
+    ``raise PermanentError(str(error)) from error``; the dead letter then names the domain error's type.
+    """
 
 
 class BusUnavailableError(Exception):

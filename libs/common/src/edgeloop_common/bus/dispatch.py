@@ -108,7 +108,7 @@ async def deliver(
             await publish_dead_letter(
                 dead_letter_for(
                     reason=f"{subscription.group}: {reason}",
-                    error=exc,
+                    error=_named_error(exc),
                     service=service,
                     attempts=attempt,
                     topic=context.topic,
@@ -126,3 +126,11 @@ async def deliver(
         stats.handled += 1
         await processed.mark(subscription.group, context.event_id)
         return "handled"
+
+
+def _named_error(exc: Exception) -> BaseException:
+    """The error a dead letter names: a handler maps a domain error to the bus with ``raise PermanentError(...)
+    from error``, and the dead letter names that domain error (``BlobIntegrityError``), not ``PermanentError``."""
+    if isinstance(exc, PermanentError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc

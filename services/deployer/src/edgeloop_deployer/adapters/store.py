@@ -6,7 +6,7 @@ Two tables of the deployer's own (``deployer_`` prefix) in the shared database:
 re-applies exactly what served). Blocking SQLAlchemy calls run in a thread.
 
 The schema is owned by the Alembic migrations in ``edgeloop_deployer/migrations``
-(run at start by :func:`edgeloop_deployer.adapters.schema.upgrade_schema`); the
+(run at start by :data:`edgeloop_deployer.adapters.schema.MIGRATIONS`); the
 tables here describe it for the queries, and a test checks the two agree.
 """
 
@@ -30,11 +30,10 @@ from sqlalchemy import (
     Text,
     insert,
     select,
-    text,
     update,
 )
 
-from edgeloop_deployer.adapters.schema import upgrade_schema
+from edgeloop_deployer.adapters.schema import MIGRATIONS
 from edgeloop_deployer.service import DeploymentState, RolloutPhase, RolloutRecord
 
 metadata = MetaData()
@@ -80,7 +79,7 @@ class SqlDeploymentStore:
     def __init__(self, engine: Engine, *, upgrade: bool = True) -> None:
         self.engine = engine
         if upgrade:
-            upgrade_schema(engine)
+            MIGRATIONS.upgrade(engine)
 
     # --- deployments ---
 
@@ -178,16 +177,7 @@ class SqlDeploymentStore:
         return _rollout(row) if row else None
 
     def reachable(self) -> bool:
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back: they were stored in UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+        return sql.database_reachable(self.engine)
 
 
 def _state(row: RowMapping) -> DeploymentState:
@@ -199,7 +189,7 @@ def _state(row: RowMapping) -> DeploymentState:
         previous_version=row["previous_version"],
         phase=row["phase"],
         reason=row["reason"],
-        updated_at=_aware(row["updated_at"]) or datetime.now(UTC),
+        updated_at=sql.aware_utc(row["updated_at"]) or datetime.now(UTC),
     )
 
 
@@ -214,6 +204,6 @@ def _rollout(row: RowMapping) -> RolloutRecord:
         phase=row["phase"],
         detail=row["detail"],
         pod_annotations=dict(row["pod_annotations"] or {}),
-        started_at=_aware(row["started_at"]) or datetime.now(UTC),
-        finished_at=_aware(row["finished_at"]),
+        started_at=sql.aware_utc(row["started_at"]) or datetime.now(UTC),
+        finished_at=sql.aware_utc(row["finished_at"]),
     )

@@ -80,6 +80,9 @@ class AsyncioMqttSubscriber:
         """Connect (retrying in the background until the broker is there) and subscribe."""
         self.client.connect_in_background()
         self._subscribing = asyncio.create_task(self._subscribe_once_connected(), name="mqtt-subscribe")
+        # With the broker there, return subscribed (as before the shared driver): what devices publish right after
+        # start is not lost. Without it, go on; the connection keeps being retried in the background.
+        await self.wait_connected(timeout_s=5.0)
 
     async def wait_connected(self, timeout_s: float) -> bool:
         """Wait until connected and subscribed (the first time)."""

@@ -5,7 +5,7 @@ shared database): the record of the image, then -- written later, by sample id -
 the model's prediction (from InferenceCompleted) and a person's label.
 
 The schema is owned by the Alembic migrations in ``edgeloop_ingest/migrations``
-(run at start by :func:`edgeloop_ingest.adapters.schema.upgrade_schema`); the
+(run at start by :data:`edgeloop_ingest.adapters.schema.MIGRATIONS`); the
 table below mirrors them for queries, and a test checks the two agree.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import fields
 from datetime import datetime
 
 from edgeloop_common.sql import create_sql_engine as create_sql_engine  # re-exported; SQLite: WAL, synchronous=FULL
+from edgeloop_common.sql import database_reachable
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -42,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 
-from edgeloop_ingest.adapters.schema import upgrade_schema
+from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.labeling import (
     Label,
     Prediction,
@@ -113,7 +114,7 @@ class SqlSampleRepository:
     def __init__(self, engine: Engine, *, upgrade: bool = True) -> None:
         self.engine = engine
         if upgrade:
-            upgrade_schema(engine)
+            MIGRATIONS.upgrade(engine)
 
     def add_many(self, records: Sequence[SampleRecord]) -> None:
         """Insert ``records`` in one transaction (one commit for a whole batch)."""
@@ -195,9 +196,7 @@ class SqlSampleRepository:
         return [_sample(row) for row in rows]
 
     def reachable(self) -> bool:
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
+        return database_reachable(self.engine)
 
 
 def _conditions(query: SampleQuery) -> list[ColumnElement[bool]]:

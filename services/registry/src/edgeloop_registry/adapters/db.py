@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeloop_common import sql
 from edgeloop_common.events import Event
+from edgeloop_common.sql import database_reachable as database_reachable  # re-exported for the app
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -192,11 +193,6 @@ def create_sql_engine(url: str) -> Engine:
     return sql.create_sql_engine(
         url, sqlite_pragmas=(*sql.DURABLE_SQLITE_PRAGMAS, "foreign_keys=ON"), sqlite_begin_immediate=True
     )
-
-
-def database_reachable(engine: Engine) -> bool:
-    with engine.connect() as connection:
-        return connection.exec_driver_sql("SELECT 1").scalar() == 1
 
 
 class SqlUnitOfWork:

@@ -1,6 +1,6 @@
 """Alembic environment of the registry.
 
-The service runs the migrations itself at start (``adapters.migrations.upgrade``), handing over its connection
+The service runs the migrations itself at start (``adapters.migrations.MIGRATIONS``), handing over its connection
 in ``config.attributes["connection"]``. From the command line (``alembic -c services/registry/alembic.ini ...``)
 the database is ``-x url=...``, else ``sqlalchemy.url``, else the registry's settings (``EDGELOOP_DATABASE_URL``,
 ``EDGELOOP_MODE``).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from alembic import context
 from edgeloop_registry.adapters.db import Base, create_sql_engine
-from edgeloop_registry.adapters.migrations import VERSION_TABLE
+from edgeloop_registry.adapters.migrations import MIGRATIONS
 from sqlalchemy.engine import Connection
 
 config = context.config
@@ -20,7 +20,7 @@ def _configure_and_run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        version_table=VERSION_TABLE,
+        version_table=MIGRATIONS.version_table,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
         compare_type=True,
     )

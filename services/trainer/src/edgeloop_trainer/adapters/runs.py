@@ -6,16 +6,17 @@ keyed by its id (the event id, or the id given to an HTTP request), so a
 redelivered event finds its row and changes nothing.
 
 The schema is owned by the Alembic migrations in ``edgeloop_trainer/migrations``
-(run at start by :func:`edgeloop_trainer.adapters.schema.upgrade_schema`); the
+(run at start by :data:`edgeloop_trainer.adapters.schema.MIGRATIONS`); the
 tables here describe it for the queries, and a test checks the two agree.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from edgeloop_common.sql import aware_utc, database_reachable
 from edgeloop_common.sql import create_sql_engine as create_sql_engine  # re-exported; SQLite: WAL, synchronous=FULL
 from sqlalchemy import (
     JSON,
@@ -36,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from edgeloop_trainer.adapters.schema import upgrade_schema
+from edgeloop_trainer.adapters.schema import MIGRATIONS
 from edgeloop_trainer.ports import Enqueued, Run, RunState, TrainingRequest
 
 metadata = MetaData()
@@ -95,13 +96,6 @@ label_counts = Table(
 _UPDATABLE = {"state", "started_at", "finished_at", "progress", "snapshot_id", "candidate_version", "result", "error"}
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back; every time here is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 class SqlRunStore:
     """Blocking calls: async callers run them in a thread. Creating one brings the schema up to date
     (``upgrade=False``: as it is, for tests of the migrations)."""
@@ -109,12 +103,10 @@ class SqlRunStore:
     def __init__(self, engine: Engine, *, upgrade: bool = True) -> None:
         self.engine = engine
         if upgrade:
-            upgrade_schema(engine)
+            MIGRATIONS.upgrade(engine)
 
     def reachable(self) -> bool:
-        with self.engine.connect() as connection:
-            connection.execute(select(1))
-        return True
+        return database_reachable(self.engine)
 
     # -- the queue ---------------------------------------------------------------
 
@@ -230,7 +222,7 @@ class SqlRunStore:
             model_name=row.model_name,
             state=row.state,
             attempt=row.attempt,
-            created_at=_aware(row.created_at),  # type: ignore[arg-type]
+            created_at=aware_utc(row.created_at),  # type: ignore[arg-type]
             requests=tuple(
                 TrainingRequest(
                     request_id=r.request_id,
@@ -238,12 +230,12 @@ class SqlRunStore:
                     reason=r.reason,
                     requested_by=r.requested_by,
                     detail=r.detail,
-                    requested_at=_aware(r.requested_at),  # type: ignore[arg-type]
+                    requested_at=aware_utc(r.requested_at),  # type: ignore[arg-type]
                 )
                 for r in requests
             ),
-            started_at=_aware(row.started_at),
-            finished_at=_aware(row.finished_at),
+            started_at=aware_utc(row.started_at),
+            finished_at=aware_utc(row.finished_at),
             progress=row.progress or {},
             snapshot_id=row.snapshot_id,
             candidate_version=row.candidate_version,

@@ -16,28 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeloop_common.migrations import AlembicMigrations
-from sqlalchemy import Engine
 
-VERSION_TABLE = "trainer_alembic_version"
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-_MIGRATIONS = AlembicMigrations(
-    MIGRATIONS_DIR,
-    VERSION_TABLE,
+MIGRATIONS = AlembicMigrations(
+    Path(__file__).resolve().parent.parent / "migrations",
+    version_table="trainer_alembic_version",
     lock_key=0x747261696E6572,  # "trainer": pg_advisory_xact_lock's key for the upgrade
 )
-
-
-def upgrade_schema(engine: Engine, revision: str = "head") -> None:
-    _MIGRATIONS.upgrade(engine, revision)
-
-
-def downgrade_schema(engine: Engine, revision: str) -> None:
-    _MIGRATIONS.downgrade(engine, revision)
-
-
-def current_revision(engine: Engine) -> str | None:
-    return _MIGRATIONS.current_revision(engine)
-
-
-def head_revision() -> str | None:
-    return _MIGRATIONS.head_revision()

@@ -1,0 +1,69 @@
+"""Domain errors to HTTP, the same way in every service: a table of statuses and one body shape.
+
+Each service's ``api.py`` declares which of its domain errors answers which status (kserve's ``errors.py``)::
+
+    STATUS_FOR_ERROR: StatusForError = {
+        NotFoundError: 404,
+        ConflictError: 409,
+    }
+
+and its app installs it: ``install_error_handlers(app, api.STATUS_FOR_ERROR)``. The body is FastAPI's own, what
+``HTTPException`` and request validation answer too, so every error of every service reads the same::
+
+    HTTP/1.1 404 Not Found
+    {"detail": "no model named 'catdog'"}
+
+An error whose class the table does not name answers the status of its nearest base class that it names
+(Starlette looks handlers up along the class's MRO); one it does not cover at all is a 500.
+
+The domain errors know nothing of HTTP (nor of the bus): the table is the one place that knows their status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+StatusForError = Mapping[type[Exception], int]
+
+
+class ServiceNotRunningError(Exception):
+    """What a route needs is built in the lifespan and is not there: the service is starting or stopping (503)."""
+
+
+def error_response(status_code: int, reason: str) -> JSONResponse:
+    """The error body every service answers: ``{"detail": reason}``."""
+    return JSONResponse({"detail": reason}, status_code=status_code)
+
+
+def install_error_handlers(app: FastAPI, status_for_error: StatusForError, *, echo_invalid_input: bool = True) -> None:
+    """Answer each error of ``status_for_error`` with its status and ``{"detail": str(error)}``.
+
+    :class:`ServiceNotRunningError` answers 503 unless the table says otherwise. ``echo_invalid_input=False``
+    leaves the rejected input out of a request validation error (FastAPI echoes it back, and an input holding
+    NaN cannot even be rendered as JSON).
+    """
+    for error_cls, status_code in {
+        ServiceNotRunningError: status.HTTP_503_SERVICE_UNAVAILABLE,
+        **status_for_error,
+    }.items():
+        app.add_exception_handler(error_cls, _answer_with(status_code))
+    if not echo_invalid_input:
+        app.add_exception_handler(RequestValidationError, _invalid_request_without_input)
+
+
+def _answer_with(status_code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def answer(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(status_code, str(exc) or type(exc).__name__)
+
+    return answer
+
+
+async def _invalid_request_without_input(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body without the ``input`` (nor ``ctx``) of each error."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]} for error in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
