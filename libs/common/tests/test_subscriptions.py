@@ -9,7 +9,14 @@ from common_samples import image_received, telemetry_received
 from edgeloop_common.bus.base import EventContext, PermanentError, RetryPolicy
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import ImageReceived, TelemetryReceived
-from edgeloop_common.subscriptions import ConsumerGroup, SubscriberStoppedError, renamed, subscribed
+from edgeloop_common.subscriptions import (
+    ConsumerGroup,
+    SubscriberStoppedError,
+    renamed,
+    subscribed,
+    with_consumer_group_setting,
+)
+from pydantic_settings import BaseSettings
 
 FAST_RETRY = RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01)
 
@@ -105,3 +112,13 @@ def test_renamed_renames_only_the_groups_named() -> None:
     groups = renamed(SUBSCRIPTIONS, {"recorder": "recorder-blue"})
     assert [group.name for group in groups] == ["recorder-blue", "recorder-telemetry"]
     assert groups[0].handlers == SUBSCRIPTIONS[0].handlers
+
+
+class _GroupSetting(BaseSettings):
+    consumer_group: str = "unused-default"
+
+
+def test_the_consumer_group_setting_renames_the_first_group_only_where_an_operator_set_it() -> None:
+    assert with_consumer_group_setting(SUBSCRIPTIONS, _GroupSetting()) == SUBSCRIPTIONS
+    groups = with_consumer_group_setting(SUBSCRIPTIONS, _GroupSetting(consumer_group="recorder-green"))
+    assert [group.name for group in groups] == ["recorder-green", "recorder-telemetry"]

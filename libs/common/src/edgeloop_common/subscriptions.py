@@ -62,6 +62,18 @@ def renamed(groups: Iterable[ConsumerGroup[Owner]], names: Mapping[str, str]) ->
     return tuple(dataclasses.replace(group, name=names.get(group.name, group.name)) for group in groups)
 
 
+def with_consumer_group_setting(
+    groups: tuple[ConsumerGroup[Owner], ...], settings: Any
+) -> tuple[ConsumerGroup[Owner], ...]:
+    """``groups``, the first renamed to ``settings.consumer_group`` where an operator set it (its env variable).
+
+    Left unset, the table's own name stands: the group is declared once, in the service's ``handlers.py``.
+    """
+    if "consumer_group" not in settings.model_fields_set:
+        return groups
+    return renamed(groups, {groups[0].name: settings.consumer_group})
+
+
 @contextmanager
 def subscribed(bus: EventBus, groups: Iterable[ConsumerGroup[Owner]], owner: Owner) -> Iterator[None]:
     """Subscribe every handler of ``groups``, bound to ``owner``; detach them from ``owner`` on leaving.

@@ -17,7 +17,7 @@ from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.idempotency import SqlProcessedEventStore
-from edgeloop_common.subscriptions import ConsumerGroup, renamed, subscribed
+from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
 from fastapi import FastAPI
 
 from edgeloop_deployer import api
@@ -74,14 +74,6 @@ def rollout_config(settings: Settings) -> RolloutConfig:
     )
 
 
-def consumer_groups(settings: Settings) -> tuple[ConsumerGroup[DeployerHandlers], ...]:
-    """The handlers' table; ``consumer_group``, where an operator set it (EDGELOOP_DEPLOYER_CONSUMER_GROUP),
-    renames the table's group."""
-    if "consumer_group" not in settings.model_fields_set:
-        return SUBSCRIPTIONS
-    return renamed(SUBSCRIPTIONS, {SUBSCRIPTIONS[0].name: settings.consumer_group})
-
-
 def create_app(
     settings: Settings | None = None, *, bus: EventBus | None = None, target: DeploymentTarget | None = None
 ) -> FastAPI:
@@ -113,7 +105,9 @@ def create_app(
             app.state.store = store
             app.state.target = chosen
             stack.push_async_callback(service.close)
-            stack.enter_context(subscribed(event_bus, consumer_groups(settings), DeployerHandlers(service)))
+            stack.enter_context(
+                subscribed(event_bus, with_consumer_group_setting(SUBSCRIPTIONS, settings), DeployerHandlers(service))
+            )
             if owns_bus:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)

@@ -18,7 +18,7 @@ from datetime import timedelta
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
-from edgeloop_common.subscriptions import ConsumerGroup, renamed, subscribed
+from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
 from fastapi import FastAPI
 
 from edgeloop_drift import api
@@ -59,14 +59,6 @@ def drift_policy(settings: Settings) -> DriftPolicy:
     )
 
 
-def consumer_groups(settings: Settings) -> tuple[ConsumerGroup[DriftHandlers], ...]:
-    """The handlers' table; ``consumer_group``, where an operator set it (EDGELOOP_DRIFT_CONSUMER_GROUP), renames
-    the table's group."""
-    if "consumer_group" not in settings.model_fields_set:
-        return SUBSCRIPTIONS
-    return renamed(SUBSCRIPTIONS, {SUBSCRIPTIONS[0].name: settings.consumer_group})
-
-
 def create_app(
     settings: Settings | None = None, *, bus: EventBus | None = None, references: ReferenceLookup | None = None
 ) -> FastAPI:
@@ -99,7 +91,11 @@ def create_app(
             service = DriftService(config, lookup, policy=drift_policy(settings), metrics=metrics)
             app.state.drift = service
             stack.callback(_forget_service, app)  # after the bus stopped (callbacks run last-in, first-out)
-            stack.enter_context(subscribed(event_bus, consumer_groups(settings), DriftHandlers(service, event_bus)))
+            stack.enter_context(
+                subscribed(
+                    event_bus, with_consumer_group_setting(SUBSCRIPTIONS, settings), DriftHandlers(service, event_bus)
+                )
+            )
             if owns_bus:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)

@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
-from edgeloop_common.subscriptions import ConsumerGroup, renamed, subscribed
+from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
 from fastapi import FastAPI
 
 from edgeloop_inference_gateway import api
@@ -89,14 +89,6 @@ def rest_client_from_settings(settings: Settings, fallback: SignatureFallback | 
     )
 
 
-def consumer_groups(settings: Settings) -> tuple[ConsumerGroup[GatewayHandlers], ...]:
-    """The handlers' table; ``consumer_group``, where an operator set it (EDGELOOP_GATEWAY_CONSUMER_GROUP), renames
-    the table's ImageReceived group."""
-    if "consumer_group" not in settings.model_fields_set:
-        return SUBSCRIPTIONS
-    return renamed(SUBSCRIPTIONS, {SUBSCRIPTIONS[0].name: settings.consumer_group})
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -160,7 +152,11 @@ def create_app(
             )
             app.state.results = publisher
             stack.enter_context(
-                subscribed(event_bus, consumer_groups(settings), GatewayHandlers(service, event_bus, publisher))
+                subscribed(
+                    event_bus,
+                    with_consumer_group_setting(SUBSCRIPTIONS, settings),
+                    GatewayHandlers(service, event_bus, publisher),
+                )
             )
             if owns_bus:
                 await event_bus.start()
