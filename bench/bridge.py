@@ -183,9 +183,9 @@ async def running_bridge(args: argparse.Namespace, run: str, prefix: str, data_d
     settings = Settings(
         mqtt_client_id=f"{run}-ingest",
         mqtt_session_expiry_s=60,
-        topic_prefix=prefix,
         common=CommonSettings(
             mode="distributed",
+            topic_prefix=prefix,
             mqtt_host=args.mqtt_host,
             mqtt_port=args.mqtt_port,
             data_dir=data_dir,

@@ -184,10 +184,9 @@ def deployment(mode: str, args: argparse.Namespace, rest_url: str, grpc_target: 
         "EDGELOOP_INGEST_HTTP_PORT": str(ingest_port),
         "EDGELOOP_INGEST_MQTT_CLIENT_ID": client_id,
         "EDGELOOP_INGEST_MQTT_SESSION_EXPIRY_S": "120",  # ended explicitly too; a crash leaves it 2 minutes at most
-        "EDGELOOP_INGEST_TOPIC_PREFIX": prefix,
+        "EDGELOOP_TOPIC_PREFIX": prefix,
         "EDGELOOP_INFERENCE_GATEWAY_HTTP_HOST": "127.0.0.1",
         "EDGELOOP_INFERENCE_GATEWAY_HTTP_PORT": str(gateway_port),
-        "EDGELOOP_INFERENCE_GATEWAY_TOPIC_PREFIX": prefix,
         "EDGELOOP_INFERENCE_GATEWAY_MODEL_NAME": args.model_name_resolved,
         "EDGELOOP_INFERENCE_GATEWAY_MODEL_SERVER_PROTOCOL": args.protocol,
         "EDGELOOP_INFERENCE_GATEWAY_MODEL_SERVER_REST_URL": rest_url,

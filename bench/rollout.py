@@ -157,7 +157,11 @@ async def buses(kind: str, prefix: str) -> AsyncIterator[tuple[EventBus, EventBu
     await registry.start()
     try:
         common = CommonSettings(
-            mode="distributed", kafka_bootstrap_servers=bootstrap, data_dir=data_dir, database_url=database_url
+            mode="distributed",
+            kafka_bootstrap_servers=bootstrap,
+            data_dir=data_dir,
+            database_url=database_url,
+            topic_prefix=prefix,
         )
         yield registry, None, common
     finally:
@@ -197,7 +201,6 @@ async def measure(args: argparse.Namespace, api: client.ApiClient, groups: dict[
                 namespace=namespace,
                 node_groups=",".join(sorted(groups)),
                 models_host_path="/var/lib/edgeloop/models",
-                topic_prefix=prefix,
                 common=common,
             )
             app = create_app(settings, bus=shared)

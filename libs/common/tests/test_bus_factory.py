@@ -18,8 +18,10 @@ def test_standalone_mode_gets_the_in_process_bus() -> None:
 
 
 def test_distributed_mode_gets_a_kafka_bus_on_the_configured_brokers() -> None:
-    common = CommonSettings(mode="distributed", kafka_bootstrap_servers="kafka-1:9092,kafka-2:9092")
-    bus = create_bus(common, source="drift", topic_prefix="staging.")
+    common = CommonSettings(
+        mode="distributed", kafka_bootstrap_servers="kafka-1:9092,kafka-2:9092", topic_prefix="staging."
+    )
+    bus = create_bus(common, source="drift")
     assert isinstance(bus, KafkaBus)
     assert bus.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert bus.source == "drift"
@@ -31,5 +33,7 @@ def test_distributed_mode_gets_a_kafka_bus_on_the_configured_brokers() -> None:
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGELOOP_MODE", "distributed")
     monkeypatch.setenv("EDGELOOP_KAFKA_BOOTSTRAP_SERVERS", "10.0.0.5:9092")
+    monkeypatch.setenv("EDGELOOP_TOPIC_PREFIX", "site-b.")
     bus = create_bus(CommonSettings(), source="ingest")
     assert isinstance(bus, KafkaBus) and bus.bootstrap_servers == "10.0.0.5:9092"
+    assert bus.topic_name("edgeloop.images.received.v1") == "site-b.edgeloop.images.received.v1"

@@ -53,9 +53,12 @@ async def test_a_promotion_over_kafka_is_rolled_out_to_every_group_and_reported_
     registry = KafkaBus(bootstrap_servers=kafka_bootstrap, source="registry", topic_prefix=kafka_topics)
     observer = Observer(kafka_bootstrap, kafka_topics)
     common = CommonSettings(
-        mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, database_url=fresh_postgres_url
+        mode="distributed",
+        kafka_bootstrap_servers=kafka_bootstrap,
+        database_url=fresh_postgres_url,
+        topic_prefix=kafka_topics,
     )
-    settings = kube_settings(kube_cluster.kubeconfig, namespace, tmp_path, common=common, topic_prefix=kafka_topics)
+    settings = kube_settings(kube_cluster.kubeconfig, namespace, tmp_path, common=common)
     await registry.start()
     await observer.bus.start()
     try:

@@ -43,8 +43,8 @@ class Trainer:
 async def test_darkened_images_on_kafka_come_out_as_drift_and_a_training_request(
     kafka_bootstrap: str, kafka_topics: str
 ) -> None:
-    common = CommonSettings(mode="distributed", kafka_bootstrap_servers=kafka_bootstrap)
-    settings = Settings(common=common, topic_prefix=kafka_topics, registry_url=REGISTRY)
+    common = CommonSettings(mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, topic_prefix=kafka_topics)
+    settings = Settings(common=common, registry_url=REGISTRY)
     references = registry_client({("catdog", 1): {"reference_stats": reference_stats().model_dump()}})
     app = create_app(settings, references=references)
     trainer = Trainer(kafka_bootstrap, kafka_topics)

@@ -64,11 +64,11 @@ async def test_eight_captures_come_back_classified_over_mqtt_and_kafka(
         mqtt_port=port,
         data_dir=tmp_path,
         database_url=f"sqlite:///{tmp_path / 'ingest.sqlite3'}",
+        topic_prefix=kafka_topics,
     )
     ingest = create_ingest_app(
         IngestSettings(
             common=common,
-            topic_prefix=kafka_topics,
             mqtt_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
             mqtt_session_expiry_s=60,
         )
@@ -76,7 +76,6 @@ async def test_eight_captures_come_back_classified_over_mqtt_and_kafka(
     gateway = create_app(
         Settings(
             common=common,
-            topic_prefix=kafka_topics,
             model_server_rest_url=model_server.rest_url,
             model_name=trained_model_name,
         )

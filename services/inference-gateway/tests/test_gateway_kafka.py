@@ -56,10 +56,9 @@ async def producer(kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[Kaf
 
 
 def kafka_settings(bootstrap: str, prefix: str) -> Settings:
-    common = CommonSettings(mode="distributed", kafka_bootstrap_servers=bootstrap)
+    common = CommonSettings(mode="distributed", kafka_bootstrap_servers=bootstrap, topic_prefix=prefix)
     return Settings(
         common=common,
-        topic_prefix=prefix,
         mqtt_results=False,
         max_wait_ms=2.0,
         model_server_rest_url="http://127.0.0.1:9",

@@ -47,8 +47,7 @@ class Replica:
 async def replica(bootstrap: str, prefix: str) -> AsyncIterator[Replica]:
     """One gateway process: its own app and its own Kafka bus, as a replica of the Helm chart's Deployment."""
     settings = Settings(
-        common=CommonSettings(mode="distributed", kafka_bootstrap_servers=bootstrap),
-        topic_prefix=prefix,
+        common=CommonSettings(mode="distributed", kafka_bootstrap_servers=bootstrap, topic_prefix=prefix),
         model_name="catdog",
         site_routes="site-c=catdog:1",
         mqtt_results=False,

@@ -60,9 +60,9 @@ def ingest_settings(tmp_path: Path, mqtt_broker: tuple[str, int], *, client_id: 
     return Settings(
         mqtt_client_id=client_id,
         mqtt_session_expiry_s=120,  # a test's session does not outlive it for long on the shared broker
-        topic_prefix=prefix,
         common=CommonSettings(
             mode="distributed",
+            topic_prefix=prefix,
             mqtt_host=mqtt_broker[0],
             mqtt_port=mqtt_broker[1],
             data_dir=tmp_path,
@@ -74,7 +74,7 @@ def ingest_settings(tmp_path: Path, mqtt_broker: tuple[str, int], *, client_id: 
 @asynccontextmanager
 async def running_ingest(settings: Settings, kafka_bootstrap: str, **bus_options: Any) -> AsyncIterator[Ingest]:
     bus = KafkaBus(
-        bootstrap_servers=kafka_bootstrap, source="ingest", topic_prefix=settings.topic_prefix, **bus_options
+        bootstrap_servers=kafka_bootstrap, source="ingest", topic_prefix=settings.common.topic_prefix, **bus_options
     )
     await bus.start()
     app = create_app(settings, bus=bus)
@@ -262,7 +262,7 @@ async def test_messages_unacknowledged_when_the_bridge_is_killed_are_redelivered
         "EDGELOOP_DATABASE_URL": settings.common.database_url,
         "EDGELOOP_INGEST_MQTT_CLIENT_ID": client_id,
         "EDGELOOP_INGEST_MQTT_SESSION_EXPIRY_S": "120",
-        "EDGELOOP_INGEST_TOPIC_PREFIX": topic_prefix,
+        "EDGELOOP_TOPIC_PREFIX": topic_prefix,
         "EDGELOOP_INGEST_HTTP_PORT": str(port),
         "EDGELOOP_LOG_LEVEL": "WARNING",
     }

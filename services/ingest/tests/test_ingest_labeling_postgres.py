@@ -59,9 +59,12 @@ async def running_ingest(
 ) -> AsyncIterator[Running]:
     settings = Settings(
         mqtt_enabled=False,
-        topic_prefix=prefix,
         common=CommonSettings(
-            mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, data_dir=tmp_path, database_url=database_url
+            mode="distributed",
+            kafka_bootstrap_servers=kafka_bootstrap,
+            data_dir=tmp_path,
+            database_url=database_url,
+            topic_prefix=prefix,
         ),
     )
     app = create_app(settings)  # owns its KafkaBus: consumes InferenceCompleted in group ingest-predictions

@@ -28,10 +28,12 @@ async def registry(
     fresh_postgres_url: str, kafka_bootstrap: str, topic_prefix: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
-        topic_prefix=topic_prefix,
         outbox_poll_interval_s=0.2,
         common=CommonSettings(
-            mode="distributed", kafka_bootstrap_servers=kafka_bootstrap, database_url=fresh_postgres_url
+            mode="distributed",
+            kafka_bootstrap_servers=kafka_bootstrap,
+            database_url=fresh_postgres_url,
+            topic_prefix=topic_prefix,
         ),
     )
     app = create_app(settings)

@@ -58,9 +58,9 @@ async def test_events_from_kafka_become_runs_in_postgres(
         models="catdog",
         retrain_every_labels=2,
         eval_fraction=0.3,
-        topic_prefix=topic_prefix,
         common=CommonSettings(
             mode="distributed",
+            topic_prefix=topic_prefix,
             kafka_bootstrap_servers=kafka_bootstrap,
             database_url=fresh_postgres_url,
             data_dir=tmp_path / "data",

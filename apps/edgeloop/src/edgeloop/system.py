@@ -138,8 +138,9 @@ class System:
         values: dict[str, Any] = {}
         if self.config.common is not None:
             values["common"] = self.config.common(service)
-        if self.config.topic_prefix is not None and "topic_prefix" in settings_cls.model_fields:
-            values["topic_prefix"] = self.config.topic_prefix
+        if self.config.topic_prefix is not None and "common" in settings_cls.model_fields:
+            common = values.get("common") or settings_cls.model_fields["common"].get_default(call_default_factory=True)
+            values["common"] = common.model_copy(update={"topic_prefix": self.config.topic_prefix})
         values.update(self._wiring(service))
         values.update(self.config.settings.get(service, {}))
         values.update(overrides)

@@ -30,6 +30,9 @@ class CommonSettings(BaseSettings):
     database_url: str = "postgresql+psycopg://edgeloop:edgeloop@127.0.0.1:5432/edgeloop"
     data_dir: Path = Path(".edgeloop/data")
     log_level: str = "INFO"
+    # Prefix of every Kafka topic and consumer group name: several installations (or test runs) on one cluster.
+    # One value for the whole installation, so every service reads it here (EDGELOOP_TOPIC_PREFIX).
+    topic_prefix: str = ""
 
     def resolved_database_url(self, service: str) -> str:
         """The database URL a service should use: SQLite per service in standalone mode."""

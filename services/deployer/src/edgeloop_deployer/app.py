@@ -85,7 +85,7 @@ def create_app(
     owns_bus = bus is None
     if bus is None:
         processed = SqlProcessedEventStore(engine)  # a redelivered promotion starts no second rollout
-        bus = create_bus(settings.common, source=SERVICE_NAME, processed=processed, topic_prefix=settings.topic_prefix)
+        bus = create_bus(settings.common, source=SERVICE_NAME, processed=processed)
     event_bus: EventBus = bus
 
     @asynccontextmanager

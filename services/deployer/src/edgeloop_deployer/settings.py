@@ -86,7 +86,6 @@ class Settings(BaseSettings):
     )
 
     consumer_group: str = "deployer"
-    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
     common: CommonSettings = Field(default_factory=CommonSettings)
 
     @field_validator("node_groups")

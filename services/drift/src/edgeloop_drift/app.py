@@ -73,7 +73,7 @@ def create_app(
     if bus is None:
         from edgeloop_common.bus.factory import create_bus
 
-        bus = create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+        bus = create_bus(settings.common, source=SERVICE_NAME)
     event_bus: EventBus = bus
 
     @asynccontextmanager

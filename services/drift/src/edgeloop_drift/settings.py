@@ -79,6 +79,5 @@ class Settings(BaseSettings):
     )
 
     consumer_group: str = Field("drift", description="Kafka consumer group.")
-    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
 
     common: CommonSettings = Field(default_factory=CommonSettings)

@@ -112,7 +112,7 @@ def create_app(
 
         # No processed-event store of its own: a redelivered image is classified again, and the
         # InferenceCompleted it yields has the same event id (handlers.inference_event_id), so consumers skip it.
-        bus = create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+        bus = create_bus(settings.common, source=SERVICE_NAME)
     event_bus: EventBus = bus
 
     @asynccontextmanager

@@ -82,6 +82,5 @@ class Settings(BaseSettings):
     )
 
     consumer_group: str = "inference-gateway"
-    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
 
     common: CommonSettings = Field(default_factory=CommonSettings)

@@ -146,7 +146,7 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Ingest
     service = await asyncio.to_thread(build_service, settings, engine)
     assert isinstance(service.samples, SqlSampleRepository)
     labeling = LabelingService(service.samples)
-    event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+    event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME)
     subscriptions = ExitStack()
     subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, IngestHandlers(labeling, metrics)))
     if given_bus is None:

@@ -79,8 +79,6 @@ class Settings(BaseSettings):
         description="Disk buffer for events while Kafka is unreachable (default: <data_dir>/ingest-buffer.sqlite3).",
     )
 
-    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
-
     common: CommonSettings = Field(default_factory=CommonSettings)
 
     @field_validator("sites")

@@ -97,7 +97,7 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Regist
     engine = create_sql_engine(settings.resolved_database_url())
     if settings.migrate_on_start:
         await asyncio.to_thread(migrations.upgrade, engine)
-    event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME, topic_prefix=settings.topic_prefix)
+    event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME)
     if given_bus is None:
         await event_bus.start()
     relay_config = RelayConfig(

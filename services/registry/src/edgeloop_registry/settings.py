@@ -34,8 +34,6 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Longest pause between relay attempts while the bus is unavailable."
     )
 
-    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
-
     common: CommonSettings = Field(default_factory=CommonSettings)
 
     def resolved_database_url(self) -> str:

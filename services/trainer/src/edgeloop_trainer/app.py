@@ -166,9 +166,7 @@ async def _start(
     event_bus = given_bus
     if event_bus is None:
         processed = await asyncio.to_thread(SqlProcessedEventStore, database)
-        event_bus = create_bus(
-            settings.common, source=SERVICE_NAME, processed=processed, topic_prefix=settings.topic_prefix
-        )
+        event_bus = create_bus(settings.common, source=SERVICE_NAME, processed=processed)
     service = TrainerService(
         runs=runs,
         registry=registry,

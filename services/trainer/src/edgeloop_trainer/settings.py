@@ -87,7 +87,6 @@ class Settings(BaseSettings):
     )
 
     actor: str = Field("trainer", description="Name the trainer gives in requests and promotions.")
-    topic_prefix: str = Field("", description="Prefix of every Kafka topic name (tests, several installations).")
 
     common: CommonSettings = Field(default_factory=CommonSettings)
 

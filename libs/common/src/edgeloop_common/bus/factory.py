@@ -13,13 +13,13 @@ def create_bus(
     *,
     source: str,
     processed: ProcessedEventStore | None = None,
-    topic_prefix: str = "",
 ) -> EventBus:
     """The bus a service owns: :class:`InProcessBus` in standalone mode, :class:`KafkaBus` in distributed mode.
 
     ``source`` is the CloudEvents source of what the service publishes (its name). ``processed`` records handled
     event ids (idempotency); give a :class:`~edgeloop_common.idempotency.SqlProcessedEventStore` on the service's
-    database so a redelivery after a restart has no second effect.
+    database so a redelivery after a restart has no second effect. Kafka topic and group names carry
+    ``common.topic_prefix``.
     """
     if common.mode == "standalone":
         return InProcessBus(source=source, processed=processed)
@@ -30,5 +30,5 @@ def create_bus(
         fetch_max_wait_ms=common.kafka_fetch_max_wait_ms,
         source=source,
         processed=processed,
-        topic_prefix=topic_prefix,
+        topic_prefix=common.topic_prefix,
     )
