@@ -1,4 +1,4 @@
-"""Fakes of the gateway's ports, and small images, for the unit tests."""
+"""Fakes of the gateway's ports and of its model client, and small images, for the unit tests."""
 
 from __future__ import annotations
 
@@ -10,13 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edgeloop_common.events import BlobRef, ImageReceived
-from edgeloop_inference_gateway.ports import (
-    BatchPrediction,
-    ModelInputError,
-    ModelServerUnavailableError,
-)
-from edgeloop_inference_gateway.routing import ModelRoute
+from edgeloop_common.events import BlobRef, ImageReceived, Ingress
+from edgeloop_common.serving import BatchPrediction, ModelInputError, ModelRoute, ModelServerUnavailableError
 from PIL import Image
 
 # Shared helpers, re-exported for the gateway's tests beside the fakes below.
@@ -37,7 +32,9 @@ def store_blob(directory: Path, data: bytes) -> BlobRef:
     return BlobRef(sha256=digest, uri=path.resolve().as_uri(), content_type="image/jpeg", size_bytes=len(data))
 
 
-def image_event(ref: BlobRef, *, site: str = "site-a", device: str = "cam-1", sample_id: str = "s-1") -> ImageReceived:
+def image_event(
+    ref: BlobRef, *, site: str = "site-a", device: str = "cam-1", sample_id: str = "s-1", ingress: Ingress = "mqtt"
+) -> ImageReceived:
     return ImageReceived(
         sample_id=sample_id,
         device_id=device,
@@ -47,7 +44,7 @@ def image_event(ref: BlobRef, *, site: str = "site-a", device: str = "cam-1", sa
         format="jpeg",
         width=64,
         height=48,
-        ingress="mqtt",
+        ingress=ingress,
     )
 
 

@@ -57,7 +57,7 @@ async def test_classify_raw_bytes(gateway: Gateway) -> None:
     assert result["top_label"] == max(expected, key=expected.__getitem__)
     assert result["confidence"] == pytest.approx(max(expected.values()))
     assert (result["model_name"], result["model_version"]) == ("edgeloop-classifier", 5)
-    assert (result["site_id"], result["device_id"], result["served_by"]) == ("site-a", "d1", "edge")
+    assert (result["site_id"], result["device_id"], result["served_by"]) == ("site-a", "d1", "cloud")
     assert len(result["image_sha256"]) == 64 and result["latency_ms"] > 0
     assert result["quality"] == "ok"
 

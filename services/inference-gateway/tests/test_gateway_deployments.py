@@ -11,9 +11,10 @@ import pytest
 from edgeloop_common.bus import EventContext, PermanentError
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import DeadLetter, DeploymentPhase, DeploymentUpdated
+from edgeloop_common.serving import ModelRoute, RouteConfigError
 from edgeloop_inference_gateway.app import create_app
 from edgeloop_inference_gateway.handlers import GatewayHandlers
-from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, RouteConfigError
+from edgeloop_inference_gateway.routing import ModelRouter
 from edgeloop_inference_gateway.service import BatchingConfig, InferenceService
 from edgeloop_inference_gateway.settings import Settings
 from fastapi import FastAPI

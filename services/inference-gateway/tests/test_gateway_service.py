@@ -10,18 +10,19 @@ import pytest
 from edgeloop_common.bus import RetryPolicy
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import BlobRef, DeadLetter, InferenceCompleted
+from edgeloop_common.mining import HardExampleMiner, HardExampleVerdict
+from edgeloop_common.serving import (
+    BatchPrediction,
+    ModelResponseError,
+    ModelRoute,
+    ModelServerUnavailableError,
+    RouteConfigError,
+)
 from edgeloop_common.subscriptions import subscribed
 from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
 from edgeloop_inference_gateway.handlers import SUBSCRIPTIONS, GatewayHandlers, inference_event_id
-from edgeloop_inference_gateway.ports import (
-    BatchPrediction,
-    HardExampleMiner,
-    HardExampleVerdict,
-    InvalidImageError,
-    ModelResponseError,
-    ModelServerUnavailableError,
-)
-from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, RouteConfigError, parse_site_routes
+from edgeloop_inference_gateway.ports import InvalidImageError
+from edgeloop_inference_gateway.routing import ModelRouter, parse_site_routes
 from edgeloop_inference_gateway.service import BatchingConfig, InferenceService, device_result
 from gateway_fakes import (
     FakeModelClient,
@@ -132,7 +133,7 @@ async def test_event_becomes_inference_completed_and_device_result(tmp_path: Pat
     assert completed.scores == pytest.approx(expected)
     assert completed.top_label == max(expected, key=expected.__getitem__)
     assert completed.confidence == pytest.approx(max(expected.values()))
-    assert completed.served_by == "edge" and completed.hard_example is False and completed.quality == "ok"
+    assert completed.served_by == "cloud" and completed.hard_example is False and completed.quality == "ok"
     assert completed.latency_ms > 0
     assert set(completed.image_stats) == {
         "brightness_mean",
@@ -152,7 +153,26 @@ async def test_event_becomes_inference_completed_and_device_result(tmp_path: Pat
     assert result == json.loads(json.dumps(device_result(completed)))
     assert result["image_sha256"] == ref.sha256 and result["model_version"] == 12
     assert result["top_label"] == completed.top_label and result["scores"] == pytest.approx(expected)
-    assert result["quality"] == "ok"
+    assert result["quality"] == "ok" and result["served_by"] == "cloud"
+
+
+async def test_a_picture_an_edge_agent_answered_is_counted_not_classified_again(tmp_path: Path) -> None:
+    model, results = FakeModelClient(), FakeResults()
+    service = make_service(model)
+    ref = store_blob(tmp_path, jpeg_bytes())
+    events = [
+        image_event(ref, device="cam-edge", sample_id="from-edge", ingress="edge"),
+        image_event(ref, device="cam-cloud", sample_id="from-cloud", ingress="mqtt"),
+    ]
+    bus = await run_gateway(service, results, events)
+    await service.close()
+
+    assert [event.sample_id for event in bus.events_of(InferenceCompleted)] == ["from-cloud"]  # type: ignore[attr-defined]
+    assert bus.dead_letters == [] and bus.stats.retried == 0
+    assert [device for _, device, _ in results.sent] == ["cam-cloud"]
+    assert model.calls == [(ModelRoute("edgeloop-classifier"), 1)]
+    skipped = service.metrics.registry.get_sample_value("edgeloop_images_skipped_total", {"reason": "answered_at_edge"})
+    assert skipped == 1.0
 
 
 class EverythingIsHard:
@@ -323,7 +343,10 @@ async def test_unsupported_blob_uri_is_dead_lettered(tmp_path: Path) -> None:
 
 def test_model_unavailable_error_is_transient_and_no_domain_error_is_the_bus_s() -> None:
     from edgeloop_common.bus import PermanentError
-    from edgeloop_inference_gateway.ports import GatewayError, UnclassifiableError
+    from edgeloop_common.serving import ModelServingError, UnclassifiableError
+    from edgeloop_inference_gateway.ports import BlobIntegrityError, BlobUnavailableError, GatewayError
 
     assert not isinstance(ModelServerUnavailableError("x"), UnclassifiableError)
-    assert not issubclass(GatewayError, PermanentError)
+    assert not isinstance(BlobUnavailableError("x"), UnclassifiableError)
+    assert isinstance(InvalidImageError("x"), UnclassifiableError) and isinstance(BlobIntegrityError("x"), GatewayError)
+    assert not issubclass(GatewayError, PermanentError) and not issubclass(ModelServingError, PermanentError)

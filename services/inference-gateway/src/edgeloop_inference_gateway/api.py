@@ -8,20 +8,21 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
+from edgeloop_common.serving import (
+    ModelNotFoundError,
+    ModelResponseError,
+    ModelRoute,
+    ModelServerUnavailableError,
+    RouteConfigError,
+    TfServingRestClient,
+    UnclassifiableError,
+)
 from edgeloop_common.topics import ID_PATTERN
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
-from edgeloop_inference_gateway.ports import (
-    ImageTooLargeError,
-    ModelNotFoundError,
-    ModelResponseError,
-    ModelServerUnavailableError,
-    UnclassifiableError,
-)
-from edgeloop_inference_gateway.routing import ModelRoute, RouteConfigError
+from edgeloop_inference_gateway.ports import ImageTooLargeError
 from edgeloop_inference_gateway.service import InferenceService, classification_result
 
 # Domain errors -> HTTP status, in one place (installed by app.py). A subclass not named here answers its base's.

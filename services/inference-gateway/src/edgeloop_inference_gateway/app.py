@@ -14,23 +14,23 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.mining import HardExampleMiner, create_miner
+from edgeloop_common.serving import (
+    ModelClient,
+    ModelRoute,
+    SignatureFallback,
+    TfServingRestClient,
+    create_model_client,
+)
 from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
 from fastapi import FastAPI
 
 from edgeloop_inference_gateway import api
 from edgeloop_inference_gateway.adapters.blob_fetch import UriBlobFetcher
-from edgeloop_inference_gateway.adapters.tf_serving_rest import TfServingRestClient
 from edgeloop_inference_gateway.handlers import SUBSCRIPTIONS, GatewayHandlers
 from edgeloop_inference_gateway.metrics import GatewayMetrics
-from edgeloop_inference_gateway.miners import create_miner
-from edgeloop_inference_gateway.ports import (
-    BlobFetcher,
-    HardExampleMiner,
-    ModelClient,
-    ResultPublisher,
-    SignatureFallback,
-)
-from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter, parse_site_routes
+from edgeloop_inference_gateway.ports import BlobFetcher, ResultPublisher
+from edgeloop_inference_gateway.routing import ModelRouter, parse_site_routes
 from edgeloop_inference_gateway.service import BatchingConfig, InferenceService
 from edgeloop_inference_gateway.settings import Settings
 
@@ -57,27 +57,31 @@ def miner_from_settings(settings: Settings) -> HardExampleMiner:
 
 
 def model_client_from_settings(settings: Settings) -> ModelClient:
-    fallback = SignatureFallback(
+    """The model client the settings name: REST, or gRPC (which imports TensorFlow)."""
+    return create_model_client(
+        settings.model_server_protocol,
+        rest_url=settings.model_server_rest_url,
+        grpc_target=settings.model_server_grpc_target,
+        timeout_s=settings.request_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        retries=settings.model_retries,
+        backoff_s=settings.retry_backoff_s,
+        metadata_ttl_s=settings.metadata_refresh_s,
+        fallback=signature_fallback(settings),
+    )
+
+
+def signature_fallback(settings: Settings) -> SignatureFallback:
+    return SignatureFallback(
         signature_name=settings.signature_name,
         input_name=settings.input_name,
         scores_output=settings.scores_output,
         classes_output=settings.classes_output,
     )
-    if settings.model_server_protocol == "grpc":
-        from edgeloop_inference_gateway.adapters.tf_serving_grpc import TfServingGrpcClient  # imports TensorFlow
-
-        return TfServingGrpcClient(
-            settings.model_server_grpc_target,
-            timeout_s=settings.request_timeout_s,
-            retries=settings.model_retries,
-            backoff_s=settings.retry_backoff_s,
-            metadata_ttl_s=settings.metadata_refresh_s,
-            fallback=fallback,
-        )
-    return rest_client_from_settings(settings, fallback)
 
 
 def rest_client_from_settings(settings: Settings, fallback: SignatureFallback | None = None) -> TfServingRestClient:
+    """The REST client of the TF Serving passthrough (which always speaks REST)."""
     return TfServingRestClient(
         settings.model_server_rest_url,
         timeout_s=settings.request_timeout_s,

@@ -1,5 +1,6 @@
 """Thin: ImageReceived in -> classify -> InferenceCompleted out, and the result to the device; DeploymentUpdated in
--> the site's route.
+-> the site's route. An ImageReceived an edge agent forwarded (``ingress="edge"``) was answered at its site: it is
+counted (``edgeloop_images_skipped_total{reason="answered_at_edge"}``) and not classified again.
 
 :data:`SUBSCRIPTIONS` is the gateway's table: which consumer group handles which event with which handler.
 """
@@ -8,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 from edgeloop_common.bus import EventBus, EventContext, PermanentError
 from edgeloop_common.events import DeploymentUpdated, ImageReceived
+from edgeloop_common.serving import RouteConfigError, UnclassifiableError
 from edgeloop_common.subscriptions import ConsumerGroup
 
-from edgeloop_inference_gateway.ports import ResultPublisher, UnclassifiableError
-from edgeloop_inference_gateway.routing import RouteConfigError
+from edgeloop_inference_gateway.ports import ResultPublisher
 from edgeloop_inference_gateway.service import InferenceService, device_result
+
+log = logging.getLogger(__name__)
 
 _INFERENCE_ID_NAMESPACE = uuid.UUID("5b0c1f3e-6a53-4c4e-9f0e-7d1f2f6f2a10")
 # How long an image waits for the routes to replay the deployments at start before its attempt fails (and is retried).
@@ -35,6 +39,10 @@ class GatewayHandlers:
         self.results = results
 
     async def on_image_received(self, event: ImageReceived, context: EventContext) -> None:
+        if event.ingress == "edge":  # an edge agent answered this picture at its site and forwarded it: done
+            self.service.metrics.images_skipped.labels(reason="answered_at_edge").inc()
+            log.debug("image %s of %s answered at the edge: not classified again", event.sample_id, event.device_id)
+            return
         if not self.bus.caught_up():  # the routes replay the deployments first: classify with the current one
             await self.bus.wait_until_caught_up(ROUTES_CATCH_UP_TIMEOUT_S)
         try:

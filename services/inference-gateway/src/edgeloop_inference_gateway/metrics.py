@@ -43,5 +43,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.images_skipped = Counter(
+            "edgeloop_images_skipped_total",
+            "ImageReceived events not classified here, by reason (answered_at_edge: an edge agent already answered).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.images_skipped.labels(reason="answered_at_edge")
         for outcome in INFERENCE_OUTCOMES:
             self.inferences.labels(outcome=outcome)

@@ -1,7 +1,8 @@
 """The gateway's logic: image in, classification out, batched per model route.
 
-No I/O framework is imported here: the model server, the blob store and the
-device channel are ports (:mod:`edgeloop_inference_gateway.ports`).
+No I/O framework is imported here: the model server is an
+``edgeloop_common.serving.ModelClient``, the blob store and the device channel
+are ports (:mod:`edgeloop_inference_gateway.ports`).
 """
 
 from __future__ import annotations
@@ -19,32 +20,34 @@ from edgeloop_common.device_messages import DeviceResult
 from edgeloop_common.events import ImageQuality, ImageReceived, InferenceCompleted, ServedBy
 from edgeloop_common.images import ImageFacts, inspect_image
 from edgeloop_common.images import InvalidImageError as UndecodableImageError
-
-from edgeloop_inference_gateway.batching import DynamicBatcher
-from edgeloop_inference_gateway.metrics import GatewayMetrics
-from edgeloop_inference_gateway.ports import (
+from edgeloop_common.mining import HardExampleMiner, HardExampleVerdict, NoHardExamples
+from edgeloop_common.serving import (
     BatchPrediction,
-    BlobFetcher,
-    BlobUnavailableError,
-    HardExampleMiner,
-    HardExampleVerdict,
-    ImageTooLargeError,
-    InvalidImageError,
     ModelClient,
     ModelInputError,
     ModelNotFoundError,
     ModelResponseError,
+    ModelRoute,
     ModelServerUnavailableError,
-    NoHardExamples,
     UnclassifiableError,
 )
-from edgeloop_inference_gateway.routing import ModelRoute, ModelRouter
+
+from edgeloop_inference_gateway.batching import DynamicBatcher
+from edgeloop_inference_gateway.metrics import GatewayMetrics
+from edgeloop_inference_gateway.ports import (
+    BlobFetcher,
+    BlobUnavailableError,
+    ImageTooLargeError,
+    InvalidImageError,
+)
+from edgeloop_inference_gateway.routing import ModelRouter
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SERVED_BY: ServedBy = "edge"
+# The gateway is the cloud tier: an edge agent answers at its site with "edge" (docs/edge.md).
+SERVED_BY: ServedBy = "cloud"
 # Scores a hair outside [0, 1] are float noise from softmax; anything further is not a probability.
 _SCORE_TOLERANCE = 1e-4
 

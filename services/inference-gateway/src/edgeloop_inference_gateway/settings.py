@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
+from edgeloop_common.mining import MinerName
+from edgeloop_common.serving import ModelServerProtocol
 from edgeloop_common.settings import CommonSettings
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-ModelServerProtocol = Literal["rest", "grpc"]
 
 
 class Settings(BaseSettings):
@@ -58,8 +56,8 @@ class Settings(BaseSettings):
     mqtt_qos: int = Field(1, ge=0, le=1)
     mqtt_ack_timeout_s: float = Field(5.0, description="How long a handler waits for the broker's PUBACK.")
 
-    # Hard-example mining (miners.py): the verdict goes into InferenceCompleted.hard_example / _reason.
-    hard_example_miner: Literal["none", "confidence", "entropy", "cross_entropy", "ibt"] = Field(
+    # Hard-example mining (edgeloop_common.mining): the verdict goes into InferenceCompleted.hard_example / _reason.
+    hard_example_miner: MinerName = Field(
         "confidence", description="Which miner flags hard examples: none, confidence, entropy, cross_entropy or ibt."
     )
     hard_example_confidence_threshold: float = Field(

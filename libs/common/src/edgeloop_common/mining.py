@@ -1,9 +1,9 @@
-"""Hard-example miners: which classifications a person should label.
+"""Hard-example miners: which classifications a person should label (the cloud gateway and the edge agent).
 
-Each miner implements :class:`~edgeloop_inference_gateway.ports.HardExampleMiner`: class scores in (a
-probability per class, summing to 1), a :class:`HardExampleVerdict` out, with the reason when hard. The
-gateway puts the verdict into ``InferenceCompleted.hard_example`` / ``hard_example_reason``; ingest keeps
-hard examples without a label in its labeling queue.
+Each miner implements :class:`HardExampleMiner`: class scores in (a probability per class, summing to 1), a
+:class:`HardExampleVerdict` out, with the reason when hard. The gateway puts the verdict into
+``InferenceCompleted.hard_example`` / ``hard_example_reason``; ingest keeps hard examples without a label in
+its labeling queue. The edge agent asks the deep cloud model about the hard ones (docs/edge.md).
 
 * ``confidence``: the top score is below a threshold.
 * ``entropy``: the normalised Shannon entropy of the scores, H(p) / log K, is above a threshold.
@@ -14,7 +14,8 @@ hard examples without a label in its labeling queue.
   (see :class:`IBTMiner`).
 
 Scores outside [0, 1] or an empty score vector are not judged (not hard, as in Sedna's filters); the
-gateway has already refused scores that are not probabilities.
+gateway has already refused scores that are not probabilities. A picture with nothing to classify (too dark,
+blank) is never a hard example: the caller does not ask the miner about it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-from edgeloop_inference_gateway.ports import HardExampleMiner, HardExampleVerdict, NoHardExamples
+
+@dataclass(frozen=True)
+class HardExampleVerdict:
+    """Whether a classification is a hard example, and why (``reason`` only when hard)."""
+
+    hard: bool
+    reason: str | None = None
+
+
+class HardExampleMiner(Protocol):
+    """Judges one classification: class scores (probabilities) and the picture's statistics in, a verdict out."""
+
+    def assess(self, scores: dict[str, float], image_stats: dict[str, float]) -> HardExampleVerdict: ...
+
+
+class NoHardExamples:
+    """The ``none`` miner: nothing is a hard example."""
+
+    def assess(self, scores: dict[str, float], image_stats: dict[str, float]) -> HardExampleVerdict:
+        return HardExampleVerdict(hard=False)
+
 
 MinerName = Literal["none", "confidence", "entropy", "cross_entropy", "ibt"]
 NOT_HARD = HardExampleVerdict(hard=False)

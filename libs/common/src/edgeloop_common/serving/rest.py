@@ -19,22 +19,20 @@ from typing import Any
 
 import httpx
 
-from edgeloop_inference_gateway.adapters.tf_serving_common import (
+from edgeloop_common.serving._common import (
     TtlCache,
     choose_signature,
     scores_by_class,
     with_retries,
 )
-from edgeloop_inference_gateway.ports import (
-    BatchPrediction,
+from edgeloop_common.serving.client import BatchPrediction, ModelSignature, SignatureFallback
+from edgeloop_common.serving.errors import (
     ModelInputError,
     ModelNotFoundError,
     ModelResponseError,
     ModelServerUnavailableError,
-    ModelSignature,
-    SignatureFallback,
 )
-from edgeloop_inference_gateway.routing import ModelRoute
+from edgeloop_common.serving.route import ModelRoute
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
@@ -67,7 +65,11 @@ class TfServingRestClient:
         metadata_ttl_s: float = 5.0,
         fallback: SignatureFallback | None = None,
         max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``base_url``: the TF Serving REST API (``http://host:8501``). ``retries`` of a transient failure per
+        call, ``backoff_s`` before the first (doubling); a resolved version and signature are kept for
+        ``metadata_ttl_s``. ``transport`` replaces the network (tests: ``httpx.MockTransport``)."""
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
@@ -76,6 +78,7 @@ class TfServingRestClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
         )
         self._resolved: TtlCache[ModelRoute, ResolvedModel] = TtlCache(metadata_ttl_s)
 

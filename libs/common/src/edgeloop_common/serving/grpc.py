@@ -5,8 +5,9 @@ One ``grpc.aio`` channel for all calls. The signature comes from
 a request is read from ``PredictResponse.model_spec``.
 
 The ``tensorflow_serving.apis`` protos import TensorFlow's tensor protos, and
-with them TensorFlow itself (seconds), so this module is only imported when
-the gateway is configured for gRPC.
+with them TensorFlow itself (seconds), so this module is only imported where
+gRPC is asked for (``create_model_client("grpc", ...)``), and needs the
+``serving-grpc`` extra of ``edgeloop-common`` (grpcio, tensorflow-serving-api).
 """
 
 from __future__ import annotations
@@ -26,23 +27,21 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from edgeloop_inference_gateway.adapters.tf_serving_common import (
+from edgeloop_common.serving._common import (
     TtlCache,
     as_text,
     choose_signature,
     scores_by_class,
     with_retries,
 )
-from edgeloop_inference_gateway.ports import (
-    BatchPrediction,
+from edgeloop_common.serving.client import BatchPrediction, ModelSignature, SignatureFallback
+from edgeloop_common.serving.errors import (
     ModelInputError,
     ModelNotFoundError,
     ModelResponseError,
     ModelServerUnavailableError,
-    ModelSignature,
-    SignatureFallback,
 )
-from edgeloop_inference_gateway.routing import ModelRoute
+from edgeloop_common.serving.route import ModelRoute
 
 TRANSIENT_CODES = {
     grpc.StatusCode.UNAVAILABLE,

@@ -9,12 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from edgeloop_inference_gateway.ports import (
-    ModelResponseError,
-    ModelServerUnavailableError,
-    ModelSignature,
-    SignatureFallback,
-)
+from edgeloop_common.serving.client import ModelSignature, SignatureFallback
+from edgeloop_common.serving.errors import ModelResponseError, ModelServerUnavailableError
 
 log = logging.getLogger(__name__)
 
