@@ -6,6 +6,7 @@ import httpx
 from edgeloop_common.http_errors import ServiceNotRunningError, install_error_handlers
 from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 
 class ShopError(Exception):
@@ -42,6 +43,7 @@ def shop(*, echo_invalid_input: bool = True) -> FastAPI:
             "fig": ShopError(),
             "kiwi": ServiceNotRunningError("the shop is starting"),
             "lime": RuntimeError("not a domain error"),
+            "grape": ClientDisconnect(),  # what reading the body raises once the client hung up
         }
         raise errors[name]
 
@@ -60,7 +62,7 @@ async def get(app: FastAPI, path: str) -> httpx.Response:
 
 async def test_each_error_answers_its_status_with_the_reason_as_detail() -> None:
     app = shop()
-    answers = {name: await get(app, f"/items/{name}") for name in ("pear", "plum", "fig", "kiwi", "lime")}
+    answers = {name: await get(app, f"/items/{name}") for name in ("pear", "plum", "fig", "kiwi", "lime", "grape")}
 
     assert (answers["pear"].status_code, answers["pear"].json()) == (404, {"detail": "no item named 'pear'"})
     # Not in the table itself: its nearest base that is.
@@ -68,6 +70,7 @@ async def test_each_error_answers_its_status_with_the_reason_as_detail() -> None
     assert (answers["fig"].status_code, answers["fig"].json()) == (422, {"detail": "ShopError"})  # no message
     assert (answers["kiwi"].status_code, answers["kiwi"].json()) == (503, {"detail": "the shop is starting"})
     assert answers["lime"].status_code == 500
+    assert answers["grape"].status_code == 499  # logged, not a 500 with a traceback
 
 
 async def test_validation_errors_keep_fastapis_shape_and_can_leave_the_input_out() -> None:

@@ -54,7 +54,9 @@ class BlobRef(BaseModel):
 
 
 ImageFormat = Literal["jpeg", "png"]
-Ingress = Literal["mqtt", "http"]
+# mqtt/http: a device's picture reached the cloud directly (a cloud-first site); edge: an edge agent answered it at
+# the site and forwarded it through its uplink (the cloud gateway does not classify it again).
+Ingress = Literal["mqtt", "http", "edge"]
 
 
 class ImageReceived(Event):
@@ -92,6 +94,31 @@ ServedBy = Literal["edge", "cloud"]
 ImageQuality = Literal["ok", "too_dark", "too_bright", "blank"]
 
 
+JointOutcome = Literal["cloud", "timeout", "cloud_error"]
+
+
+class JointInference(BaseModel):
+    """How joint inference went for one hard example: the edge's own answer, and the deep cloud model's, if any.
+
+    ``outcome``: ``cloud`` — the cloud answered within the time budget and the device got the cloud's answer;
+    ``timeout`` — no answer within the budget (the device got the edge's); ``cloud_error`` — the cloud refused or
+    could not be reached (the device got the edge's). The event's own ``scores`` are what the device got.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    edge_model_name: str
+    edge_model_version: int
+    edge_scores: dict[str, float]
+    edge_latency_ms: float = Field(ge=0.0)
+    outcome: JointOutcome
+    cloud_model_name: str | None = None
+    cloud_model_version: int | None = None
+    cloud_scores: dict[str, float] | None = None
+    cloud_latency_ms: float | None = Field(default=None, ge=0.0)
+    detail: str = ""
+
+
 class InferenceCompleted(Event):
     event_type: ClassVar[str] = "io.edgeloop.inferences.completed.v1"
     topic: ClassVar[str] = topics.INFERENCES_COMPLETED
@@ -114,6 +141,8 @@ class InferenceCompleted(Event):
     quality: ImageQuality = Field(
         default="ok", description="whether the picture shows anything to classify; never a hard example unless ok"
     )
+    # Set where an edge agent offered this hard example to the deep cloud model (docs/edge.md).
+    joint: JointInference | None = None
     completed_at: datetime = Field(default_factory=utc_now)
 
 
@@ -200,6 +229,9 @@ class DeploymentUpdated(Event):
     actual_version: int | None
     phase: DeploymentPhase
     reason: str = ""
+    # TF Serving REST base URL of the node group's model server (its Service), where the site's edge agent, or the
+    # gateway for a cloud-first site, asks for ``actual_version``; None where the target does not say.
+    endpoint: str | None = None
     updated_at: datetime = Field(default_factory=utc_now)
 
     def partition_key(self) -> str:

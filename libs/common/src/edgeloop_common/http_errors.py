@@ -21,11 +21,19 @@ The domain errors know nothing of HTTP (nor of the bus): the table is the one pl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+log = logging.getLogger(__name__)
+
+# What answers a request whose client hung up before its body was read (nginx's "client closed request"); no one
+# reads it: the status is for the access log.
+CLIENT_CLOSED_REQUEST = 499
 
 StatusForError = Mapping[type[Exception], int]
 
@@ -42,7 +50,9 @@ def error_response(status_code: int, reason: str) -> JSONResponse:
 def install_error_handlers(app: FastAPI, status_for_error: StatusForError, *, echo_invalid_input: bool = True) -> None:
     """Answer each error of ``status_for_error`` with its status and ``{"detail": str(error)}``.
 
-    :class:`ServiceNotRunningError` answers 503 unless the table says otherwise. ``echo_invalid_input=False``
+    :class:`ServiceNotRunningError` answers 503 unless the table says otherwise; a client that hung up while its
+    body was being read (an edge agent losing its link mid-upload) is logged, not a 500 with a traceback; it
+    sends the request again. ``echo_invalid_input=False``
     leaves the rejected input out of a request validation error (FastAPI echoes it back, and an input holding
     NaN cannot even be rendered as JSON).
     """
@@ -51,6 +61,7 @@ def install_error_handlers(app: FastAPI, status_for_error: StatusForError, *, ec
         **status_for_error,
     }.items():
         app.add_exception_handler(error_cls, _answer_with(status_code))
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     if not echo_invalid_input:
         app.add_exception_handler(RequestValidationError, _invalid_request_without_input)
 
@@ -60,6 +71,11 @@ def _answer_with(status_code: int) -> Callable[[Request, Exception], Awaitable[J
         return error_response(status_code, str(exc) or type(exc).__name__)
 
     return answer
+
+
+async def _client_gone(request: Request, _exc: Exception) -> JSONResponse:
+    log.info("%s %s: the client hung up before its request was read", request.method, request.url.path)
+    return error_response(CLIENT_CLOSED_REQUEST, "the client closed the request before it was read")
 
 
 async def _invalid_request_without_input(_request: Request, exc: Exception) -> JSONResponse:

@@ -57,6 +57,10 @@ class ReceivedMessage:
     # Sends the PUBACK (manual_ack mode), on the connection the message came on: a no-op on a later connection,
     # where the broker redelivers the message anyway. Without manual_ack paho has acknowledged it already.
     ack: Callable[[], None]
+    # The MQTT packet identifier (0 at QoS 0). A redelivery carries the same one as the first delivery, so with the
+    # payload it tells a resent message from a new one with the same bytes (packet ids are reused only after
+    # their message was acknowledged).
+    packet_id: int = 0
 
 
 MessageCallback = Callable[[str, bytes], None]
@@ -340,7 +344,9 @@ class AsyncMqttClient:
             topic = message.topic
         except UnicodeDecodeError:
             topic = repr(message._topic)
-        return ReceivedMessage(topic=topic, payload=bytes(message.payload), dup=bool(message.dup), qos=qos, ack=ack)
+        return ReceivedMessage(
+            topic=topic, payload=bytes(message.payload), dup=bool(message.dup), qos=qos, ack=ack, packet_id=mid
+        )
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         disable_nagle(sock)

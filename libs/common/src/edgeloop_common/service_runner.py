@@ -13,7 +13,7 @@ import contextlib
 import gc
 import importlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from edgeloop_common.settings import CommonSettings
@@ -37,32 +37,40 @@ def env_help(settings_cls: type[Any]) -> str:
     return "\n\n".join(paragraphs)
 
 
-def run_service(package: str, *, host: str | None = None, port: int | None = None) -> None:
-    """Build the service of ``package`` from its environment and serve it with uvicorn until stopped."""
+def run_service(
+    package: str, *, host: str | None = None, port: int | None = None, settings: Mapping[str, Any] | None = None
+) -> None:
+    """Build the service of ``package`` from its environment (``settings`` over it) and serve it until stopped."""
     import uvicorn
 
     settings_module = importlib.import_module(f"{package}.settings")
     app_module = importlib.import_module(f"{package}.app")
-    settings = settings_module.Settings()
-    logging.basicConfig(level=settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {name: value for name, value in (settings or {}).items() if value is not None}
+    service_settings = settings_module.Settings(**overrides)
+    logging.basicConfig(level=service_settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
-        freeze_after_startup(app_module.create_app(settings)),
-        host=host or settings.http_host,
-        port=port or settings.http_port,
-        log_level=settings.common.log_level.lower(),
+        freeze_after_startup(app_module.create_app(service_settings)),
+        host=host or service_settings.http_host,
+        port=port or service_settings.http_port,
+        log_level=service_settings.common.log_level.lower(),
     )
 
 
-def service_main(package: str, summary: str, argv: Sequence[str] | None = None) -> None:
-    """The ``edgeloop-<service>`` script: ``--host`` and ``--port`` over the environment's settings."""
+def service_main(package: str, summary: str, argv: Sequence[str] | None = None, *, flags: Sequence[str] = ()) -> None:
+    """The ``edgeloop-<service>`` script: ``--host``, ``--port`` and a ``--<flag>`` per setting named in ``flags``
+    (``edge``'s ``--site``), each over the environment's settings."""
     settings_cls = importlib.import_module(f"{package}.settings").Settings
     parser = argparse.ArgumentParser(
         description=summary, epilog=env_help(settings_cls), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--host", help="Bind address (overrides the settings' http_host).")
     parser.add_argument("--port", type=int, help="HTTP port (overrides the settings' http_port).")
+    for name in flags:
+        field = settings_cls.model_fields[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=field.description)
     arguments = parser.parse_args(argv)
-    run_service(package, host=arguments.host, port=arguments.port)
+    overrides = {name: getattr(arguments, name) for name in flags}
+    run_service(package, host=arguments.host, port=arguments.port, settings=overrides)
 
 
 def freeze_after_startup(app: Any) -> Any:
