@@ -24,6 +24,7 @@ from edgeloop_common.events import BlobRef, InferenceCompleted
 from edgeloop_common.settings import CommonSettings
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
 from edgeloop_ingest.adapters.schema import MIGRATIONS
+from edgeloop_ingest.adapters.uplink_records import uplink_records
 from edgeloop_ingest.app import create_app
 from edgeloop_ingest.settings import Settings
 from ingest_testing import (
@@ -196,11 +197,13 @@ def test_replicas_starting_together_upgrade_a_previous_schema_database_once(
     create_previous_schema(engine)
     assert MIGRATIONS.current_revision(engine) is None
     start_replicas_together(fresh_postgres_url, MIGRATIONS.upgrade, create_sql_engine=create_sql_engine)
-    assert MIGRATIONS.current_revision(engine) == "0002"
+    assert MIGRATIONS.current_revision(engine) == MIGRATIONS.head_revision() == "0003"
 
     columns = {column["name"] for column in inspect(engine).get_columns("ingest_samples")}
     assert {"label", "labeled_by", "labeled_at", "predicted_label", "hard_example", "scores"} <= columns
-    assert MIGRATIONS.schema_differences(engine, metadata, tables={"ingest_samples"}) == []
+    assert "ingest_uplink_records" in inspect(engine).get_table_names()
+    tables = {"ingest_samples", uplink_records.name}
+    assert MIGRATIONS.schema_differences(engine, metadata, tables=tables) == []
 
     kept = SqlSampleRepository(engine).get_sample(str(OLD_ROW["sample_id"]))
     assert kept is not None

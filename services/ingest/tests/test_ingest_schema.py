@@ -12,6 +12,7 @@ import pytest
 from edgeloop_common.settings import CommonSettings
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
 from edgeloop_ingest.adapters.schema import MIGRATIONS
+from edgeloop_ingest.adapters.uplink_records import uplink_records
 from edgeloop_ingest.app import create_app
 from edgeloop_ingest.settings import Settings
 from fastapi.testclient import TestClient
@@ -20,7 +21,8 @@ from sqlalchemy import Engine, inspect
 
 from tests.helpers import assert_at_head
 
-HEAD = "0002"
+HEAD = "0003"
+TABLES = {"ingest_samples", "ingest_uplink_records"}
 NEW_COLUMNS = {
     "predicted_label",
     "confidence",
@@ -82,8 +84,9 @@ def test_a_database_of_the_previous_schema_is_upgraded_at_start_with_its_data(
 
 
 def schema_differences(engine: Engine) -> list[object]:
-    """What Alembic's autogenerate would change to make the database's ingest_samples match the code's table."""
-    return MIGRATIONS.schema_differences(engine, metadata, tables={"ingest_samples"})
+    """What Alembic's autogenerate would change to make the database's ingest tables match the code's tables."""
+    assert uplink_records.metadata is metadata  # one metadata holds every ingest table
+    return MIGRATIONS.schema_differences(engine, metadata, tables=TABLES)
 
 
 def test_the_migrated_schema_is_the_one_the_code_queries(engine: Engine) -> None:
@@ -100,7 +103,7 @@ def test_the_upgraded_previous_schema_is_the_one_the_code_queries(engine: Engine
 def test_upgrading_twice_and_a_fresh_database(engine: Engine) -> None:
     SqlSampleRepository(engine)
     SqlSampleRepository(engine)  # a restart: nothing to do
-    assert_at_head(engine, MIGRATIONS, {"ingest_samples"})
+    assert_at_head(engine, MIGRATIONS, TABLES)
     assert MIGRATIONS.current_revision(engine) == HEAD
     assert columns(engine) >= NEW_COLUMNS
 
@@ -111,6 +114,7 @@ def test_downgrade_to_the_first_revision_keeps_the_records(engine: Engine) -> No
     MIGRATIONS.downgrade(engine, "0001")
     assert MIGRATIONS.current_revision(engine) == "0001"
     assert not NEW_COLUMNS & columns(engine)
+    assert "ingest_uplink_records" not in inspect(engine).get_table_names()
     repository = SqlSampleRepository(engine, upgrade=False)
     record = repository.get(str(OLD_ROW["sample_id"]))
     assert record is not None and record.device_id == "cam-old"

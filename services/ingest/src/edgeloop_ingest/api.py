@@ -1,5 +1,5 @@
 """HTTP: upload a sample (devices without MQTT), read its record and its image; list, filter and label
-samples, and the labeling queue.
+samples, and the labeling queue; take edge agents' uplink records.
 
 Uploads go through the same bridge as MQTT messages (same validation, same
 store, same ordering per device); the answer comes once the ImageReceived
@@ -10,18 +10,21 @@ Bad input gets its reason in the response, not a dead letter.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime
 from typing import Annotated
 
 from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
+from edgeloop_common.uplink import IMAGE_PART, RECORD_PART, UPLINK_PATH, UplinkAnswer
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from edgeloop_ingest.blobs import BlobNotFoundError
 from edgeloop_ingest.bridge import Bridge
-from edgeloop_ingest.handlers import handle_upload, label_sample, label_samples
+from edgeloop_ingest.handlers import handle_uplink, handle_upload, label_sample, label_samples
 from edgeloop_ingest.labeling import (
     MAX_PAGE_SIZE,
     Cursor,
@@ -35,7 +38,20 @@ from edgeloop_ingest.labeling import (
     UnknownSampleError,
 )
 from edgeloop_ingest.service import Accepted, IngestService, SampleRecord
+from edgeloop_ingest.uplink import (
+    MAX_RECORD_BYTES,
+    InvalidUplinkRecordError,
+    UnknownUplinkRecordError,
+    UnsupportedUplinkRequestError,
+    UplinkArrival,
+    UplinkImageRejectedError,
+    UplinkRefusedError,
+    UplinkService,
+    UplinkUnavailableError,
+)
 from edgeloop_ingest.validation import RejectionCode
+
+log = logging.getLogger(__name__)
 
 # Domain errors -> HTTP status, in one place (installed by app.py).
 STATUS_FOR_ERROR: StatusForError = {
@@ -43,6 +59,11 @@ STATUS_FOR_ERROR: StatusForError = {
     SampleImageMissingError: status.HTTP_404_NOT_FOUND,
     InvalidLabelError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidQueryError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    UplinkRefusedError: status.HTTP_400_BAD_REQUEST,
+    UnsupportedUplinkRequestError: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    InvalidUplinkRecordError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    UnknownUplinkRecordError: status.HTTP_404_NOT_FOUND,
+    UplinkUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 # A rejected upload is an outcome, not an error: its status by reason code (the body adds the code).
@@ -152,13 +173,22 @@ def get_labeling(request: Request) -> LabelingService:
     return labeling
 
 
+def get_uplink(request: Request) -> UplinkService:
+    uplink: UplinkService | None = getattr(request.app.state, "uplink", None)
+    if uplink is None:
+        raise ServiceNotRunningError("ingest is starting or stopping")
+    return uplink
+
+
 BridgeDep = Annotated[Bridge, Depends(get_bridge)]
 ServiceDep = Annotated[IngestService, Depends(get_service)]
 LabelingDep = Annotated[LabelingService, Depends(get_labeling)]
+UplinkDep = Annotated[UplinkService, Depends(get_uplink)]
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"])
 labels_router = APIRouter(prefix="/v1/labels", tags=["labels"])
 queue_router = APIRouter(prefix="/v1/labeling", tags=["labels"])
+uplink_router = APIRouter(prefix=UPLINK_PATH, tags=["uplink"])
 
 
 class SamplePageOut(BaseModel):
@@ -371,3 +401,115 @@ async def labeling_queue(
 ) -> SamplePageOut:
     page = await asyncio.to_thread(labeling.queue, site_id=site_id, limit=limit, after=_cursor(after))
     return SamplePageOut.of(page)
+
+
+class UplinkArrivalOut(BaseModel):
+    record_id: str
+    site_id: str
+    device_id: str
+    sequence: int
+    received_at: datetime = Field(description="When the edge agent received the picture.")
+    image_included: bool
+    stored_at: datetime = Field(description="When ingest recorded the arrival (its events were durable then).")
+    sample_id: str | None = Field(description="The sample stored for the record; null: the picture stayed at the edge.")
+
+    @classmethod
+    def of(cls, arrival: UplinkArrival) -> UplinkArrivalOut:
+        return cls(
+            record_id=arrival.record_id,
+            site_id=arrival.site_id,
+            device_id=arrival.device_id,
+            sequence=arrival.sequence,
+            received_at=arrival.received_at,
+            image_included=arrival.image_included,
+            stored_at=arrival.stored_at,
+            sample_id=arrival.sample_id,
+        )
+
+
+@uplink_router.post(
+    "",
+    response_model=UplinkAnswer,
+    summary="Take an edge agent's uplink record: multipart/form-data, part 'record' (UplinkRecord JSON) and part "
+    "'image' (the picture's bytes, when image_included)",
+    responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+)
+async def post_uplink(request: Request, bridge: BridgeDep, uplink: UplinkDep) -> Response:
+    metrics = bridge.metrics
+    try:
+        record_document, image = await _uplink_parts(request, uplink.ingest.limits.max_bytes)
+        answer = await handle_uplink(
+            uplink,
+            bridge.bus,
+            metrics,
+            record_document=record_document,
+            image=image,
+            traceparent=request.headers.get("traceparent"),
+        )
+    except UplinkImageRejectedError as exc:  # the picture fails the checks every picture passes: as for uploads
+        metrics.uplink_records.labels("refused").inc()
+        metrics.rejections.labels("edge", "image", exc.code.value).inc()
+        log.warning("uplink record refused (%s): %s", exc.code.value, exc.reason)
+        return _rejected(exc.code, exc.reason)
+    except UplinkRefusedError as exc:
+        metrics.uplink_records.labels("refused").inc()
+        log.warning("uplink record refused: %s", exc)
+        raise
+    except UplinkUnavailableError:
+        metrics.uplink_records.labels("unavailable").inc()
+        raise
+    metrics.uplink_records.labels(answer.status).inc()
+    return JSONResponse(answer.model_dump(mode="json"))
+
+
+async def _uplink_parts(request: Request, image_limit: int) -> tuple[str | bytes, bytes | None]:
+    """The parts ``record`` (text) and ``image`` (bytes, or None when absent) of an uplink request."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedUplinkRequestError(
+            f"an uplink request is multipart/form-data with the parts {RECORD_PART!r} and {IMAGE_PART!r}"
+        )
+    declared = request.headers.get("content-length")
+    request_limit = image_limit + MAX_RECORD_BYTES + 64 * 1024  # the picture, the record and the multipart framing
+    if declared is not None and declared.isdigit() and int(declared) > request_limit:
+        raise UplinkImageRejectedError(
+            RejectionCode.TOO_LARGE, f"the request is {declared} bytes; a picture's limit is {image_limit} bytes"
+        )
+    try:
+        form = await request.form(max_files=2, max_fields=2, max_part_size=MAX_RECORD_BYTES)
+    except HTTPException as exc:  # Starlette's answer to a multipart body it cannot read
+        raise UplinkRefusedError(f"the multipart body cannot be read: {exc.detail}") from exc
+    try:
+        unexpected = sorted(set(form) - {RECORD_PART, IMAGE_PART})
+        if unexpected:
+            raise UplinkRefusedError(
+                f"unexpected part(s) {unexpected}: an uplink request has {RECORD_PART!r} and {IMAGE_PART!r}"
+            )
+        part = form.get(RECORD_PART)
+        record = await _read_upload(part, MAX_RECORD_BYTES) if isinstance(part, UploadFile) else part
+        if isinstance(part, UploadFile) and record is None:
+            raise UplinkRefusedError(f"part {RECORD_PART!r} is larger than {MAX_RECORD_BYTES} bytes")
+        if not record:
+            raise UplinkRefusedError(f"the request has no part {RECORD_PART!r} (the UplinkRecord JSON)")
+        image = form.get(IMAGE_PART)
+        if image is None:
+            return record, None
+        if not isinstance(image, UploadFile):
+            raise UplinkRefusedError(f"part {IMAGE_PART!r} must be a file part (with a filename) holding the bytes")
+        data = await _read_upload(image, image_limit)
+    finally:
+        await form.close()
+    if data is None:
+        raise UplinkImageRejectedError(
+            RejectionCode.TOO_LARGE, f"the picture is larger than the limit of {image_limit} bytes"
+        )
+    return record, data
+
+
+@uplink_router.get(
+    "/{record_id}",
+    response_model=UplinkArrivalOut,
+    summary="The arrival of an uplink record (404 until ingest has taken it)",
+    responses={404: {}},
+)
+async def get_uplink_arrival(record_id: str, uplink: UplinkDep) -> UplinkArrivalOut:
+    return UplinkArrivalOut.of(await asyncio.to_thread(uplink.get, record_id))

@@ -1,4 +1,5 @@
-"""``create_app``: the ingest service wired together (bridge, stores, MQTT subscriber, HTTP API).
+"""``create_app``: the ingest service wired together (bridge, stores, MQTT subscriber, HTTP API, the uplink from
+edge agents).
 
 Ingest also consumes InferenceCompleted to keep each sample's prediction: the lifespan builds the store,
 subscribes the handlers of :data:`~edgeloop_ingest.handlers.SUBSCRIPTIONS`, then starts the bus if the app
@@ -27,12 +28,14 @@ from edgeloop_ingest.adapters.blobstore import LocalBlobStore
 from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.adapters.mqtt import AsyncioMqttSubscriber, MqttConfig
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine
+from edgeloop_ingest.adapters.uplink_records import SqlUplinkArrivalRepository
 from edgeloop_ingest.bridge import Bridge, BridgeConfig
 from edgeloop_ingest.handlers import SUBSCRIPTIONS, IngestHandlers, mqtt_message_handler
 from edgeloop_ingest.labeling import LabelingService
 from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import SERVICE_NAME, IngestService
 from edgeloop_ingest.settings import Settings
+from edgeloop_ingest.uplink import UplinkService
 from edgeloop_ingest.validation import ImageLimits
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class IngestRuntime:
     engine: Engine
     service: IngestService
     labeling: LabelingService
+    uplink: UplinkService
     bus: EventBus
     subscriptions: ExitStack
     buffer: DiskBuffer
@@ -118,16 +122,19 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
         app.state.service = runtime.service
         app.state.labeling = runtime.labeling
         app.state.bridge = runtime.bridge
+        app.state.uplink = runtime.uplink
         try:
             yield
         finally:
             app.state.bridge = None
+            app.state.uplink = None
             await _stop(runtime, owns_bus=bus is None)
 
     app = FastAPI(title="EdgeLoop ingest", version="1", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(api.labels_router)
     app.include_router(api.queue_router)
+    app.include_router(api.uplink_router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
@@ -146,6 +153,7 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Ingest
     service = await asyncio.to_thread(build_service, settings, engine)
     assert isinstance(service.samples, SqlSampleRepository)
     labeling = LabelingService(service.samples)
+    uplink = UplinkService(service, SqlUplinkArrivalRepository(engine))  # the schema: upgraded just above
     event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME)
     subscriptions = ExitStack()
     subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, IngestHandlers(labeling, metrics)))
@@ -166,7 +174,9 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Ingest
         bridge.buffered_count,
         f"{settings.common.mqtt_host}:{settings.common.mqtt_port}" if subscriber else "off",
     )
-    return IngestRuntime(settings, engine, service, labeling, event_bus, subscriptions, buffer, bridge, subscriber)
+    return IngestRuntime(
+        settings, engine, service, labeling, uplink, event_bus, subscriptions, buffer, bridge, subscriber
+    )
 
 
 async def _stop(runtime: IngestRuntime, *, owns_bus: bool) -> None:

@@ -1,5 +1,6 @@
 """Thin: a device message in (MQTT or HTTP) -> the bridge -> acknowledgement out; a prediction or a
-label in -> the labeling service -> SampleLabeled out.
+label in -> the labeling service -> SampleLabeled out; an edge agent's uplink record in -> the uplink
+service -> ImageReceived and InferenceCompleted out.
 
 :data:`SUBSCRIPTIONS` is ingest's table: which consumer group handles which event with which handler.
 """
@@ -8,20 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
-from edgeloop_common.bus import EventContext, PermanentError
+from edgeloop_common.bus import BusUnavailableError, EventBus, EventContext, PermanentError
 from edgeloop_common.events import InferenceCompleted, Ingress
 from edgeloop_common.subscriptions import ConsumerGroup
+from edgeloop_common.uplink import UplinkAnswer
 
 from edgeloop_ingest.adapters.mqtt import ReceivedMessage
+from edgeloop_ingest.adapters.uplink_records import STORE_UNAVAILABLE_ERRORS
 from edgeloop_ingest.bridge import Bridge
 from edgeloop_ingest.labeling import BatchLabelResult, LabelingService, PredictionOutcome, Sample, labeled_publication
 from edgeloop_ingest.metrics import IngestMetrics
-from edgeloop_ingest.service import DeviceMessage, MessageKind, Outcome
+from edgeloop_ingest.service import DeviceMessage, MessageKind, Outcome, Publication
+from edgeloop_ingest.uplink import (
+    InvalidUplinkRecordError,
+    UplinkService,
+    UplinkUnavailableError,
+    is_edge_image_uri,
+    parse_uplink_record,
+    uplink_publications,
+)
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _KINDS: dict[str, MessageKind] = {"image": "image", "telemetry": "telemetry"}
 
@@ -76,6 +90,19 @@ class IngestHandlers:
 
     async def on_inference_completed(self, event: InferenceCompleted, context: EventContext) -> None:
         """The sample's prediction (and hard-example verdict). Idempotent: an update by id."""
+        if is_edge_image_uri(event.image.uri):
+            # An edge record forwarded without its picture: the picture stayed at the edge, so there is no sample
+            # here to hold the prediction, and nothing a person could label.
+            self.metrics.predictions.labels("picture_at_edge").inc()
+            if event.hard_example:
+                log.warning(
+                    "hard example %s of %s/%s came without its picture (%s): not queued for labeling",
+                    event.sample_id,
+                    event.site_id,
+                    event.device_id,
+                    event.image.uri,
+                )
+            return
         outcome = await asyncio.to_thread(self.labeling.record_prediction, event)
         self.metrics.predictions.labels(outcome.value).inc()
         if outcome is PredictionOutcome.UNKNOWN_SAMPLE:
@@ -102,6 +129,74 @@ async def label_samples(
     await bridge.publish_durably([labeled_publication(sample) for sample in result.labeled])
     bridge.metrics.labels.labels("batch").inc(len(result.labeled))
     return result
+
+
+async def handle_uplink(
+    uplink: UplinkService,
+    bus: EventBus,
+    metrics: IngestMetrics,
+    *,
+    record_document: str | bytes,
+    image: bytes | None,
+    traceparent: str | None = None,
+) -> UplinkAnswer:
+    """Take one uplink record (the steps and why their order is crash-safe: :mod:`edgeloop_ingest.uplink`).
+
+    Raises UplinkRefusedError (and its kinds) for a record that can never be taken, UplinkUnavailableError
+    when the bus or the sample store cannot take it now.
+    """
+    record = parse_uplink_record(record_document)
+    arrival = await _storing(uplink.find, record.record_id)
+    if arrival is not None:
+        return UplinkAnswer(record_id=record.record_id, status="duplicate", sample_id=arrival.sample_id)
+    sample = await asyncio.to_thread(uplink.check, record, image)
+    if sample is not None and image is not None:
+        await _storing(uplink.store, sample, image)
+    else:  # an earlier attempt may have brought the picture, which the agent dropped since (its queue's bounds)
+        sample = await _storing(uplink.ingest.get_sample, record.record_id)
+    await _publish(bus, uplink_publications(record, sample, traceparent=traceparent))
+    recorded = await _storing(uplink.record_arrival, record, has_sample=sample is not None)
+    highest = recorded.highest_sequence_before
+    if recorded.inserted and highest is not None and record.sequence < highest:
+        metrics.uplink_out_of_order.inc()
+        log.info(
+            "uplink record %s of %s/%s arrived out of order: sequence %d after %d",
+            record.record_id,
+            record.site_id,
+            record.device_id,
+            record.sequence,
+            highest,
+        )
+    status = "stored" if recorded.inserted else "duplicate"  # duplicate: a concurrent resend recorded it first
+    return UplinkAnswer(record_id=record.record_id, status=status, sample_id=sample.sample_id if sample else None)
+
+
+async def _storing(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking store call in a thread; the store being away is UplinkUnavailableError (503, retried)."""
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except STORE_UNAVAILABLE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UplinkUnavailableError(f"the sample store cannot take the record now: {reason}") from exc
+
+
+async def _publish(bus: EventBus, publications: Sequence[Publication]) -> None:
+    """Hand the events to the bus in order (pipelined) and wait until each is durable."""
+    acks: list[Awaitable[str]] = []
+    refused: BaseException | None = None
+    try:
+        for p in publications:
+            acks.append(await bus.enqueue(p.event, key=p.key, event_id=p.event_id, traceparent=p.traceparent))
+    except (BusUnavailableError, PermanentError) as exc:
+        refused = exc
+    results = await asyncio.gather(*acks, return_exceptions=True)  # those handed over settle either way
+    for result in (refused, *results):
+        if isinstance(result, BusUnavailableError):
+            raise UplinkUnavailableError(f"the event bus cannot take the record's events now: {result}") from result
+        if isinstance(result, PermanentError):
+            raise InvalidUplinkRecordError(f"the event bus refuses the record's events: {result}") from result
+        if isinstance(result, BaseException):
+            raise result
 
 
 SUBSCRIPTIONS = (ConsumerGroup("ingest-predictions", {InferenceCompleted: IngestHandlers.on_inference_completed}),)

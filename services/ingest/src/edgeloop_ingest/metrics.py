@@ -71,7 +71,8 @@ class IngestMetrics:
         self.predictions = Counter(
             "edgeloop_ingest_predictions_total",
             "InferenceCompleted events handled, by outcome: stored, stale (the sample already holds a newer "
-            "prediction), unknown_sample (no such sample here: dead-lettered).",
+            "prediction), unknown_sample (no such sample here: dead-lettered), picture_at_edge (an edge record "
+            "forwarded without its picture: no sample here, nothing to label).",
             ["outcome"],
             registry=self.registry,
         )
@@ -80,6 +81,19 @@ class IngestMetrics:
             "Labels stored, each announced by a SampleLabeled event, by request: single (PUT) or batch "
             "(POST /v1/labels).",
             ["request"],
+            registry=self.registry,
+        )
+        self.uplink_records = Counter(
+            "edgeloop_ingest_uplink_records_total",
+            "Uplink records from edge agents (POST /v1/uplink), by outcome: stored, duplicate (taken before: "
+            "nothing stored or published again), refused (4xx with the reason), unavailable (503: the bus or "
+            "the sample store could not take it now; the agent retries).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.uplink_out_of_order = Counter(
+            "edgeloop_ingest_uplink_out_of_order_total",
+            "Uplink records stored with a lower sequence than their device's highest seen (stored all the same).",
             registry=self.registry,
         )
         self.registry.register(MQTT_CONNECTED)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ColumnElement,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -42,6 +43,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.labeling import (
@@ -123,6 +126,11 @@ class SqlSampleRepository:
         with self.engine.begin() as connection:
             connection.execute(insert(samples), [_row(record) for record in records])
 
+    def add_if_absent(self, record: SampleRecord) -> bool:
+        """Insert ``record`` unless a sample with its id is there (an uplink resend); True when inserted."""
+        with self.engine.begin() as connection:
+            return insert_if_absent(connection, samples, _row(record))
+
     def get(self, sample_id: str) -> SampleRecord | None:
         query = select(*_RECORD_COLUMNS).where(samples.c.sample_id == sample_id)
         with self.engine.connect() as connection:
@@ -197,6 +205,16 @@ class SqlSampleRepository:
 
     def reachable(self) -> bool:
         return database_reachable(self.engine)
+
+
+def insert_if_absent(connection: Connection, table: Table, row: Mapping[str, object]) -> bool:
+    """Insert ``row`` unless its primary key is taken, by a concurrent insert too (``ON CONFLICT DO NOTHING``,
+    PostgreSQL and SQLite alike); True when this call inserted it."""
+    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    key = list(table.primary_key.columns)
+    statement = dialect_insert(table).values(**row).on_conflict_do_nothing(index_elements=key).returning(*key)
+    # RETURNING, not rowcount: psycopg reports -1 for this statement
+    return connection.execute(statement).first() is not None
 
 
 def _conditions(query: SampleQuery) -> list[ColumnElement[bool]]:
