@@ -50,6 +50,9 @@ class ScriptedTarget:
         self.deleted.append((model_name, node_group))
         return any(p.model_name == model_name and p.node_group == node_group for p in self.applied)
 
+    def endpoint(self, model_name: str, node_group: str) -> str:
+        return f"http://{node_group}.scripted.test:8501"
+
     async def ready(self) -> bool:
         return True
 

@@ -90,6 +90,10 @@ async def test_a_promotion_over_kafka_is_rolled_out_to_every_group_and_reported_
     ]
     assert {context.source for _, context in observer.updates} == {"deployer"}
     assert {context.key for _, context in observer.updates} == {"catdog/site-a", "catdog/site-b"}
+    # The group's serving endpoint reaches Kafka's consumers (the edge agents) with every update.
+    assert {(e.node_group, e.endpoint) for e, _ in observer.updates} == {
+        (group, f"http://edgeloop-model-catdog-{group}.{namespace}.svc:8501") for group in ("site-a", "site-b")
+    }
     for group, version in (("site-a", "1"), ("site-b", "2")):
         assert serving_summary(kube_api, namespace, group) == [
             (node, version, True) for node in sorted(kube_cluster.groups[group])

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from deployer_kube import MODEL, deployment_of, kube_settings, running_deployer, serving_pods, serving_summary
-from deployer_testing import eventually, final_update, phases, promotion
+from deployer_testing import eventually, final_update, phases, promotion, updates
 from edgeloop.kube import FAIL_READINESS_ANNOTATION
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_deployer.adapters.manifests import FIELD_MANAGER, workload_name
@@ -92,6 +92,11 @@ async def test_a_promotion_for_site_a_runs_the_version_on_site_a_nodes_only(
     assert "model_version_policy { specific { versions: 1 } }" in config.data["models.config"]
     service = client.CoreV1Api(kube_api).read_namespaced_service(workload_name(MODEL, "site-a"), namespace)
     assert sorted((p.name, p.port) for p in service.spec.ports) == [("grpc", 8500), ("rest", 8501)]
+    assert service.spec.type == "ClusterIP"
+    assert service.spec.selector == deployment["spec"]["selector"]["matchLabels"]
+    # Every update names that Service as the group's model-server endpoint.
+    endpoint = f"http://{workload_name(MODEL, 'site-a')}.{namespace}.svc:8501"
+    assert [event.endpoint for event in updates(bus, group="site-a")] == [endpoint] * 3
 
 
 async def test_promoting_a_new_version_rolls_every_pod_over_to_it(

@@ -10,6 +10,7 @@ from edgeloop_deployer.adapters.manifests import (
     deployment,
     edge_application,
     model_label_value,
+    service_endpoint,
     serving_objects,
     workload_name,
 )
@@ -51,6 +52,45 @@ def test_tf_serving_pins_the_version_in_its_model_config_and_probe() -> None:
     assert volumes["serving-config"]["configMap"]["name"] == config_map["metadata"]["name"]
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "edgeloop-models", "readOnly": True}
     assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("server_kind", ["tf-serving", "edgeloop-lite"])
+def test_each_group_gets_a_cluster_ip_service_in_front_of_its_own_pods_only(server_kind: str) -> None:
+    spec = ServingSpec(server_kind=server_kind)  # type: ignore[arg-type]
+    *_, site_a_deploy, site_a_service = serving_objects(WorkloadPlan("catdog", "site-a", 3), spec)
+    *_, site_b_service = serving_objects(WorkloadPlan("catdog", "site-b", 3), spec)
+
+    assert site_a_service["kind"] == "Service"
+    assert site_a_service["metadata"]["name"] == "edgeloop-model-catdog-site-a"
+    assert site_a_service["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in site_a_service["spec"]["ports"]] == [
+        ("rest", 8501, "rest"),
+        ("grpc", 8500, "grpc"),
+    ]
+    pod_labels = site_a_deploy["spec"]["template"]["metadata"]["labels"]
+    selector = site_a_service["spec"]["selector"]
+    assert selector.items() <= pod_labels.items()
+    assert site_b_service["spec"]["selector"] != selector
+
+
+def test_the_endpoint_is_the_groups_service_dns_name_on_the_rest_port() -> None:
+    spec = ServingSpec(rest_port=9001)
+
+    assert (
+        service_endpoint("catdog", "site-a", namespace="edge", spec=ServingSpec())
+        == "http://edgeloop-model-catdog-site-a.edge.svc:8501"
+    )
+    assert service_endpoint("catdog", "site-b", namespace="edge", spec=spec) == (
+        "http://edgeloop-model-catdog-site-b.edge.svc:9001"
+    )
+    long_name = "EdgeLoop_Classifier." + "x" * 100
+    assert service_endpoint(long_name, "site-a", namespace="edge", spec=spec) == (
+        f"http://{workload_name(long_name, 'site-a')}.edge.svc:9001"
+    )
+    template = "http://{node_group}.gateway.example:{port}/{model}/{service}/{namespace}"
+    assert service_endpoint("catdog", "site-a", namespace="edge", spec=spec, template=template) == (
+        "http://site-a.gateway.example:9001/catdog/edgeloop-model-catdog-site-a/edge"
+    )
 
 
 def test_the_lite_server_pins_the_version_by_environment_and_needs_no_config_map() -> None:
@@ -96,3 +136,26 @@ def test_settings_refuse_node_groups_that_cannot_be_kubernetes_names() -> None:
     assert Settings(node_groups=" site-a , site-c ").groups() == ("site-a", "site-c")
     assert Settings(server_kind="edgeloop-lite").resolved_image() == "edgeloop:0.1.0"
     assert Settings(rollout_timeout_s=7.5).resolved_progress_deadline_s() == 8
+
+
+def test_settings_refuse_an_endpoint_template_with_unknown_placeholders() -> None:
+    with pytest.raises(ValidationError, match=r"unknown placeholder \{svc\}"):
+        Settings(endpoint_template="http://{svc}.{namespace}.svc:8501")
+    with pytest.raises(ValidationError, match="endpoint template"):
+        Settings(endpoint_template="http://{service")
+    assert Settings().endpoint_template == "http://{service}.{namespace}.svc:{port}"
+
+
+def test_settings_read_one_model_server_per_node_group() -> None:
+    settings = Settings(local_node_group_servers=" site-a=http://127.0.0.1:8601/ , site-b=http://127.0.0.1:8602")
+
+    assert settings.node_group_servers() == {"site-a": "http://127.0.0.1:8601", "site-b": "http://127.0.0.1:8602"}
+    assert Settings().node_group_servers() == {}
+    with pytest.raises(ValidationError, match="'site-a:8601' is not 'node-group=http://host:port'"):
+        Settings(local_node_group_servers="site-a:8601")
+    with pytest.raises(ValidationError, match="node group 'site-a' is given two model servers"):
+        Settings(local_node_group_servers="site-a=http://a:1,site-a=http://a:2")
+    with pytest.raises(ValidationError, match="give every node group one server"):
+        Settings(local_node_group_servers="site-a=http://127.0.0.1:8601")
+    with pytest.raises(ValidationError, match="give every node group one server"):
+        Settings(node_groups="site-a", local_node_group_servers="site-a=http://a:1,site-c=http://a:2")

@@ -44,6 +44,8 @@ async def test_a_promotion_without_a_group_goes_to_every_group_and_ends_ready(
     assert sorted(record.node_group for record in started) == ["site-a", "site-b"]
     for group in GROUPS:
         assert phases(bus, group) == [("pending", 1, None), ("progressing", 1, None), ("ready", 1, 1)]
+        # Every update says where that group's model server answers (the edge agent of the site asks it).
+        assert {event.endpoint for event in updates(bus, group=group)} == {f"http://{group}.scripted.test:8501"}
     states = {state.node_group: state for state in await service.states()}
     assert {group: (s.actual_version, s.phase) for group, s in states.items()} == {
         "site-a": (1, "ready"),
@@ -218,8 +220,11 @@ async def test_http_deploy_answers_202_and_get_shows_the_rollout(
     assert detail.status_code == 200
     body = detail.json()
     assert (body["actual_version"], body["phase"], body["in_flight"]) == (3, "ready", None)
+    assert body["endpoint"] == "http://site-b.scripted.test:8501"
     assert [(r["version"], r["trigger"], r["phase"]) for r in body["rollouts"]] == [(3, "http", "ready")]
-    assert [(d["node_group"], d["actual_version"]) for d in listing.json()["deployments"]] == [("site-b", 3)]
+    assert [(d["node_group"], d["actual_version"], d["endpoint"]) for d in listing.json()["deployments"]] == [
+        ("site-b", 3, "http://site-b.scripted.test:8501")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -237,6 +242,7 @@ async def test_http_deploy_answers_202_and_get_shows_the_rollout(
         ),
         ("POST", "/v1/deployments/catdog/site-a/rollback", None, 404, "nothing was ever deployed"),
         ("DELETE", "/v1/deployments/catdog/site-a", None, 404, "nothing is deployed"),
+        ("DELETE", "/v1/deployments/cat%20dog/site-a", None, 422, "invalid model name 'cat dog'"),
         ("GET", "/v1/deployments/catdog/site-q", None, 404, "unknown node group"),
     ],
     ids=[
@@ -246,6 +252,7 @@ async def test_http_deploy_answers_202_and_get_shows_the_rollout(
         "bad-annotation",
         "rollback-nothing",
         "delete-nothing",
+        "delete-bad-model-name",
         "get-unknown-group",
     ],
 )
@@ -277,6 +284,7 @@ async def test_rollback_without_a_previous_version_is_409_and_delete_then_says_d
     assert target.deleted == [("catdog", "site-a")]
     last = final_update(bus, "site-a")
     assert last is not None and (last.phase, last.desired_version, last.actual_version) == ("deleted", None, None)
+    assert last.endpoint == deleted.json()["endpoint"] == "http://site-a.scripted.test:8501"
 
 
 async def test_a_promotion_for_an_unknown_group_is_dead_lettered_with_the_reason(

@@ -112,11 +112,14 @@ class DeploymentOut(BaseModel):
     previous_version: int | None
     phase: str
     reason: str
+    endpoint: str | None = Field(description="TF Serving REST base URL of the node group's model server.")
     updated_at: datetime
     in_flight: RolloutOut | None = None
 
     @classmethod
-    def of(cls, state: DeploymentState, in_flight: RolloutRecord | None = None) -> DeploymentOut:
+    def of(
+        cls, state: DeploymentState, service: RolloutService, in_flight: RolloutRecord | None = None
+    ) -> DeploymentOut:
         return cls(
             model_name=state.model_name,
             node_group=state.node_group,
@@ -125,6 +128,7 @@ class DeploymentOut(BaseModel):
             previous_version=state.previous_version,
             phase=state.phase,
             reason=state.reason,
+            endpoint=service.endpoint(state.model_name, state.node_group),
             updated_at=state.updated_at,
             in_flight=RolloutOut.of(in_flight) if in_flight else None,
         )
@@ -168,21 +172,21 @@ async def list_deployments(service: Service) -> dict[str, list[DeploymentOut]]:
     running = _in_flight(service)
     states = await service.states()
     return {
-        "deployments": [DeploymentOut.of(s, running.get((s.model_name, s.node_group))) for s in states],
+        "deployments": [DeploymentOut.of(s, service, running.get((s.model_name, s.node_group))) for s in states],
     }
 
 
 @router.get("/{model_name}/{node_group}")
 async def get_deployment(model_name: str, node_group: str, service: Service) -> DeploymentDetail:
     state, rollouts = await service.describe(model_name, node_group)
-    current = DeploymentOut.of(state, _in_flight(service).get((model_name, node_group)))
+    current = DeploymentOut.of(state, service, _in_flight(service).get((model_name, node_group)))
     return DeploymentDetail(**current.model_dump(), rollouts=[RolloutOut.of(r) for r in rollouts])
 
 
 @router.delete("/{model_name}/{node_group}")
 async def delete_deployment(model_name: str, node_group: str, service: Service) -> DeploymentOut:
     """Stop serving the model in the node group (the Delete button)."""
-    return DeploymentOut.of(await service.delete(model_name, node_group))
+    return DeploymentOut.of(await service.delete(model_name, node_group), service)
 
 
 @router.post("/{model_name}/{node_group}/rollback", status_code=status.HTTP_202_ACCEPTED)

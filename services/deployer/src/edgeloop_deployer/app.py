@@ -51,8 +51,15 @@ def serving_spec(settings: Settings) -> ServingSpec:
 
 def target_from_settings(settings: Settings) -> DeploymentTarget:
     if settings.resolved_target() == "local":
-        from edgeloop_deployer.adapters.local import LocalModelServerTarget
+        from edgeloop_deployer.adapters.local import LocalModelServerTarget, NodeGroupModelServersTarget
 
+        servers = settings.node_group_servers()
+        if servers:
+            return NodeGroupModelServersTarget(
+                servers,
+                models_root=settings.resolved_local_models_root(),
+                model_base=settings.resolved_local_model_base(),
+            )
         return LocalModelServerTarget(settings.model_server_url)
     from edgeloop_deployer.adapters.kubernetes import KubernetesTarget, api_client_from
 
@@ -61,6 +68,7 @@ def target_from_settings(settings: Settings) -> DeploymentTarget:
         namespace=settings.namespace,
         spec=serving_spec(settings),
         workload=settings.workload,
+        endpoint_template=settings.endpoint_template,
     )
 
 

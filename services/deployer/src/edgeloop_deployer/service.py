@@ -1,10 +1,11 @@
 """The deployer's logic: desired and actual model version per (model, node group), rollouts and rollbacks.
 
 A rollout applies one version to one node group through a :class:`DeploymentTarget`
-(Kubernetes, or the local model server), looks at it until it is ready or the
+(Kubernetes, or local model servers), looks at it until it is ready or the
 timeout passes, and, if it never became ready, applies the version that served
-before and says why. Every step is a :class:`DeploymentUpdated` event and a row in
-the store, so the state survives a restart and a restart knows what to roll back to.
+before and says why. Every step is a :class:`DeploymentUpdated` event (with the
+group's serving endpoint) and a row in the store, so the state survives a restart
+and a restart knows what to roll back to.
 
 One rollout per (model, node group) runs at a time: a newer request supersedes the
 one in flight (Kubernetes itself moves to the newest spec). No I/O framework here:
@@ -81,10 +82,11 @@ class RolloutObservation:
 
 
 class DeploymentTarget(Protocol):
-    """Where versions are rolled out: a Kubernetes namespace, or the local model server."""
+    """Where versions are rolled out: a Kubernetes namespace, or local model servers (one, or one per group)."""
 
     name: str
-    # False where there is nothing to re-apply (the local model server serves every version at once).
+    # False where there is nothing to re-apply (one local model server serves every version at once); True where
+    # applying the previous version again makes the group serve it (Kubernetes, a local server per node group).
     rolls_back: bool
 
     async def apply(self, plan: WorkloadPlan) -> None:
@@ -95,6 +97,9 @@ class DeploymentTarget(Protocol):
 
     async def delete(self, model_name: str, node_group: str) -> bool:
         """Remove what serves the model in the node group; False when there was nothing."""
+
+    def endpoint(self, model_name: str, node_group: str) -> str | None:
+        """TF Serving REST base URL of the node group's model server (None where the target cannot say)."""
 
     async def ready(self) -> bool:
         """True when the target can be reached (and we may act on it)."""
@@ -251,6 +256,7 @@ class RolloutService:
 
     async def delete(self, model_name: str, node_group: str, *, reason: str = "") -> DeploymentState:
         """Stop serving the model in the node group (the Delete button); waits for the target."""
+        self._check_model(model_name)  # nothing with another name was ever deployed (and it may name a folder)
         self._check_group(node_group)
         key = (model_name, node_group)
         async with self._lock(key):
@@ -304,6 +310,10 @@ class RolloutService:
         if state is None:
             raise DeploymentNotFoundError(f"nothing was ever deployed for {model_name} in {node_group}")
         return state, await self.store.rollouts(model_name, node_group)
+
+    def endpoint(self, model_name: str, node_group: str) -> str | None:
+        """Where the node group's model server answers (the TF Serving REST base URL)."""
+        return self.target.endpoint(model_name, node_group)
 
     def in_flight(self) -> list[RolloutRecord]:
         return list(self._running.values())
@@ -484,6 +494,7 @@ class RolloutService:
             actual_version=state.actual_version,
             phase=state.phase,
             reason=state.reason,
+            endpoint=self.target.endpoint(state.model_name, state.node_group),
         )
         try:
             await self.publish(event)

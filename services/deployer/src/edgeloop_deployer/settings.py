@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from edgeloop_common.settings import CommonSettings
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgeloop_deployer.adapters.manifests import DEFAULT_ENDPOINT_TEMPLATE
 
 TargetKind = Literal["auto", "kubernetes", "local"]
 WorkloadKind = Literal["deployment", "edgeapplication"]
@@ -18,6 +20,7 @@ ServerKind = Literal["tf-serving", "edgeloop-lite"]
 # A node group is a Kubernetes object name and part of the names of what the deployer applies (DNS-1123 label).
 _NODE_GROUP = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 DEFAULT_IMAGES: dict[ServerKind, str] = {"tf-serving": "tensorflow/serving:2.19.0", "edgeloop-lite": "edgeloop:0.1.0"}
+ENDPOINT_PLACEHOLDERS = ("service", "namespace", "node_group", "model", "port")
 
 
 class Settings(BaseSettings):
@@ -79,10 +82,32 @@ class Settings(BaseSettings):
     progress_deadline_s: int | None = Field(
         None, ge=1, description="The Deployment's progressDeadlineSeconds; empty: the rollout timeout."
     )
+    endpoint_template: str = Field(
+        DEFAULT_ENDPOINT_TEMPLATE,
+        description="The node group's model-server endpoint in DeploymentUpdated (TF Serving REST base URL), with "
+        "the placeholders {service} (the group's Service), {namespace}, {node_group}, {model} and {port} (REST_PORT).",
+    )
 
     # --- local target ---
     model_server_url: str = Field(
-        "http://127.0.0.1:8501", description="REST URL of the lite model server (local target)."
+        "http://127.0.0.1:8501",
+        description="REST URL of the lite model server (local target without LOCAL_NODE_GROUP_SERVERS).",
+    )
+    local_node_group_servers: str = Field(
+        "",
+        description="One lite model server per node group (local target), 'site-a=http://127.0.0.1:8601,"
+        "site-b=http://127.0.0.1:8602': a rollout links the version into LOCAL_MODELS_ROOT/<group>/<model>/ and "
+        "waits for that group's server. Empty: the one server of MODEL_SERVER_URL serves every group.",
+    )
+    local_models_root: Path | None = Field(
+        None,
+        description="Per-group model folders, <root>/<node_group>/<model>/<version> (each group's server has "
+        "<root>/<node_group> as its model base path); default <EDGELOOP_DATA_DIR>/node-groups.",
+    )
+    local_model_base: Path | None = Field(
+        None,
+        description="Where the trainer exports versions, <base>/<model>/<version> (the trainer's MODEL_BASE); "
+        "default <EDGELOOP_DATA_DIR>/models.",
     )
 
     consumer_group: str = "deployer"
@@ -99,6 +124,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"node group {group!r} is not a DNS-1123 label of at most 40 characters")
         return ",".join(groups)
 
+    @field_validator("endpoint_template")
+    @classmethod
+    def _valid_template(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(ENDPOINT_PLACEHOLDERS, "x"))
+        except KeyError as exc:
+            problem = f"unknown placeholder {{{exc.args[0]}}}"
+        except (IndexError, AttributeError, ValueError) as exc:
+            problem = str(exc)
+        else:
+            return value
+        known = ", ".join(f"{{{name}}}" for name in ENDPOINT_PLACEHOLDERS)
+        raise ValueError(f"endpoint template {value!r}: {problem} (placeholders: {known})")
+
+    @field_validator("local_node_group_servers")
+    @classmethod
+    def _valid_servers(cls, value: str) -> str:
+        _parse_servers(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _a_server_for_every_group(self) -> Settings:
+        servers = self.node_group_servers()
+        if servers and set(servers) != set(self.groups()):
+            raise ValueError(
+                f"local_node_group_servers names the groups {', '.join(sorted(servers))} but the node groups are "
+                f"{', '.join(self.groups())}: give every node group one server, and no other group"
+            )
+        return self
+
     def groups(self) -> tuple[str, ...]:
         return tuple(self.node_groups.split(","))
 
@@ -113,5 +168,29 @@ class Settings(BaseSettings):
     def resolved_progress_deadline_s(self) -> int:
         return self.progress_deadline_s or max(1, math.ceil(self.rollout_timeout_s))
 
+    def node_group_servers(self) -> dict[str, str]:
+        """Node group -> REST URL of its own model server (local target); empty: one server for all."""
+        return _parse_servers(self.local_node_group_servers)
+
+    def resolved_local_models_root(self) -> Path:
+        return (self.local_models_root or self.common.data_dir / "node-groups").resolve()
+
+    def resolved_local_model_base(self) -> Path:
+        return (self.local_model_base or self.common.data_dir / "models").resolve()
+
     def pod_annotations_for(self, version: int) -> dict[str, str]:
         return {**self.extra_pod_annotations.get("*", {}), **self.extra_pod_annotations.get(str(version), {})}
+
+
+def _parse_servers(text: str) -> dict[str, str]:
+    servers: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        group, sep, url = (piece.strip() for piece in item.partition("="))
+        if not sep or not group or not url.startswith(("http://", "https://")):
+            raise ValueError(f"{item!r} is not 'node-group=http://host:port'")
+        if group in servers:
+            raise ValueError(f"node group {group!r} is given two model servers")
+        servers[group] = url.rstrip("/")
+    return servers

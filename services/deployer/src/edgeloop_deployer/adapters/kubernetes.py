@@ -72,12 +72,19 @@ class KubernetesTarget:
     rolls_back = True
 
     def __init__(
-        self, api: client.ApiClient, *, namespace: str, spec: ServingSpec, workload: WorkloadKind = "deployment"
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        spec: ServingSpec,
+        workload: WorkloadKind = "deployment",
+        endpoint_template: str = manifests.DEFAULT_ENDPOINT_TEMPLATE,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.spec = spec
         self.workload = workload
+        self.endpoint_template = endpoint_template
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
 
@@ -95,6 +102,12 @@ class KubernetesTarget:
 
     async def delete(self, model_name: str, node_group: str) -> bool:
         return await asyncio.to_thread(self._delete, model_name, node_group)
+
+    def endpoint(self, model_name: str, node_group: str) -> str:
+        """The group's Service (cluster DNS name, REST port), or what the endpoint template makes of it."""
+        return manifests.service_endpoint(
+            model_name, node_group, namespace=self.namespace, spec=self.spec, template=self.endpoint_template
+        )
 
     async def ready(self) -> bool:
         """The API answers and lets us list what we manage in our namespace."""

@@ -1,19 +1,42 @@
-"""The ``local`` target (standalone mode): the lite model server on this machine serves every version in its
-model folder, so "deploying" a version means making sure it is AVAILABLE there before the gateway routes to it.
+"""The ``local`` target (standalone mode): lite model servers on this machine, asked through the TF Serving
+status API (``GET {url}/v1/models/{model}[/versions/{version}]``), which both the lite server and
+``tensorflow/serving`` answer.
 
-It asks the TF Serving status API, ``GET {url}/v1/models/{model}/versions/{version}``, which both the lite
-server and ``tensorflow/serving`` answer.
+Two shapes:
+
+* :class:`LocalModelServerTarget` — one model server serves every node group from the trainer's model folder
+  (every version in it, as its version policy says), so "deploying" a version means waiting until it is
+  AVAILABLE there before the gateway routes to it. Nothing to re-apply on a rollback.
+* :class:`NodeGroupModelServersTarget` — one model server per node group, each with a folder of its own,
+  ``<models_root>/<node_group>/<model>/<version>``. Applying a version links the trainer's version folder
+  (``<model_base>/<model>/<version>``) into the group's folder, atomically, and removes the links of newer
+  versions, so the group's server (version policy ``latest``) serves exactly that version. A rollback applies
+  the previous version the same way: its link stays or comes back, the newer one goes, and the server goes back
+  to it. This is what an edge site's model server looks like in standalone mode.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from edgeloop_deployer.service import RolloutObservation, TargetError, WorkloadPlan
+from edgeloop_deployer.service import MODEL_NAME_PATTERN, RolloutObservation, TargetError, WorkloadPlan
+
+log = logging.getLogger(__name__)
 
 _FAILED_STATES = {"END"}
+# A version the server holds, or is still letting go of: a newer one of these means the group does not serve
+# the planned version yet (a request for the latest version would still reach the newer one).
+_HELD_STATES = {"LOADING", "AVAILABLE", "UNLOADING"}
+_STAGING_MARKS = (".tmp-", ".removing-")
 
 
 class LocalModelServerTarget:
@@ -43,6 +66,9 @@ class LocalModelServerTarget:
     async def delete(self, model_name: str, node_group: str) -> bool:
         return False  # the local server's folder is the trainer's: nothing of ours to remove
 
+    def endpoint(self, model_name: str, node_group: str) -> str:
+        return self.base_url  # the one server serves every group
+
     async def ready(self) -> bool:
         """The model server answers HTTP (any status: a probe model does not exist)."""
         try:
@@ -54,6 +80,169 @@ class LocalModelServerTarget:
     async def close(self) -> None:
         if self._owns_http:
             await self._http.aclose()
+
+
+class NodeGroupModelServersTarget:
+    """A lite model server per node group, each serving the versions linked into its own model folder."""
+
+    name = "local"
+    rolls_back = True  # applying the previous version removes the newer link: the group's server goes back to it
+
+    def __init__(
+        self,
+        servers: Mapping[str, str],
+        *,
+        models_root: Path,
+        model_base: Path,
+        timeout_s: float = 5.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not servers:
+            raise ValueError("at least one node group server is needed")
+        self.servers = {group: url.rstrip("/") for group, url in servers.items()}
+        self.models_root = models_root
+        self.model_base = model_base
+        self._http = http or httpx.AsyncClient(timeout=timeout_s)
+        self._owns_http = http is None
+
+    def group_folder(self, model_name: str, node_group: str) -> Path:
+        """``<models_root>/<node_group>/<model>``: the version folders the group's server serves."""
+        if not MODEL_NAME_PATTERN.match(model_name):
+            raise TargetError(f"invalid model name {model_name!r}")
+        self._server(node_group)
+        return self.models_root / node_group / model_name
+
+    # --- the port ---
+
+    async def apply(self, plan: WorkloadPlan) -> None:
+        """Link ``<model_base>/<model>/<version>`` into the group's folder and unlink every newer version."""
+        folder = self.group_folder(plan.model_name, plan.node_group)
+        source = self.model_base / plan.model_name / str(plan.version)
+        if not _is_saved_model(source):
+            raise TargetError(f"version {plan.version} of {plan.model_name} is not in the model base ({source})")
+        try:
+            removed = await asyncio.to_thread(_serve_only_up_to, source, folder, plan.version)
+        except OSError as exc:
+            raise TargetError(f"linking {source} into {folder} failed: {exc}") from exc
+        if removed:
+            log.info("%s in %s: unlinked version(s) %s", plan.model_name, plan.node_group, removed)
+
+    async def observe(self, plan: WorkloadPlan) -> RolloutObservation:
+        server = self._server(plan.node_group)
+        try:
+            response = await self._http.get(f"{server}/v1/models/{plan.model_name}")
+        except httpx.HTTPError as exc:
+            raise TargetError(f"the model server of {plan.node_group} at {server} is unreachable: {exc}") from exc
+        if response.status_code == 404:
+            return RolloutObservation(
+                "progressing", f"the model server of {plan.node_group} does not serve it yet: {_error(response)}"
+            )
+        if response.status_code != 200:
+            raise TargetError(
+                f"the model server of {plan.node_group} answered {response.status_code}: {_error(response)}"
+            )
+        return _group_observation(plan, response.json())
+
+    async def delete(self, model_name: str, node_group: str) -> bool:
+        """Unlink every version of the model from the group's folder: its server stops serving the model."""
+        folder = self.group_folder(model_name, node_group)
+        try:
+            removed = await asyncio.to_thread(_remove_versions, folder, above=None)
+        except OSError as exc:
+            raise TargetError(f"removing the versions in {folder} failed: {exc}") from exc
+        return bool(removed)
+
+    def endpoint(self, model_name: str, node_group: str) -> str | None:
+        return self.servers.get(node_group)
+
+    async def ready(self) -> bool:
+        """Every group's model server answers HTTP (any status: a probe model does not exist)."""
+        try:
+            await asyncio.gather(
+                *(self._http.get(f"{url}/v1/models/edgeloop-readiness-probe") for url in self.servers.values())
+            )
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    def _server(self, node_group: str) -> str:
+        server = self.servers.get(node_group)
+        if server is None:
+            raise TargetError(f"no model server is configured for node group {node_group!r}")
+        return server
+
+
+# --- the group's folder (run in a thread) ---------------------------------------------------------------------
+
+
+def _is_saved_model(folder: Path) -> bool:
+    return (folder / "saved_model.pb").is_file() or (folder / "saved_model.pbtxt").is_file()
+
+
+def _serve_only_up_to(source: Path, folder: Path, version: int) -> list[int]:
+    """Make ``folder/<version>`` the trained version and remove the newer versions; returns those removed.
+
+    The link appears under its final name in one rename, so the model server never scans a half-made version;
+    older versions stay (the server keeps serving the current one until the new one is AVAILABLE).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(folder)
+    final = folder / str(version)
+    target = source.resolve()
+    if final.is_symlink() and Path(os.readlink(final)) != target:
+        final.unlink()  # a link to another place (the model base moved): linked again below
+    if not final.is_symlink() and not final.exists():
+        staging = folder / f".{version}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            os.symlink(target, staging, target_is_directory=True)
+        except (OSError, NotImplementedError) as exc:  # a file system without symlinks: a copy instead
+            log.info("cannot symlink into %s (%s); copying version %d", folder, exc, version)
+            shutil.copytree(target, staging)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            _discard(staging)
+            raise
+    return _remove_versions(folder, above=version)
+
+
+def _remove_versions(folder: Path, *, above: int | None) -> list[int]:
+    """Remove the version entries of ``folder`` (those newer than ``above``, or all); returns their numbers."""
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.isdigit() and (above is None or int(entry.name) > above):
+            _discard(entry)
+            removed.append(int(entry.name))
+    return removed
+
+
+def _discard(path: Path) -> None:
+    """Remove a link at once; a copied folder is first renamed away (gone for the server in one step)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    doomed = path.with_name(f".{path.name}.removing-{uuid.uuid4().hex[:8]}")
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Staging names an interrupted apply or removal left behind (ours by their name)."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and any(mark in entry.name for mark in _STAGING_MARKS):
+            if entry.is_symlink() or not entry.is_dir():
+                entry.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+# --- reading the status API -----------------------------------------------------------------------------------
 
 
 def _observation(version: int, body: dict[str, Any]) -> RolloutObservation:
@@ -68,6 +257,31 @@ def _observation(version: int, body: dict[str, Any]) -> RolloutObservation:
     if state in _FAILED_STATES or error:
         return RolloutObservation("failed", f"version {version} is {state} on the model server: {error or 'unloaded'}")
     return RolloutObservation("progressing", f"version {version} is {state}")
+
+
+def _group_observation(plan: WorkloadPlan, body: dict[str, Any]) -> RolloutObservation:
+    """Ready when the planned version is AVAILABLE and no newer one is still held by the group's server."""
+    statuses = {str(s.get("version")): s for s in body.get("model_version_status") or []}
+    where = f"the model server of {plan.node_group}"
+    mine = statuses.get(str(plan.version))
+    if mine is None:
+        return RolloutObservation("progressing", f"version {plan.version} not in the status answer of {where} yet")
+    state = mine.get("state", "UNKNOWN")
+    error = (mine.get("status") or {}).get("error_message") or ""
+    if error:
+        return RolloutObservation("failed", f"version {plan.version} is {state} on {where}: {error}")
+    if state in _FAILED_STATES:
+        # Unloaded earlier (a newer version replaced it): the server loads it again once it sees the folder alone.
+        return RolloutObservation("progressing", f"version {plan.version} is {state} on {where}; waiting for a reload")
+    if state != "AVAILABLE":
+        return RolloutObservation("progressing", f"version {plan.version} is {state} on {where}")
+    newer = sorted((int(v), s.get("state")) for v, s in statuses.items() if v.isdigit() and int(v) > plan.version)
+    held = [f"{version} {held_state}" for version, held_state in newer if held_state in _HELD_STATES]
+    if held:
+        return RolloutObservation(
+            "progressing", f"version {plan.version} AVAILABLE on {where}, newer still there: {', '.join(held)}"
+        )
+    return RolloutObservation("ready", f"version {plan.version} AVAILABLE on {where}")
 
 
 def _error(response: httpx.Response) -> str:

@@ -3,6 +3,7 @@
 Per (model, node group): a Deployment of the model server pinned to the version and to the
 group's edge nodes, a Service in front of it, and, for ``tensorflow/serving``, a ConfigMap per
 version holding the model config that pins it (``model_version_policy { specific { ... } }``).
+The Service's cluster DNS name is the group's serving endpoint (:func:`service_endpoint`).
 Or, with the ``edgeapplication`` workload, one KubeEdge EdgeApplication carrying those objects
 as its workload template and targeting the node group. docs/deployer.md shows an example.
 """
@@ -35,6 +36,7 @@ KUBEEDGE_API_VERSION = "apps.kubeedge.io/v1alpha1"
 CONFIG_MOUNT_PATH = "/etc/edgeloop/serving"
 CONFIG_FILE = "models.config"
 _MAX_NAME = 63  # a Service name is a DNS-1035 label
+DEFAULT_ENDPOINT_TEMPLATE = "http://{service}.{namespace}.svc:{port}"
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ def service(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
             "annotations": {MODEL_ANNOTATION: plan.model_name},
         },
         "spec": {
+            "type": "ClusterIP",
             "selector": {INSTANCE_LABEL: name},
             "ports": [
                 {"name": "rest", "port": spec.rest_port, "targetPort": "rest", "protocol": "TCP"},
@@ -262,6 +265,24 @@ def service(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
             ],
         },
     }
+
+
+def service_endpoint(
+    model_name: str, node_group: str, *, namespace: str, spec: ServingSpec, template: str = DEFAULT_ENDPOINT_TEMPLATE
+) -> str:
+    """The TF Serving REST base URL of the group's model server: by default its Service's cluster DNS name.
+
+    ``template`` may use ``{service}``, ``{namespace}``, ``{node_group}``, ``{model}`` and ``{port}`` (the REST port).
+    KubeEdge's EdgeApplication controller keeps the Service's name (it suffixes the Deployment's), so the name is
+    the same for both workloads.
+    """
+    return template.format(
+        service=workload_name(model_name, node_group),
+        namespace=namespace,
+        node_group=node_group,
+        model=model_name,
+        port=spec.rest_port,
+    )
 
 
 def serving_objects(plan: WorkloadPlan, spec: ServingSpec) -> list[dict[str, Any]]:
