@@ -21,6 +21,7 @@ SERVICE_PACKAGES: dict[str, str] = {
     "trainer": "edgeloop_trainer",
     "drift": "edgeloop_drift",
     "deployer": "edgeloop_deployer",
+    "edge": "edgeloop_edge",
 }
 
 
@@ -34,9 +35,23 @@ def _runner(package: str) -> Callable[..., None]:
     return run
 
 
+def _edge_runner(package: str) -> Callable[..., None]:
+    """``edgeloop edge --site S``: the site is the one setting an operator always gives (the service's FLAGS)."""
+
+    def run(
+        site: str = typer.Option(None, help="The edge site this agent serves (overrides EDGELOOP_EDGE_SITE)."),
+        host: str = typer.Option(None, help="Bind address (overrides the settings' http_host)."),
+        port: int = typer.Option(None, help="HTTP port (overrides the settings' http_port)."),
+    ) -> None:
+        run_service(package, host=host, port=port, settings={"site": site})
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
     for command, package in SERVICE_PACKAGES.items():
         # Each service's __main__ holds its one-line summary; importing it loads only the settings module.
         summary = importlib.import_module(f"{package}.__main__").SUMMARY
         settings = importlib.import_module(f"{package}.settings").Settings
-        app.command(command, help=summary, epilog=env_help(settings))(_runner(package))
+        runner = _edge_runner(package) if command == "edge" else _runner(package)
+        app.command(command, help=summary, epilog=env_help(settings))(runner)

@@ -1,0 +1,196 @@
+"""``create_app(settings)``: a site's edge agent as a FastAPI app (health, status, metrics).
+
+The lifespan opens the edge store, the node group's model client, the cloud clients (joint inference, uplink)
+and the site broker's persistent MQTT session, answers what was acknowledged before the last stop, and starts
+taking pictures. No Kafka and no bus: the edge talks to the cloud only through HTTPS (docs/edge.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from edgeloop_common.health import health_router
+from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.mining import create_miner
+from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
+from edgeloop_common.serving import ModelClient, ModelRoute, create_model_client
+from edgeloop_common.topics import MQTT_IMAGE, mqtt_topic
+from fastapi import FastAPI
+
+from edgeloop_edge import api
+from edgeloop_edge.joint import CloudClassifier
+from edgeloop_edge.metrics import EdgeMetrics
+from edgeloop_edge.service import AgentConfig, EdgeAgent
+from edgeloop_edge.settings import Settings
+from edgeloop_edge.store import EdgeStore
+from edgeloop_edge.uplink import UplinkForwarder
+
+log = logging.getLogger(__name__)
+
+RESULT_ACK_TIMEOUT_S = 5.0
+SUBSCRIBE_RETRY_S = 1.0
+
+
+class SiteNotConfiguredError(ValueError):
+    """The agent was started without a site."""
+
+
+def create_app(settings: Settings | None = None, *, model_client: ModelClient | None = None) -> FastAPI:
+    """The edge agent of ``settings.site``. ``model_client`` replaces the one the settings would build (tests)."""
+    settings = settings or Settings()
+    if not settings.site:
+        raise SiteNotConfiguredError("the edge agent needs its site: --site S or EDGELOOP_EDGE_SITE")
+    metrics = EdgeMetrics()
+    miner = create_miner(
+        settings.hard_example_miner,
+        confidence_threshold=settings.hard_example_threshold,
+        entropy_threshold=settings.hard_example_threshold,
+        cross_entropy_threshold=settings.hard_example_threshold,
+        ibt_threshold_img=settings.hard_example_threshold,
+    )
+    config = AgentConfig(
+        site_id=settings.site,
+        route=ModelRoute(settings.model_name),
+        uplink_policy=settings.uplink_policy,
+        uplink_sample_rate=settings.uplink_sample_rate,
+        max_image_bytes=settings.max_image_bytes,
+        inference_concurrency=settings.inference_concurrency,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = EdgeStore(
+                settings.resolved_data_dir() / "edge.sqlite3",
+                max_records=settings.uplink_max_records,
+                max_bytes=settings.uplink_max_bytes,
+            )
+            stack.callback(store.close)
+            metrics.uplink_queue_records.set_function(lambda: store.depth().records)  # read on each scrape
+            metrics.uplink_queue_bytes.set_function(lambda: store.depth().image_bytes)
+            client = model_client or create_model_client(
+                settings.model_server_protocol,
+                rest_url=settings.model_server_url,
+                grpc_target=settings.model_server_grpc_target,
+                timeout_s=settings.model_timeout_s,
+                metadata_ttl_s=settings.metadata_refresh_s,
+            )
+            stack.push_async_callback(client.close)
+            cloud = None
+            if settings.cloud_url:
+                cloud = CloudClassifier(
+                    settings.cloud_url,
+                    budget_s=settings.joint_budget_ms / 1000.0,
+                    link_retry_s=settings.link_retry_s,
+                )
+                stack.push_async_callback(cloud.close)
+            forwarder = None
+            if settings.ingest_url:
+                forwarder = UplinkForwarder(
+                    store,
+                    ingest_url=settings.ingest_url,
+                    site_id=settings.site,
+                    metrics=metrics,
+                    timeout_s=settings.uplink_timeout_s,
+                    retry_max_s=settings.uplink_retry_max_s,
+                )
+                stack.push_async_callback(forwarder.stop)
+            host, port = settings.resolved_mqtt()
+            mqtt: AsyncMqttClient | None = None
+
+            async def send_result(topic: str, payload: bytes) -> None:
+                assert mqtt is not None
+                try:
+                    await asyncio.wait_for(mqtt.publish(topic, payload, qos=1), RESULT_ACK_TIMEOUT_S)
+                except (TimeoutError, MqttUnavailableError) as exc:  # the answer is in the store and the uplink
+                    log.warning("result on %s not acknowledged by the site broker: %s", topic, exc or "timeout")
+
+            agent = EdgeAgent(
+                config,
+                store=store,
+                model_client=client,
+                miner=miner,
+                send_result=send_result,
+                metrics=metrics,
+                cloud=cloud,
+                on_answered=forwarder.wake if forwarder else None,
+            )
+            mqtt = AsyncMqttClient(
+                host,
+                port,
+                client_id=settings.resolved_client_id(),
+                protocol=settings.mqtt_protocol,
+                session_expiry_s=settings.mqtt_session_expiry_s,
+                receive_maximum=settings.mqtt_receive_maximum,
+                manual_ack=True,
+                on_receive=agent.on_message,
+                read_burst=64,
+                on_connection_change=lambda up: metrics.mqtt_connected.set(1 if up else 0),
+            )
+            await agent.start()
+            stack.push_async_callback(agent.stop)
+            mqtt.connect_in_background()
+            stack.push_async_callback(mqtt.close)
+            subscription = mqtt_topic(MQTT_IMAGE, site=settings.site, device="+")
+            subscribing = asyncio.create_task(_subscribe(mqtt, subscription), name="edge-subscribe")
+            stack.callback(subscribing.cancel)
+            if forwarder is not None:
+                forwarder.start()
+            app.state.edge = api.EdgeState(
+                settings=settings, agent=agent, store=store, forwarder=forwarder, cloud=cloud, mqtt=mqtt
+            )
+            stack.callback(_forget_state, app)
+            # Return subscribed when the broker is there, so what devices publish right after start is taken.
+            try:
+                await asyncio.wait_for(asyncio.shield(subscribing), 5.0)
+            except TimeoutError:
+                log.warning("site broker %s:%d not reachable yet; still trying", host, port)
+            log.info(
+                "edge agent of site %s up: broker %s:%d, model %s at %s, cloud %s, uplink %s (%s)",
+                settings.site,
+                host,
+                port,
+                settings.model_name,
+                settings.model_server_url,
+                settings.cloud_url or "off",
+                settings.ingest_url or "off",
+                settings.uplink_policy,
+            )
+            yield
+
+    app = FastAPI(title=f"EdgeLoop edge agent ({settings.site})", version="1", lifespan=lifespan)
+
+    async def mqtt_ready() -> bool:
+        state: api.EdgeState | None = getattr(app.state, "edge", None)
+        return state is not None and state.mqtt.connected
+
+    async def model_ready() -> bool:
+        state: api.EdgeState | None = getattr(app.state, "edge", None)
+        return state is not None and await state.agent.model_client.available(state.agent.config.route)
+
+    app.include_router(api.router)
+    app.include_router(
+        health_router({"site broker": mqtt_ready, "model server": model_ready}, registry=metrics.registry)
+    )
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
+    app.state.metrics = metrics
+    return app
+
+
+async def _subscribe(mqtt: AsyncMqttClient, subscription: str) -> None:
+    """The first subscription; the driver renews it on every reconnect (the broker's session keeps it too)."""
+    while True:
+        await mqtt.wait_connected(timeout_s=None)
+        try:
+            await mqtt.subscribe(subscription, qos=1)
+            return
+        except MqttUnavailableError as exc:
+            log.error("subscription to %s failed (%s); retrying", subscription, exc)
+            await asyncio.sleep(SUBSCRIBE_RETRY_S)
+
+
+def _forget_state(app: FastAPI) -> None:
+    app.state.edge = None
