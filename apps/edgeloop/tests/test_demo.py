@@ -37,14 +37,21 @@ def test_the_demo_classifies_every_capture_with_the_embedded_broker(
     assert completed.returncode == 0, output
     assert "mqtt:  embedded broker" in output
     assert "learning loop" not in output
+    cloud_act, _, edge_act = output.partition("--- an edge site: site-edge")
     captures = sorted(path.name for path in catdog_captures_dir.glob("*.jpg"))
-    result_lines = [line for line in output.splitlines() if line.startswith("result: ")]
+    result_lines = [line for line in cloud_act.splitlines() if line.startswith("result: ")]
     assert sorted(line.split()[1] for line in result_lines) == captures
-    assert all("(edgeloop-classifier v1)" in line for line in result_lines), result_lines
+    assert all("(edgeloop-classifier v1)" in line and line.endswith("served by cloud") for line in result_lines)
     # The captures are photos kept out of train/, named by their class: a model that recognizes gets them right.
     answered = {line.split()[1]: line.split()[3] for line in result_lines}
     assert all(answered[name] == name.split(".")[0] for name in captures), result_lines
-    assert f"sent {len(captures)}, acked {len(captures)}, results {len(captures)} (0 missing)" in output
+    assert f"sent {len(captures)}, acked {len(captures)}, results {len(captures)} (0 missing)" in cloud_act
+    # Then the edge site (on by default): the same captures, answered at the site, each saying by whom.
+    edge_results = [line for line in edge_act.splitlines() if line.startswith("result: ")]
+    assert sorted(line.split()[1] for line in edge_results) == captures, edge_act
+    served = r"\(edgeloop-classifier v1\).* served by (edge|cloud) at site-edge$"
+    assert all(re.search(served, line) for line in edge_results), edge_results
+    assert f"ingest: holds {len(captures)} of the {len(captures)} records site-edge answered" in edge_act
     # The standalone stores are local files under the state folder.
     assert (tmp_path / "demo" / "models" / "edgeloop-classifier" / "1" / "saved_model.pb").is_file()
     assert any((tmp_path / "demo" / "data").rglob("*.sqlite3"))
@@ -65,7 +72,9 @@ def test_the_demo_plays_the_learning_loop_in_standalone_mode(
     tmp_path: Path, catdog_train_dir: Path, catdog_captures_dir: Path
 ) -> None:
     """After the captures: drift, labels, retraining, promotion, rollout (local target), and the new version."""
-    completed = _run_tiny_demo(tmp_path, catdog_train_dir, catdog_captures_dir, "--learning-loop", timeout_s=600)
+    completed = _run_tiny_demo(
+        tmp_path, catdog_train_dir, catdog_captures_dir, "--learning-loop", "--no-edge-site", timeout_s=600
+    )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     act_two = output[output.index("--- the learning loop") :]
@@ -106,7 +115,9 @@ def test_the_loop_runs_on_a_data_set_and_a_drift_it_has_never_seen(tmp_path: Pat
     captures_dir.mkdir()
     for path in sorted(train_dir.rglob("*.jpg"))[:3]:
         shutil.copy(path, captures_dir / path.name)
-    completed = _run_tiny_demo(tmp_path, train_dir, captures_dir, "--learning-loop", "--drift", "noise")
+    completed = _run_tiny_demo(
+        tmp_path, train_dir, captures_dir, "--learning-loop", "--no-edge-site", "--drift", "noise"
+    )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     act_two = output[output.index("--- the learning loop") :]
@@ -131,7 +142,14 @@ def test_a_refused_candidate_is_measured_on_the_same_unlabeled_photos(
     a tie on the evaluation set): version 2 is refused, the edge keeps version 1, and the demo still says how both
     versions did on the photos no one labeled, asking the model server for the refused version directly."""
     completed = _run_tiny_demo(
-        tmp_path, catdog_train_dir, catdog_captures_dir, "--learning-loop", "--drift", "downscale:0.1", timeout_s=600
+        tmp_path,
+        catdog_train_dir,
+        catdog_captures_dir,
+        "--learning-loop",
+        "--no-edge-site",
+        "--drift",
+        "downscale:0.1",
+        timeout_s=600,
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output

@@ -4,7 +4,15 @@ One process runs what the distributed mode spreads over many: the lite model
 server, ingest and the inference gateway around one in-process event bus,
 SQLite and local folders under ``.edgeloop/demo/``, and an MQTT broker (the
 local Mosquitto if installed, else an embedded one). A simulated camera then
-publishes photos over MQTT and prints each classification as it comes back.
+publishes photos over MQTT and prints each classification as it comes back,
+with where it was served (``served by cloud``) and the version.
+
+Then an edge site (``--edge-site``, on by default; ``edgeloop.demo_edge``) runs
+beside the cloud services: its own broker, its node group's model server and
+the edge agent; its camera's answers say ``served by edge`` (or ``cloud`` for a
+hard example the gateway answered within the budget). ``--offline`` cuts the
+cloud off from the site for ``--offline-s`` seconds: the edge keeps answering,
+the agent's uplink backlog grows, and drains to 0 once the cloud is back.
 
 The second act (``--learning-loop``, on by default) plays the whole learning
 loop the same way, with the registry, trainer, drift service and deployer
@@ -15,8 +23,10 @@ distributed mode; only the adapters differ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +35,11 @@ from typing import Any
 import httpx
 import typer
 from edgeloop_common.service_runner import freeze_what_is_loaded
+from edgeloop_common.topics import ID_PATTERN
 
+from edgeloop.demo_edge import DEFAULT_EDGE_SITE, EdgeAct, EdgeActOutcome, run_edge_act
 from edgeloop.demo_loop import LoopScenario
+from edgeloop.device import DeviceResult
 from edgeloop.drifts import DEFAULT_DRIFT, DRIFT_HELP, parse_drift
 from edgeloop.local_mqtt import LocalBroker, start_local_broker
 from edgeloop.paths import repo_root, state_dir
@@ -35,7 +48,10 @@ from edgeloop.system import DOCUMENTED_PORTS, System, SystemConfig
 HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
     "inference gateway in one process (in-process bus, SQLite, local folders, local or embedded MQTT broker), "
-    "and let a simulated camera send photos; each result prints as it arrives. Then the learning loop on "
+    "and let a simulated camera send photos; each result prints as it arrives, with where it was served and the "
+    "version. Then an edge site beside them (--no-edge-site skips it): its own broker, its node group's model "
+    "server and the edge agent answer a camera at the site (--offline: the cloud is cut off from the site for a "
+    "while; the edge keeps answering and its uplink backlog drains when the cloud is back). Then the learning loop on "
     "--train-data: the camera's pictures change (sensor noise by default; --drift, --drifted-images), drift is "
     "detected, hard examples are labeled, the model is retrained, promoted if better, rolled out and serves "
     "(--no-learning-loop skips it). Ctrl-C stops everything."
@@ -71,6 +87,8 @@ class DemoOptions:
     loop_epochs: int | None
     drift: str
     drifted_images: Path | None
+    edge_site: str | None = DEFAULT_EDGE_SITE  # None: no edge site
+    offline_s: float | None = None  # the edge site's offline moment; None: none
 
 
 def demo(
@@ -125,6 +143,20 @@ def demo(
         help="Instead of --drift: a folder of class subfolders (classes of --train-data) of photos already under a "
         "new condition of your own; the camera sends them after the change, as they are.",
     ),
+    edge_site: bool = typer.Option(
+        True,
+        "--edge-site/--no-edge-site",
+        help="After the cloud's camera: an edge site beside the cloud services (its own broker, its node group's "
+        "model server, the edge agent) and a camera there; each answer says served by edge or cloud.",
+    ),
+    edge_site_id: str = typer.Option(DEFAULT_EDGE_SITE, help="Site id of the edge site (its node group's name)."),
+    offline: bool = typer.Option(
+        False,
+        "--offline",
+        help="At the edge site: cut the cloud off for --offline-s seconds; the edge keeps answering, the uplink "
+        "backlog grows, then drains when the cloud is back.",
+    ),
+    offline_s: float = typer.Option(10.0, min=0.5, help="How long --offline cuts the cloud off, in seconds."),
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow's C++ start-up chatter (no GPU here, dataset buffer notes) is noise in a demo.
@@ -144,6 +176,12 @@ def demo(
         _fail(f"--drift: {exc}")
     if drifted_images is not None and not drifted_images.is_dir():
         _fail(f"--drifted-images {drifted_images} is not a folder")
+    if offline and not edge_site:
+        _fail("--offline cuts the cloud off from the edge site: it needs --edge-site")
+    if edge_site and edge_site_id == site:
+        _fail(f"the edge site {edge_site_id!r} must differ from --site (the cloud's camera)")
+    if edge_site and not re.fullmatch(ID_PATTERN, edge_site_id):
+        _fail(f"--edge-site-id {edge_site_id!r} is not a site id (letters, digits, '_', '.', '-')")
     options = DemoOptions(
         images=images,
         train_data=train_data or _shared_dataset("train"),
@@ -164,6 +202,8 @@ def demo(
         loop_epochs=loop_epochs,
         drift=drift or DEFAULT_DRIFT,
         drifted_images=drifted_images,
+        edge_site=edge_site_id if edge_site else None,
+        offline_s=offline_s if offline else None,
     )
     if options.learning_loop and options.train_data is not None and options.train_data.is_dir():
         try:  # the loop's photos must do before anything starts, not after the first act
@@ -287,6 +327,7 @@ async def _classify_captures(
 
     common = CommonSettings(mode="standalone", data_dir=home / "data", mqtt_host=broker.host, mqtt_port=broker.port)
     bus = InProcessBus(source="edgeloop-demo")
+    site_stack = contextlib.AsyncExitStack()
     system = System(
         SystemConfig(
             model_name=options.model,
@@ -320,7 +361,7 @@ async def _classify_captures(
                 mqtt_host=broker.host,
                 mqtt_port=broker.port,
             ),
-            on_result=lambda result: typer.echo(f"result: {format_result(result)}"),
+            on_result=lambda result: typer.echo(f"result: {format_result(result)}  served by {_served_by(result)}"),
         )
         camera = asyncio.create_task(simulator.run())
         stopper = asyncio.create_task(stop.wait())
@@ -329,12 +370,48 @@ async def _classify_captures(
             simulator.stop()
         summary = await camera
         typer.echo(f"camera: {summary.describe()}")
-        if keep_running and not stop.is_set():
-            typer.echo(f"services keep running; try e.g. curl {urls['ingest']}/v1/samples/<id> — Ctrl-C stops")
-            await stop.wait()
         stopper.cancel()
-        return summary.missing
+        missing = summary.missing
+        if options.edge_site is not None and not stop.is_set():
+            edge = await _edge_site(options, home, system, stop, site_stack)
+            missing += edge.missing
+        if keep_running and not stop.is_set():
+            agent = urls.get(f"edge:{options.edge_site}")
+            at_the_edge = f" or curl {agent}/v1/status" if agent else ""
+            typer.echo(
+                f"services keep running; try e.g. curl {urls['ingest']}/v1/samples/<id>{at_the_edge} — Ctrl-C stops"
+            )
+            await stop.wait()
+        return missing
     finally:
         typer.echo("stopping ...")
         await system.stop()
         await bus.stop()
+        await site_stack.aclose()  # the edge site's broker and link, once its agent has stopped
+
+
+def _served_by(result: DeviceResult) -> str:
+    """Where the answer came from: ``served_by`` of the result (the cloud gateway's when it does not say)."""
+    return str(result.payload.get("served_by") or "cloud")
+
+
+async def _edge_site(
+    options: DemoOptions, home: Path, system: System, stop: asyncio.Event, site_stack: contextlib.AsyncExitStack
+) -> EdgeActOutcome:
+    """The edge site beside the cloud services, and its offline moment (edgeloop.demo_edge)."""
+    assert options.edge_site is not None
+    act = EdgeAct(
+        site=options.edge_site,
+        device=options.device,
+        images=options.images,
+        model=options.model,
+        rate=options.rate,
+        count=options.count,
+        broker=options.broker,
+        offline_s=options.offline_s,
+    )
+    try:
+        return await run_edge_act(system, act, home / "data", stop, typer.echo, site_stack)
+    except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+        typer.secho(f"edge:  stopped: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc

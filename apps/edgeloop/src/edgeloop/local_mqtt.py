@@ -78,8 +78,9 @@ async def start_local_broker(port: int = 1883, *, prefer: str = "auto") -> Local
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 100000\nmax_inflight_messages 1000\n"
         )
+        # Its own session: Ctrl-C in the demo's terminal stops the services first, and they stop the broker.
         process = await asyncio.create_subprocess_exec(
-            mosquitto, "-c", str(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            mosquitto, "-c", str(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         await wait_for_port(port)
         return LocalBroker("mosquitto", "127.0.0.1", port, _process=process, _workdir=workdir)

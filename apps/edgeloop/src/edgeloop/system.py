@@ -30,6 +30,8 @@ from edgeloop_common.settings import CommonSettings
 from edgeloop.processes import any_free_port, pick_port
 
 MODEL_SERVER = "model-server"
+# An edge site's agent (services/edge); not one of SERVICES: one runs per edge site (``start_edge_agent``).
+EDGE = "edge"
 # The HTTP services in the order they start: each after the ones it calls (drift and the trainer call the
 # registry, the trainer calls ingest).
 SERVICES: tuple[str, ...] = ("registry", "ingest", "inference-gateway", "drift", "trainer", "deployer")
@@ -52,7 +54,10 @@ _PACKAGES: Mapping[str, str] = {
     "trainer": "edgeloop_trainer",
     "deployer": "edgeloop_deployer",
     MODEL_SERVER: "edgeloop_model_server",
+    EDGE: "edgeloop_edge",
 }
+# The services whose app takes no event bus: the edge talks to the cloud over HTTPS only (docs/edge.md).
+_WITHOUT_BUS: frozenset[str] = frozenset({EDGE})
 
 
 class EmbeddedServer:
@@ -166,6 +171,10 @@ class System:
             wiring |= _given(model_base=model_base)
         elif service == "deployer":
             wiring = _given(model_server_url=urls.get(MODEL_SERVER))  # the local target's model server
+        elif service == EDGE:  # the deep model is the cloud gateway's; the uplink goes to ingest
+            wiring = _given(
+                model_name=model_name, cloud_url=urls.get("inference-gateway"), ingest_url=urls.get("ingest")
+            )
         return wiring
 
     # -- start and stop ---------------------------------------------------------------------------------------
@@ -201,7 +210,9 @@ class System:
 
     def app_of(self, service: str, settings: Any) -> Any:
         create_app = importlib.import_module(f"{_PACKAGES[service]}.app").create_app
-        return create_app(settings) if self.config.bus is None else create_app(settings, bus=self.config.bus)
+        if self.config.bus is None or service in _WITHOUT_BUS:
+            return create_app(settings)
+        return create_app(settings, bus=self.config.bus)
 
     async def _serve(self, service: str, *, wait_for_model: bool) -> None:
         port = self._port(service)
@@ -228,6 +239,52 @@ class System:
         running = self._threads.enter_context(serve_in_thread(settings))
         self.urls[MODEL_SERVER] = running.rest_url
         self.urls["grpc"] = running.grpc_target
+
+    # -- edge sites -------------------------------------------------------------------------------------------
+
+    async def start_node_group_model_server(self, group: str, model_base: Path, *, port: int | None = None) -> str:
+        """A node group's own model server (standalone, as the deployer's ``LOCAL_NODE_GROUP_SERVERS``): the lite
+        server on a thread, serving the newest version in ``model_base/<model>/`` (docs/deployer.md, the folder
+        ``<data>/node-groups/<group>``). Returns its REST URL, also ``urls["model-server:<group>"]``."""
+        return await asyncio.to_thread(self._start_node_group_model_server, group, model_base, port)
+
+    def _start_node_group_model_server(self, group: str, model_base: Path, port: int | None) -> str:
+        from edgeloop_model_server.embedded import serve_in_thread
+
+        key = f"{MODEL_SERVER}:{group}"
+        settings = self.settings_for(
+            MODEL_SERVER,
+            model_base_path=model_base,
+            model_version_policy="latest:1",  # what the deployer linked into the group's folder last
+            http_host="127.0.0.1",
+            http_port=port or self._port(key),
+            grpc_host="127.0.0.1",
+            grpc_port=self._port(f"{key}-grpc"),
+        )
+        running = self._threads.enter_context(serve_in_thread(settings))
+        self.urls[key] = running.rest_url
+        self.urls[f"grpc:{group}"] = running.grpc_target
+        return self.urls[key]
+
+    async def start_edge_agent(
+        self, site: str, *, model_server_url: str, port: int | None = None, **overrides: Any
+    ) -> str:
+        """The edge agent of ``site`` (services/edge) beside the services running here: it answers the site's
+        devices with the node group's model server at ``model_server_url``; its cloud links are the gateway and
+        ingest of this system unless ``overrides`` name others (``cloud_url``, ``ingest_url``), and the site's
+        broker is ``mqtt_host``/``mqtt_port`` of the overrides (else the common settings'). Ready (its broker
+        and model server answer) when this returns; its URL, also ``urls["edge:<site>"]``."""
+        key = f"{EDGE}:{site}"
+        port = port or self._port(key)
+        settings = self.settings_for(
+            EDGE, site=site, model_server_url=model_server_url, http_host="127.0.0.1", http_port=port, **overrides
+        )
+        server = EmbeddedServer(key, self.app_of(EDGE, settings), "127.0.0.1", port)
+        await server.start()
+        self._servers.append(server)
+        self.urls[key] = server.url
+        await wait_ready(f"{server.url}/readyz", key, timeout_s=self.config.ready_timeout_s)
+        return server.url
 
     def _port(self, name: str) -> int:
         wanted = self.config.ports.get(name)
