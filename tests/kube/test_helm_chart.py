@@ -149,9 +149,9 @@ def test_disabled_services_render_nothing_and_extra_env_reaches_every_service(ku
     assert ("Deployment", "loop-ingest") in off and ("Deployment", "loop-deployer") in off
 
     debug = json.dumps([{"name": "EDGELOOP_LOG_LEVEL", "value": "DEBUG"}])
-    keys = ("ingest", "inferenceGateway", "modelServer", "deployer", "registry", "trainer", "drift")
+    keys = ("ingest", "inferenceGateway", "modelServer", "deployer", "registry", "trainer", "drift", "edgeAgents")
     extra = _render(kube_cluster, *(arg for key in keys for arg in ("--set-json", f"{key}.extraEnv={debug}")))
-    assert sum(kind == "Deployment" for kind, _ in extra) == len(keys)
+    assert sum(kind == "Deployment" for kind, _ in extra) == len(keys) - 1 + 2  # an edge agent per node group
     for (kind, name), doc in extra.items():
         if kind == "Deployment":
             assert {"name": "EDGELOOP_LOG_LEVEL", "value": "DEBUG"} in _container_env(doc), name
@@ -159,3 +159,28 @@ def test_disabled_services_render_nothing_and_extra_env_reaches_every_service(ku
     moved = _render(kube_cluster, "--set", "registry.enabled=false,drift.registryUrl=http://registry.example:8083")
     drift_env = {var["name"]: var.get("value") for var in _container_env(moved[("Deployment", "loop-drift")])}
     assert drift_env["EDGELOOP_DRIFT_REGISTRY_URL"] == "http://registry.example:8083"
+
+
+def test_an_edge_agent_per_site_serves_with_the_model_server_the_deployer_rolls_out_on_its_node_group(
+    kube_cluster: KubeCluster,
+) -> None:
+    from edgeloop_deployer.adapters.manifests import ServingSpec, service_endpoint
+
+    rendered = _render(kube_cluster, "--set", "deployer.namespace=models,edgeAgents.modelName=Cat_Dog.v2")
+    for site in ("site-a", "site-b"):  # the deployer's node groups: a site is named like its node group
+        agent = rendered[("Deployment", f"loop-edge-{site}")]
+        pod = agent["spec"]["template"]["spec"]
+        env = {var["name"]: var.get("value") for var in _container_env(agent)}
+        assert pod["containers"][0]["args"] == ["edge", "--site", site]
+        assert pod["nodeSelector"]["apps.kubeedge.io/belonging-to"] == site
+        assert agent["spec"]["replicas"] == 1 and agent["spec"]["strategy"]["type"] == "Recreate"
+        # The URL the chart gives the agent is the endpoint the deployer announces for that group.
+        assert env["EDGELOOP_EDGE_MODEL_SERVER_URL"] == service_endpoint(
+            "Cat_Dog.v2", site, namespace="models", spec=ServingSpec()
+        )
+        assert env["EDGELOOP_EDGE_CLOUD_URL"] == "http://loop-inference-gateway:8082"
+        assert env["EDGELOOP_EDGE_INGEST_URL"] == "http://loop-ingest:8081"
+        assert pod["volumes"][0]["hostPath"]["path"] == f"/var/lib/edgeloop/edge/{site}"
+    one = _render(kube_cluster, "--set", "edgeAgents.sites=site-b")
+    assert [name for kind, name in one if kind == "Deployment" and "-edge-" in name] == ["loop-edge-site-b"]
+    assert not any("-edge-" in name for _, name in _render(kube_cluster, "--set", "edgeAgents.enabled=false"))
