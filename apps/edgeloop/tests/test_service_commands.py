@@ -4,6 +4,7 @@ environment variables in --help, read off its settings class."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,24 @@ def test_each_service_has_its_own_script_without_the_edgeloop_command(command: s
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     _assert_documents_variables(package, result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "reason"),
+    [
+        (["edgeloop-edge"], {}, "the edge agent needs its site: --site S or EDGELOOP_EDGE_SITE"),
+        (["edgeloop-edge", "--site", "site-a"], {"EDGELOOP_EDGE_JOINT_BUDGET_MS": "-3"}, "joint_budget_ms"),
+        (["edgeloop", "edge", "--site", "no/such site"], {}, "invalid site id"),
+    ],
+    ids=["no-site", "bad-setting", "bad-site-via-edgeloop"],
+)
+def test_a_service_that_cannot_start_with_its_settings_says_why_and_exits_2(
+    argv: list[str], env: dict[str, str], reason: str
+) -> None:
+    script = Path(sys.executable).with_name(argv[0])
+    result = subprocess.run(
+        [str(script), *argv[1:]], capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **env}
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot start" in result.stderr and reason in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,10 +13,13 @@ import contextlib
 import gc
 import importlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from edgeloop_common.settings import CommonSettings
+from pydantic import ValidationError
+
+from edgeloop_common.settings import CommonSettings, ConfigurationError
 
 
 def env_help(settings_cls: type[Any]) -> str:
@@ -46,10 +49,17 @@ def run_service(
     settings_module = importlib.import_module(f"{package}.settings")
     app_module = importlib.import_module(f"{package}.app")
     overrides = {name: value for name, value in (settings or {}).items() if value is not None}
-    service_settings = settings_module.Settings(**overrides)
-    logging.basicConfig(level=service_settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service_settings = settings_module.Settings(**overrides)
+        logging.basicConfig(
+            level=service_settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        app = app_module.create_app(service_settings)
+    except (ValidationError, ConfigurationError) as exc:  # the operator's to fix: the reason, not a traceback
+        print(f"{package.replace('_', '-')}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     uvicorn.run(
-        freeze_after_startup(app_module.create_app(service_settings)),
+        freeze_after_startup(app),
         host=host or service_settings.http_host,
         port=port or service_settings.http_port,
         log_level=service_settings.common.log_level.lower(),

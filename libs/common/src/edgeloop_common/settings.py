@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Mode = Literal["standalone", "distributed"]
 
 
+class ConfigurationError(ValueError):
+    """A service cannot start with its settings (a required one is missing, two disagree): the message says which
+    and how to set it. ``edgeloop <service>`` prints it and exits with status 2, without a traceback."""
+
+
 class CommonSettings(BaseSettings):
     """``EDGELOOP_MODE``, ``EDGELOOP_KAFKA_BOOTSTRAP_SERVERS``, ``EDGELOOP_MQTT_HOST``, ..."""
 

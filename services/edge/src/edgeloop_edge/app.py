@@ -17,6 +17,7 @@ from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.mining import create_miner
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
 from edgeloop_common.serving import ModelClient, ModelRoute, create_model_client
+from edgeloop_common.settings import ConfigurationError
 from edgeloop_common.topics import MQTT_IMAGE, mqtt_topic
 from fastapi import FastAPI
 
@@ -34,7 +35,7 @@ RESULT_ACK_TIMEOUT_S = 5.0
 SUBSCRIBE_RETRY_S = 1.0
 
 
-class SiteNotConfiguredError(ValueError):
+class SiteNotConfiguredError(ConfigurationError):
     """The agent was started without a site."""
 
 
