@@ -26,6 +26,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,25 @@ def copy_model_base(model_base: Path, destination: Path) -> Path:
     target = destination / "models"
     shutil.copytree(model_base, target)
     return target
+
+
+def lite_server_settings(model_base: Path, model_name: str, **overrides: Any) -> Any:
+    """Settings of the lite model server on free local ports (REST and gRPC), serving ``model_base``: what a test
+    hands ``edgeloop_model_server.embedded.serve_in_thread``. Two inference threads unless ``overrides`` say."""
+    from edgeloop_model_server.settings import Settings as ModelServerSettings
+
+    from tests.helpers import free_port
+
+    values: dict[str, Any] = {
+        "http_host": "127.0.0.1",
+        "http_port": free_port(),
+        "grpc_host": "127.0.0.1",
+        "grpc_port": free_port(),
+        "model_name": model_name,
+        "model_base_path": model_base,
+        "inference_threads": 2,
+    }
+    return ModelServerSettings(**(values | overrides))
 
 
 @pytest.fixture(scope="session")

@@ -15,24 +15,14 @@ from edgeloop_common.settings import CommonSettings
 from edgeloop_edge.app import create_app
 from edgeloop_edge.settings import Settings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
-from edgeloop_model_server.settings import Settings as ModelServerSettings
 
-from tests.helpers import free_port
+from tests.model_fixtures import lite_server_settings
 
 
 @pytest.fixture(scope="module")
 def node_group_server(trained_model_base: Path, trained_model_name: str) -> Iterator[RunningServer]:
     """The node group's model server: the lite server on the cached test model (version 1)."""
-    settings = ModelServerSettings(
-        http_host="127.0.0.1",
-        http_port=free_port(),
-        grpc_host="127.0.0.1",
-        grpc_port=free_port(),
-        model_name=trained_model_name,
-        model_base_path=trained_model_base,
-        inference_threads=2,
-    )
-    with serve_in_thread(settings) as server:
+    with serve_in_thread(lite_server_settings(trained_model_base, trained_model_name)) as server:
         yield server
 
 

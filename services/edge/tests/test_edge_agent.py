@@ -98,6 +98,11 @@ async def test_a_restart_answers_what_was_acknowledged_before_it(
             assert results == []
         async with start_agent() as agent:  # back, with the node group's model server
             await eventually(lambda: len(results) == 4, what="the four answers", timeout_s=30)
+
+            async def answers_recorded() -> bool:  # a result is sent before its answer is committed (at least once)
+                return (await agent.status())["uplink"]["unanswered"] == 0
+
+            await eventually(answers_recorded, what="the four answers recorded", timeout_s=10)
             status = await agent.status()
     finally:
         await listener.close()

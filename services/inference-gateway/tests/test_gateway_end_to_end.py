@@ -23,26 +23,16 @@ from edgeloop_inference_gateway.settings import Settings
 from edgeloop_ingest.app import create_app as create_ingest_app
 from edgeloop_ingest.settings import Settings as IngestSettings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
-from edgeloop_model_server.settings import Settings as ModelServerSettings
-from gateway_fakes import free_port
 
 from tests.helpers import eventually
+from tests.model_fixtures import lite_server_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mqtt, pytest.mark.tf, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def model_server(trained_model_base: Path, trained_model_name: str) -> Iterator[RunningServer]:
-    settings = ModelServerSettings(
-        http_host="127.0.0.1",
-        http_port=free_port(),
-        grpc_host="127.0.0.1",
-        grpc_port=free_port(),
-        model_name=trained_model_name,
-        model_base_path=trained_model_base,
-        inference_threads=2,
-    )
-    with serve_in_thread(settings) as server:
+    with serve_in_thread(lite_server_settings(trained_model_base, trained_model_name)) as server:
         yield server
 
 

@@ -23,24 +23,15 @@ from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_inference_gateway.app import create_app
 from edgeloop_inference_gateway.settings import Settings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
-from edgeloop_model_server.settings import Settings as ModelServerSettings
-from gateway_fakes import FakeResults, free_port
+from gateway_fakes import FakeResults
+
+from tests.model_fixtures import lite_server_settings
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 def start_server(model_base: Path, model_name: str, **overrides: Any) -> Any:
-    settings = ModelServerSettings(
-        http_host="127.0.0.1",
-        http_port=free_port(),
-        grpc_host="127.0.0.1",
-        grpc_port=free_port(),
-        model_name=model_name,
-        model_base_path=model_base,
-        poll_interval_s=0.3,
-        inference_threads=2,
-        **overrides,
-    )
+    settings = lite_server_settings(model_base, model_name, poll_interval_s=0.3, **overrides)
     return serve_in_thread(settings)
 
 
