@@ -37,6 +37,8 @@ def test_the_demo_classifies_every_capture_with_the_embedded_broker(
     assert completed.returncode == 0, output
     assert "mqtt:  embedded broker" in output
     assert "learning loop" not in output
+    # The console over the demo's services, with a token made for this run (none was set).
+    assert re.search(r"^console: http://127\.0\.0\.1:\d+ \(sign in with the token \S{20,}\)$", output, re.M), output
     cloud_act, _, edge_act = output.partition("--- an edge site: site-edge")
     captures = sorted(path.name for path in catdog_captures_dir.glob("*.jpg"))
     result_lines = [line for line in cloud_act.splitlines() if line.startswith("result: ")]

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +39,12 @@ from edgeloop_common.service_runner import freeze_what_is_loaded
 from edgeloop_common.topics import ID_PATTERN
 
 from edgeloop.demo_edge import DEFAULT_EDGE_SITE, EdgeAct, EdgeActOutcome, run_edge_act
-from edgeloop.demo_loop import LoopScenario
+from edgeloop.demo_loop import LoopScenario, console_sign_in
 from edgeloop.device import DeviceResult
 from edgeloop.drifts import DEFAULT_DRIFT, DRIFT_HELP, parse_drift
 from edgeloop.local_mqtt import LocalBroker, start_local_broker
 from edgeloop.paths import repo_root, state_dir
-from edgeloop.system import DOCUMENTED_PORTS, System, SystemConfig
+from edgeloop.system import CONSOLE, DOCUMENTED_PORTS, System, SystemConfig
 
 HELP = (
     "Run EdgeLoop standalone: train a first model if there is none, start the model server, ingest and the "
@@ -88,6 +89,7 @@ class DemoOptions:
     drift: str
     drifted_images: Path | None
     edge_site: str | None = DEFAULT_EDGE_SITE  # None: no edge site
+    console_token: str | None = None  # None: no console
     offline_s: float | None = None  # the edge site's offline moment; None: none
 
 
@@ -157,6 +159,12 @@ def demo(
         "backlog grows, then drains when the cloud is back.",
     ),
     offline_s: float = typer.Option(10.0, min=0.5, help="How long --offline cuts the cloud off, in seconds."),
+    console: bool = typer.Option(
+        True,
+        "--console/--no-console",
+        help="Serve the web console (port 8080) over the demo's services; sign in with EDGELOOP_CONSOLE_ADMIN_TOKEN "
+        "if set, else with the token the demo prints. With --keep-running it stays up.",
+    ),
 ) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow's C++ start-up chatter (no GPU here, dataset buffer notes) is noise in a demo.
@@ -204,6 +212,7 @@ def demo(
         drifted_images=drifted_images,
         edge_site=edge_site_id if edge_site else None,
         offline_s=offline_s if offline else None,
+        console_token=_console_token() if console else None,
     )
     if options.learning_loop and options.train_data is not None and options.train_data.is_dir():
         try:  # the loop's photos must do before anything starts, not after the first act
@@ -217,6 +226,12 @@ def demo(
         asyncio.run(_run(options, home, model_base))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         typer.echo("stopped")
+
+
+def _console_token() -> str:
+    """The console's sign-in token: the operator's (EDGELOOP_CONSOLE_ADMIN_TOKEN) or one made for this run."""
+    given = os.environ.get("EDGELOOP_CONSOLE_ADMIN_TOKEN", "")
+    return given if len(given) >= 12 else secrets.token_urlsafe(18)
 
 
 def _fail(message: str) -> Any:
@@ -303,7 +318,14 @@ async def _learning_loop(options: DemoOptions, home: Path, broker: LocalBroker, 
     typer.echo(f"--- the learning loop, standalone: at {options.site}, {change} ---")
     try:
         outcome = await run_learning_loop(
-            scenario, options.train_data, home / "loop", broker, stop, typer.echo, keep_running=options.keep_running
+            scenario,
+            options.train_data,
+            home / "loop",
+            broker,
+            stop,
+            typer.echo,
+            keep_running=options.keep_running,
+            console_token=options.console_token,
         )
     except (TimeoutError, RuntimeError, ValueError, httpx.HTTPError) as exc:
         # A step that did not happen (a service's log above says why): say which, without a stack trace.
@@ -336,13 +358,18 @@ async def _classify_captures(
             bus=bus,
             ports=DOCUMENTED_PORTS,
             # the embedded broker speaks MQTT 3.1.1 only
-            settings={"ingest": {"mqtt_protocol": "5" if broker.kind == "mosquitto" else "3.1.1"}},
+            settings={
+                "ingest": {"mqtt_protocol": "5" if broker.kind == "mosquitto" else "3.1.1"},
+                CONSOLE: {"admin_token": options.console_token or ""},
+            },
         )
     )
     try:
         await system.start_model_server()
         await bus.start()
         await system.start(("ingest", "inference-gateway"))
+        if options.console_token is not None:
+            await _start_console(system, options.console_token)
         freeze_what_is_loaded()  # as `edgeloop <service>` does: no full collection walks the start-up objects again
         urls = system.urls
         typer.echo(
@@ -378,9 +405,8 @@ async def _classify_captures(
         if keep_running and not stop.is_set():
             agent = urls.get(f"edge:{options.edge_site}")
             at_the_edge = f" or curl {agent}/v1/status" if agent else ""
-            typer.echo(
-                f"services keep running; try e.g. curl {urls['ingest']}/v1/samples/<id>{at_the_edge} — Ctrl-C stops"
-            )
+            tries = f"curl {urls['ingest']}/v1/samples/<id>{at_the_edge}{_console_hint(urls)}"
+            typer.echo(f"services keep running; try e.g. {tries} — Ctrl-C stops")
             await stop.wait()
         return missing
     finally:
@@ -388,6 +414,16 @@ async def _classify_captures(
         await system.stop()
         await bus.stop()
         await site_stack.aclose()  # the edge site's broker and link, once its agent has stopped
+
+
+async def _start_console(system: System, token: str) -> None:
+    """The console over what ``system`` runs (its settings carry the token); URL and sign-in token printed."""
+    await system.start([CONSOLE])
+    typer.echo(f"console: {system.urls[CONSOLE]} (sign in with {console_sign_in(token)})")
+
+
+def _console_hint(urls: dict[str, str]) -> str:
+    return f", or open the console at {urls[CONSOLE]}" if CONSOLE in urls else ""
 
 
 def _served_by(result: DeviceResult) -> str:

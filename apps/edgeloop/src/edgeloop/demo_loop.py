@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 import uuid
@@ -39,7 +40,7 @@ import httpx
 
 from edgeloop.drifts import DEFAULT_DRIFT, Drift, parse_drift
 from edgeloop.local_mqtt import LocalBroker
-from edgeloop.system import DOCUMENTED_PORTS, System, SystemConfig, wait_ready
+from edgeloop.system import CONSOLE, DOCUMENTED_PORTS, System, SystemConfig, wait_ready
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 Echo = Callable[[str], None]
@@ -539,6 +540,7 @@ class _LoopServices:
     home: Path
     seed_dir: Path
     broker: LocalBroker
+    console_token: str | None = None  # the web console too, signed in with this token
     system: System = field(init=False)
 
     def __post_init__(self) -> None:
@@ -582,6 +584,7 @@ class _LoopServices:
                         "rollout_timeout_s": 60,
                         "poll_interval_s": 0.25,
                     },
+                    CONSOLE: {"admin_token": self.console_token or ""},
                 },
             )
         )
@@ -600,6 +603,8 @@ class _LoopServices:
         await self.bus.start()
         # No version exists before the first training: the gateway is waited for only until it is alive.
         await self.system.start(wait_for_model=False)
+        if self.console_token is not None:
+            await self.system.start([CONSOLE])
 
     async def stop(self) -> None:
         await self.system.stop()
@@ -615,6 +620,14 @@ class _LoopServices:
         return CommonSettings(
             mode="standalone", data_dir=self.home / "data", mqtt_host=self.broker.host, mqtt_port=self.broker.port
         )
+
+
+def console_sign_in(token: str) -> str:
+    """How to sign in to the demo's console, as printed: the token made for this run; never one the operator set
+    in EDGELOOP_CONSOLE_ADMIN_TOKEN (a secret)."""
+    if token == os.environ.get("EDGELOOP_CONSOLE_ADMIN_TOKEN"):
+        return "the token in EDGELOOP_CONSOLE_ADMIN_TOKEN"
+    return f"the token {token}"
 
 
 @dataclass(frozen=True)
@@ -633,6 +646,7 @@ async def run_learning_loop(
     echo: Echo,
     *,
     keep_running: bool = False,
+    console_token: str | None = None,
 ) -> LoopOutcome | None:
     """Play the loop once, from a cold start under ``home`` (wiped first). None if ``stop`` was set meanwhile.
 
@@ -644,7 +658,7 @@ async def run_learning_loop(
     echo(f"loop:  the change: {photos.change}")
     _quiet_service_warnings()  # the narrator tells what they would warn about (drift, no version yet)
     narrator = _Narrator(echo, time.monotonic())
-    services = _LoopServices(scenario, home, photos.seed_dir, broker)
+    services = _LoopServices(scenario, home, photos.seed_dir, broker, console_token)
     await services.start(narrator)
     try:
         echo(
@@ -652,11 +666,17 @@ async def run_learning_loop(
             f"{services.urls['drift']}, deployer {services.urls['deployer']} (local target), ingest, gateway and "
             f"model server around one in-process bus; SQLite and folders in {home}"
         )
+        if CONSOLE in services.urls:
+            echo(f"loop:  console {services.urls[CONSOLE]} (sign in with {console_sign_in(console_token or '')})")
         steps = _LoopSteps(scenario, services, narrator, photos, echo)
         outcome = await _unless_stopped(steps.play(), stop)
         if keep_running and not stop.is_set():
             registry = services.urls["registry"]
-            echo(f"loop:  services keep running; try curl {registry}/v1/models/{scenario.model_name}/versions — Ctrl-C")
+            console = f", or open the console at {services.urls[CONSOLE]}" if CONSOLE in services.urls else ""
+            echo(
+                f"loop:  services keep running; try curl {registry}/v1/models/{scenario.model_name}/versions{console}"
+                " — Ctrl-C stops"
+            )
             await stop.wait()
         return outcome
     finally:

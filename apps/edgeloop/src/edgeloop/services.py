@@ -22,6 +22,7 @@ SERVICE_PACKAGES: dict[str, str] = {
     "drift": "edgeloop_drift",
     "deployer": "edgeloop_deployer",
     "edge": "edgeloop_edge",
+    "console": "edgeloop_console",
 }
 
 

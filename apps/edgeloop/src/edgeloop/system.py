@@ -32,6 +32,8 @@ from edgeloop.processes import any_free_port, pick_port
 MODEL_SERVER = "model-server"
 # An edge site's agent (services/edge); not one of SERVICES: one runs per edge site (``start_edge_agent``).
 EDGE = "edge"
+# The web console (services/console): reads and asks the other services over HTTP; started by whoever wants it.
+CONSOLE = "console"
 # The HTTP services in the order they start: each after the ones it calls (drift and the trainer call the
 # registry, the trainer calls ingest).
 SERVICES: tuple[str, ...] = ("registry", "ingest", "inference-gateway", "drift", "trainer", "deployer")
@@ -43,6 +45,7 @@ DOCUMENTED_PORTS: Mapping[str, int] = {
     "trainer": 8084,
     "drift": 8085,
     "deployer": 8086,
+    CONSOLE: 8080,
     MODEL_SERVER: 8501,
     f"{MODEL_SERVER}-grpc": 8500,
 }
@@ -55,9 +58,10 @@ _PACKAGES: Mapping[str, str] = {
     "deployer": "edgeloop_deployer",
     MODEL_SERVER: "edgeloop_model_server",
     EDGE: "edgeloop_edge",
+    CONSOLE: "edgeloop_console",
 }
 # The services whose app takes no event bus: the edge talks to the cloud over HTTPS only (docs/edge.md).
-_WITHOUT_BUS: frozenset[str] = frozenset({EDGE})
+_WITHOUT_BUS: frozenset[str] = frozenset({EDGE, CONSOLE})
 
 
 class EmbeddedServer:
@@ -175,6 +179,9 @@ class System:
             wiring = _given(
                 model_name=model_name, cloud_url=urls.get("inference-gateway"), ingest_url=urls.get("ingest")
             )
+        elif service == CONSOLE:  # it shows what the services running here say
+            shown = ("ingest", "registry", "trainer", "drift", "deployer")
+            wiring = _given(model_name=model_name) | {f"{name}_url": urls[name] for name in shown if name in urls}
         return wiring
 
     # -- start and stop ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from edgeloop_ingest.blobs import BlobNotFoundError
 from edgeloop_ingest.bridge import Bridge
+from edgeloop_ingest.devices import CommandsUnavailableError, InvalidDeviceIdError, request_capture
 from edgeloop_ingest.handlers import handle_uplink, handle_upload, label_sample, label_samples
 from edgeloop_ingest.labeling import (
     MAX_PAGE_SIZE,
@@ -64,6 +65,8 @@ STATUS_FOR_ERROR: StatusForError = {
     InvalidUplinkRecordError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     UnknownUplinkRecordError: status.HTTP_404_NOT_FOUND,
     UplinkUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
+    InvalidDeviceIdError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    CommandsUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 # A rejected upload is an outcome, not an error: its status by reason code (the body adds the code).
@@ -189,6 +192,7 @@ router = APIRouter(prefix="/v1/samples", tags=["samples"])
 labels_router = APIRouter(prefix="/v1/labels", tags=["labels"])
 queue_router = APIRouter(prefix="/v1/labeling", tags=["labels"])
 uplink_router = APIRouter(prefix=UPLINK_PATH, tags=["uplink"])
+devices_router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 
 class SamplePageOut(BaseModel):
@@ -361,7 +365,14 @@ async def put_label(sample_id: str, body: LabelIn, bridge: BridgeDep, labeling: 
     return SampleOut.of_sample(sample)
 
 
-@router.get("/{sample_id}/image", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+@router.get(
+    "/{sample_id}/image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}},
+        404: {"description": "No such sample.", "content": {"application/json": {}}},
+    },
+)
 async def get_sample_image(sample_id: str, service: ServiceDep) -> Response:
     record = await _find(service, sample_id)
     try:
@@ -401,6 +412,55 @@ async def labeling_queue(
 ) -> SamplePageOut:
     page = await asyncio.to_thread(labeling.queue, site_id=site_id, limit=limit, after=_cursor(after))
     return SamplePageOut.of(page)
+
+
+class DeviceOut(BaseModel):
+    site_id: str
+    device_id: str
+    samples: int = Field(description="Pictures received from the device.")
+    last_received_at: datetime = Field(description="When its newest picture arrived.")
+
+
+class CaptureIn(BaseModel):
+    requested_by: str = Field("anonymous", min_length=1, max_length=128, description="Who asked (logged, sent along).")
+
+
+class CaptureOut(BaseModel):
+    site_id: str
+    device_id: str
+    topic: str = Field(description="The MQTT topic the command was published on.")
+    requested_at: datetime = Field(description="Pictures received from now on answer it (filter samples by since=).")
+
+
+@devices_router.get(
+    "", response_model=list[DeviceOut], summary="Devices that sent pictures, the most recently heard first"
+)
+async def list_devices(
+    labeling: LabelingDep,
+    site_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+) -> list[DeviceOut]:
+    seen = await asyncio.to_thread(labeling.devices, site_id=site_id, limit=limit)
+    return [
+        DeviceOut(site_id=d.site_id, device_id=d.device_id, samples=d.samples, last_received_at=d.last_received_at)
+        for d in seen
+    ]
+
+
+@devices_router.post(
+    "/{site_id}/{device_id}/capture",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=CaptureOut,
+    summary="Ask a device to take a picture now: publishes cmd/edgeloop/{site}/{device}/capture (QoS 1)",
+    responses={422: {}, 503: {}},
+)
+async def capture(request: Request, site_id: str, device_id: str, body: CaptureIn | None = None) -> CaptureOut:
+    runtime = getattr(request.app.state, "runtime", None)
+    subscriber = runtime.subscriber if runtime is not None else None
+    requested_by = body.requested_by if body is not None else "anonymous"
+    sent = await request_capture(subscriber, site_id, device_id, requested_by=requested_by)
+    log.info("capture asked of %s/%s by %s", site_id, device_id, requested_by)
+    return CaptureOut(site_id=sent.site_id, device_id=sent.device_id, topic=sent.topic, requested_at=sent.requested_at)
 
 
 class UplinkArrivalOut(BaseModel):

@@ -171,6 +171,16 @@ class SamplePage:
 
 
 @dataclass(frozen=True)
+class DeviceSeen:
+    """A device that sent pictures: how many, and when the newest arrived."""
+
+    site_id: str
+    device_id: str
+    samples: int
+    last_received_at: datetime
+
+
+@dataclass(frozen=True)
 class LabelItemError:
     sample_id: str
     reason: str
@@ -193,6 +203,10 @@ class LabelRepository(Protocol):
 
     def find_samples(self, query: SampleQuery, *, limit: int) -> list[Sample]:
         """At most ``limit`` samples matching ``query`` after its cursor, ordered by (received_at, sample_id)."""
+        ...
+
+    def devices(self, *, site_id: str | None, limit: int) -> list[DeviceSeen]:
+        """The devices that sent pictures (of ``site_id``), the most recently heard first, at most ``limit``."""
         ...
 
 
@@ -245,6 +259,9 @@ class LabelingService:
         page = found[: query.limit]
         more = len(found) > query.limit
         return SamplePage(samples=page, next=Cursor.after(page[-1]) if more and page else None)
+
+    def devices(self, *, site_id: str | None = None, limit: int = 100) -> list[DeviceSeen]:
+        return self.samples.devices(site_id=site_id, limit=limit)
 
     def queue(self, *, site_id: str | None = None, limit: int = 100, after: Cursor | None = None) -> SamplePage:
         """Hard examples without a label, oldest first."""

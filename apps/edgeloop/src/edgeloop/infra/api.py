@@ -21,7 +21,7 @@ from edgeloop.infra.component import Component, ComponentStatus, Launch
 from edgeloop.infra.errors import InfraError
 from edgeloop.infra.kafka import Kafka
 from edgeloop.infra.mosquitto import Mosquitto
-from edgeloop.infra.packages import ensure_installed
+from edgeloop.infra.packages import ensure_installed, ensure_test_tools
 from edgeloop.infra.postgres import Postgres
 from edgeloop.paths import repo_root, state_dir
 
@@ -88,6 +88,8 @@ def up(names: Iterable[str] | None = None, *, echo: Echo = _print) -> list[Compo
     with _exclusive():
         servers = select(names)
         ensure_installed([req for server in servers for req in server.requirements()], echo)
+        if not names:  # the whole local infrastructure, as `make test` asks: the browser tests' Chromium too
+            ensure_test_tools(echo)
         failures: list[str] = []
         launches: list[tuple[Component, Launch]] = []
         for server in servers:

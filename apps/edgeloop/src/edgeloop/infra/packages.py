@@ -29,6 +29,14 @@ class Requirement:
         return find_program(self.program) is not None or any(glob.glob(pattern) for pattern in self.locations)
 
 
+# Not a server: what the console's browser tests drive (services/console/tests, marker `browser`). `edgeloop infra up`
+# installs them beside the servers' packages, so that `make test` on a fresh machine has them.
+BROWSER_TEST_TOOLS: tuple[Requirement, ...] = (
+    Requirement("chromium", "chromium"),
+    Requirement("chromedriver", "chromium-driver"),
+)
+
+
 def find_program(program: str) -> Path | None:
     """A program on PATH, or in the sbin directories a non-root PATH often lacks (mosquitto lives in /usr/sbin)."""
     if found := shutil.which(program):
@@ -58,6 +66,14 @@ def ensure_installed(requirements: Iterable[Requirement], echo: Echo) -> None:
         result = _apt(["install", "-y", "--no-install-recommends", *missing])
     if result.returncode != 0:
         raise InfraError(f"`{command}` failed:\n{_tail(result.stdout)}")
+
+
+def ensure_test_tools(echo: Echo) -> None:
+    """Install the browser the console's tests drive; a machine that cannot (not root) only hears how to."""
+    try:
+        ensure_installed(BROWSER_TEST_TOOLS, echo)
+    except InfraError as exc:
+        echo(f"browser tests will fail until chromium is installed: {exc}")
 
 
 def _apt(arguments: list[str]) -> subprocess.CompletedProcess[str]:

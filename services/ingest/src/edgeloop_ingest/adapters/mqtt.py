@@ -93,6 +93,11 @@ class AsyncioMqttSubscriber:
             return False
         return True
 
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1) -> asyncio.Future[None]:
+        """Publish on the bridge's connection (device commands); resolves on the broker's PUBACK (QoS 1)."""
+        acknowledged: asyncio.Future[None] = self.client.publish(topic, payload, qos=qos)
+        return acknowledged
+
     def pause(self) -> None:
         """Read no more messages (acknowledgements still go out); for a graceful stop."""
         self.client.pause_reading()

@@ -37,6 +37,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     false,
+    func,
     insert,
     or_,
     select,
@@ -48,6 +49,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.labeling import (
+    DeviceSeen,
     Label,
     Prediction,
     PredictionOutcome,
@@ -202,6 +204,17 @@ class SqlSampleRepository:
         with self.engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
         return [_sample(row) for row in rows]
+
+    def devices(self, *, site_id: str | None, limit: int) -> list[DeviceSeen]:
+        c = samples.c
+        last = func.max(c.received_at).label("last_received_at")
+        statement = select(c.site_id, c.device_id, func.count().label("samples"), last).group_by(c.site_id, c.device_id)
+        if site_id is not None:
+            statement = statement.where(c.site_id == site_id)
+        statement = statement.order_by(last.desc(), c.site_id, c.device_id).limit(limit)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).mappings().all()
+        return [DeviceSeen(r["site_id"], r["device_id"], r["samples"], as_utc(r["last_received_at"])) for r in rows]
 
     def reachable(self) -> bool:
         return database_reachable(self.engine)

@@ -1,0 +1,1 @@
+"""EdgeLoop console: a web UI over the services' HTTP APIs (docs/console.md)."""

@@ -1,0 +1,95 @@
+"""``create_app(settings, *, bus=None)``: the console as a FastAPI app.
+
+The console has no bus and no database: ``bus`` is accepted for the house's shape (standalone mode passes one
+to every service) and not used. The lifespan opens one HTTP client per service and closes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from edgeloop_common.health import health_router
+from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.settings import ConfigurationError
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+
+from edgeloop_console import api
+from edgeloop_console.adapters.services import ServiceClients
+from edgeloop_console.auth import Signer
+from edgeloop_console.settings import MIN_TOKEN_CHARS, Settings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Every answer: no framing, no sniffing, scripts and styles only from the console itself (no inline script).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class MissingAdminTokenError(ConfigurationError):
+    """No admin token, or one too short to be a secret: the console does not start."""
+
+
+def create_app(
+    settings: Settings | None = None, *, bus: object | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The console. ``transport`` replaces the network under the service clients (tests)."""
+    settings = settings or Settings()
+    token = settings.admin_token.get_secret_value()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise MissingAdminTokenError(
+            f"EDGELOOP_CONSOLE_ADMIN_TOKEN must be set to a secret of at least {MIN_TOKEN_CHARS} characters"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clients = ServiceClients(settings, transport=transport)
+        app.state.clients = clients
+        log.info(
+            "console up: ingest %s, registry %s, deployer %s",
+            settings.ingest_url,
+            settings.registry_url,
+            settings.deployer_url,
+        )
+        try:
+            yield
+        finally:
+            app.state.clients = None
+            await clients.close()
+
+    app = FastAPI(
+        title="EdgeLoop console", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.settings = settings
+    app.state.signer = Signer(token, max_age_s=settings.session_max_age_s)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(api.router)
+    app.include_router(health_router({"started": lambda: _started(app)}, registry=CollectorRegistry()))
+    install_error_handlers(app, api.STATUS_FOR_ERROR)
+    api.install_page_handlers(app)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app
+
+
+async def _started(app: FastAPI) -> bool:
+    return getattr(app.state, "clients", None) is not None

@@ -1,0 +1,199 @@
+"""The console over the real services (standalone: registry, ingest, drift, trainer, deployer; the real Mosquitto),
+read and driven over HTTP as a browser without JavaScript would."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from console_testing import ADMIN_TOKEN, MODEL, ConsoleStack, photos, signed_in
+
+pytestmark = pytest.mark.mqtt
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, mqtt_broker: tuple[str, int]) -> Iterator[ConsoleStack]:
+    running = ConsoleStack(tmp_path_factory.mktemp("console"), mqtt_broker).start()
+    running.register_versions()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def site() -> str:
+    return f"site-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def session(stack: ConsoleStack) -> Iterator[tuple[httpx.Client, str]]:
+    client, csrf = signed_in(stack.console_url)
+    yield client, csrf
+    client.close()
+
+
+def flash(page: httpx.Response) -> str:
+    match = re.search(r'<p class="flash flash-(\w+)"[^>]*>(.*?)</p>', page.text, re.S)
+    assert match, "no flash message on the page"
+    return f"{match.group(1)}: {match.group(2).strip()}"
+
+
+def test_every_page_needs_a_session_and_the_cookie_is_strict(stack: ConsoleStack) -> None:
+    with httpx.Client(base_url=stack.console_url, timeout=10) as anonymous:
+        for path in ("/", "/models", "/pictures", "/labeling", "/devices", "/drift"):
+            response = anonymous.get(path)
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/signin?next=")
+        assert anonymous.get("/pictures/whatever/image").status_code == 401
+        assert anonymous.post("/models/m/promote", data={"version": 1, "reason": "x"}).status_code == 303
+        assert anonymous.get("/healthz").status_code == 200
+
+        wrong = anonymous.post("/signin", data={"token": "not-the-token", "next": "/"})
+        assert wrong.status_code == 401
+        assert "not the admin token" in wrong.text
+        assert "edgeloop_console_session" not in wrong.headers.get("set-cookie", "")
+
+        right = anonymous.post("/signin", data={"token": ADMIN_TOKEN, "next": "//elsewhere.example/"})
+        assert right.status_code == 303
+        assert right.headers["location"] == "/"  # never sent to another site after sign-in
+        cookie = right.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        page = anonymous.get("/")
+        assert page.status_code == 200
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_posts_need_the_session_csrf_token_and_this_origin(
+    stack: ConsoleStack, session: tuple[httpx.Client, str]
+) -> None:
+    client, csrf = session
+    form = {"version": "2", "reason": "csrf test"}
+    assert client.post(f"/models/{MODEL}/promote", data=form).status_code == 403
+    assert client.post(f"/models/{MODEL}/promote", data={**form, "csrf_token": "forged"}).status_code == 403
+    other_origin = {"origin": "http://evil.example"}
+    refused = client.post(f"/models/{MODEL}/promote", data={**form, "csrf_token": csrf}, headers=other_origin)
+    assert refused.status_code == 403
+    assert stack.production() == 1
+
+
+def test_models_show_the_accuracy_table_and_promotion_refusals(
+    stack: ConsoleStack, session: tuple[httpx.Client, str]
+) -> None:
+    client, csrf = session
+    page = client.get("/models")
+    assert page.status_code == 200
+    rows = {n: re.search(rf'<tr id="version-{n}".*?</tr>', page.text, re.S).group(0) for n in (1, 2, 3)}  # type: ignore[union-attr]
+    assert "80.0%" in rows[1] and "90.0%" in rows[2] and "60.0%" in rows[3]
+    assert "42 / 10" in rows[2]  # cat images: train / evaluation
+    assert "25.0 s" in rows[2] and "efficientnet-lite0" in rows[2]
+    assert "production" in rows[1] and "Promote" not in rows[1]
+    confirm = client.get(f"/models/{MODEL}/confirm", params={"action": "promote", "version": 3})
+    assert 'id="confirm"' in confirm.text and "promotion gate" in confirm.text
+
+    refused = client.post(
+        f"/models/{MODEL}/promote", data={"version": "3", "reason": "worse", "csrf_token": csrf}, follow_redirects=True
+    )
+    assert flash(refused).startswith("refused: The registry refused to promote version 3")
+    assert stack.production() == 1
+
+    promoted = client.post(
+        f"/models/{MODEL}/promote", data={"version": "2", "reason": "better", "csrf_token": csrf}, follow_redirects=True
+    )
+    assert flash(promoted).startswith("ok: Version 2 is production now (was 1)")
+    assert stack.production() == 2
+    rolled = client.post(
+        f"/models/{MODEL}/rollback", data={"reason": "undo", "csrf_token": csrf}, follow_redirects=True
+    )
+    assert flash(rolled).startswith("ok: Production rolled back to version 1")
+    assert stack.production() == 1
+
+    unknown = client.post(
+        f"/models/{MODEL}/deploy",
+        data={"version": "1", "node_group": "nowhere", "csrf_token": csrf},
+        follow_redirects=True,
+    )
+    assert flash(unknown).startswith("error: Deploy refused: deployer: HTTP 404")
+
+
+def test_pictures_are_paged_filtered_and_proxied(
+    stack: ConsoleStack, session: tuple[httpx.Client, str], site: str, catdog_train_dir: Path
+) -> None:
+    client, _ = session
+    uploaded = [stack.upload(photo, site=site, device="cam-p") for photo in photos(catdog_train_dir, 3)]
+    stack.wait_for_queue(site, 3)
+
+    first = client.get("/pictures", params={"site": site, "limit": 2})
+    assert first.text.count('class="picture"') == 2
+    assert uploaded[0]["sample_id"] in first.text and "v1" in first.text, first.text[-3000:]
+    next_url = re.search(r'href="([^"]+)" id="next-page"', first.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    second = client.get(next_url)
+    assert second.text.count('class="picture"') == 1
+    assert uploaded[2]["sample_id"] in second.text and 'id="next-page"' not in second.text
+    assert client.get("/pictures", params={"site": site, "device": "other"}).text.count('class="picture"') == 0
+    assert client.get("/pictures", params={"site": site, "hard": "no"}).text.count('class="picture"') == 0
+
+    image = client.get(f"/pictures/{uploaded[0]['sample_id']}/image")
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/jpeg"
+    assert image.content == photos(catdog_train_dir, 1)[0].read_bytes()
+    assert client.get("/pictures/no-such-sample/image").status_code == 404
+
+
+def test_labeling_one_at_a_time_with_skip_and_undo(
+    stack: ConsoleStack, session: tuple[httpx.Client, str], site: str, catdog_train_dir: Path
+) -> None:
+    client, csrf = session
+    uploaded = [stack.upload(photo, site=site, device="cam-l") for photo in photos(catdog_train_dir, 3)]
+    stack.wait_for_queue(site, 3)
+
+    page = client.get("/labeling", params={"site": site})
+    assert '<strong id="waiting-count">3</strong>' in page.text
+    assert f'data-sample="{uploaded[0]["sample_id"]}"' in page.text
+    assert 'data-key="1"' in page.text and "<kbd>1</kbd> cat" in page.text and "<kbd>2</kbd> dog" in page.text
+
+    labeled = client.post(
+        "/labeling/label",
+        data={"sample_id": uploaded[0]["sample_id"], "label": "dog", "site": site, "csrf_token": csrf},
+        follow_redirects=True,
+    )
+    assert '<strong id="waiting-count">2</strong>' in labeled.text
+    assert f'data-sample="{uploaded[1]["sample_id"]}"' in labeled.text
+    assert len(stack.queue(site)) == 2
+
+    skip_url = re.search(r'href="([^"]+)" data-key="s"', labeled.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    skipped = client.get(skip_url)
+    assert f'data-sample="{uploaded[2]["sample_id"]}"' in skipped.text
+
+    undo_url = re.search(r'href="([^"]+)" data-key="u"', skipped.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    undo = client.get(undo_url)
+    assert f'data-sample="{uploaded[0]["sample_id"]}"' in undo.text and "Labeled <strong>dog</strong>" in undo.text
+    client.post("/labeling/label", data={"sample_id": uploaded[0]["sample_id"], "label": "cat", "csrf_token": csrf})
+    with httpx.Client(base_url=stack.urls["ingest"]) as ingest:
+        assert ingest.get(f"/v1/samples/{uploaded[0]['sample_id']}").json()["label"] == "cat"
+
+
+def test_devices_take_picture_and_the_other_pages(
+    stack: ConsoleStack, session: tuple[httpx.Client, str], site: str, catdog_train_dir: Path
+) -> None:
+    client, csrf = session
+    stack.upload(photos(catdog_train_dir, 1)[0], site=site, device="cam-d")
+    stack.wait_for_queue(site, 1)
+
+    devices = client.get("/devices")
+    assert f'id="device-{site}-cam-d"' in devices.text and "Take picture" in devices.text
+
+    plain = client.post(f"/devices/{site}/cam-d/capture", data={"csrf_token": csrf}, follow_redirects=True)
+    assert flash(plain).startswith(f"ok: Asked {site}/cam-d for a picture")
+    fragment = client.post(f"/devices/{site}/cam-d/capture", headers={"hx-request": "true", "x-csrf-token": csrf})
+    assert fragment.status_code == 200
+    poll = re.search(r'hx-get="([^"]+)"', fragment.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    assert poll.startswith(f"/devices/{site}/cam-d/latest?since=")
+    assert "waiting" in client.get(poll).text  # no device answers at this site
+
+    overview = client.get("/")
+    assert overview.status_code == 200 and "site-a" in overview.text
+    drift = client.get("/drift")
+    assert drift.status_code == 200 and "Training runs" in drift.text
