@@ -185,3 +185,21 @@ async def test_a_slow_cloud_costs_the_device_no_more_than_the_budget(
     assert timeouts == 3
     assert {r.payload["served_by"] for r in results} == {"edge"}
     assert all(200 <= r.payload["latency_ms"] < 2000 for r in results), [r.payload["latency_ms"] for r in results]
+
+
+async def test_at_the_queues_bound_devices_keep_their_answers_and_what_is_let_go_is_counted(
+    start_agent: AgentFactory, site: str, mqtt_broker: tuple[str, int], catdog_captures_dir: Path
+) -> None:
+    """No cloud for a long while: the uplink queue stays within its bound, keeping the newest; the drops counted."""
+    async with start_agent(uplink_max_records=3, hard_example_miner="none") as agent:
+        summary = await DeviceSimulator(device(site, mqtt_broker, catdog_captures_dir, rate=20.0, timeout_s=30)).run()
+
+        dropped = agent.app.state.metrics.uplink_dropped.labels(what="record")
+        # (the last result goes out before its answer is recorded and the bound enforced)
+        await eventually(lambda: dropped._value.get() >= 5, what="five records let go", timeout_s=10)
+        status = await agent.status()
+        scraped = (await agent.http.get("/metrics")).text
+    assert (summary.sent, summary.results) == (8, 8), summary.describe()
+    assert status["uplink"]["queued_records"] == 3 and status["uplink"]["unanswered"] == 0
+    assert dropped._value.get() == 5
+    assert 'edgeloop_edge_uplink_dropped_total{what="record"} 5.0' in scraped
