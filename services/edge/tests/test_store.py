@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from edgeloop_common.uplink import EdgeInference
-from edgeloop_edge.store import EdgeStore, Picture
+from edgeloop_edge.store import REJECTED_KEPT, EdgeStore, Picture
 
 
 def make_store(tmp_path: Path, *, max_records: int = 1000, max_bytes: int = 10**9) -> EdgeStore:
@@ -156,3 +157,27 @@ def test_a_refused_record_is_set_aside_with_its_reason(tmp_path: Path, reason: s
     store.set_aside(store.next_to_forward(1)[0], reason)
     assert store.next_to_forward(10) == []
     assert [(row["record_id"], row["reason"]) for row in store.set_aside_records()] == [(picture.record_id, reason)]
+
+
+def test_the_queue_totals_follow_every_change_and_are_rebuilt_from_the_rows_at_start(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    pictures = [accept(store, "a", f"picture-{n}".encode()) for n in range(4)]  # 9 bytes each
+    store.answer(pictures[0].record_id, inference(), keep_image=True)
+    store.answer(pictures[1].record_id, inference(), keep_image=False)
+    store.forwarded(pictures[0].record_id)
+    depth = store.depth()
+    store.close()
+    with sqlite3.connect(tmp_path / "edge.sqlite3") as db:
+        counted = db.execute("SELECT COUNT(*), SUM(image_bytes), SUM(answered = 0) FROM pictures").fetchone()
+        db.execute("UPDATE queue_totals SET records = 999")  # totals gone wrong: the next start repairs them
+    assert (depth.records, depth.image_bytes, depth.unanswered) == tuple(counted) == (3, 2 * 9, 2)
+    assert make_store(tmp_path).depth().records == 3
+
+
+def test_only_the_newest_rejections_are_kept(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    for n in range(REJECTED_KEPT + 5):
+        store.reject(device_id="cam-9", mqtt_topic=None, size_bytes=n, reason=f"garbage {n}")
+    kept = store.rejected(limit=1000)
+    assert store.depth().rejected == REJECTED_KEPT
+    assert kept[0]["reason"] == f"garbage {REJECTED_KEPT + 4}" and kept[-1]["reason"] == "garbage 5"
