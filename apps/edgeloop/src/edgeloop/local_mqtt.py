@@ -89,7 +89,7 @@ async def start_local_broker(port: int = 1883, *, prefer: str = "auto") -> Local
 
     from amqtt.broker import Broker
 
-    config = {
+    broker_config = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
         "sys_interval": 0,
         "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
@@ -99,7 +99,7 @@ async def start_local_broker(port: int = 1883, *, prefer: str = "auto") -> Local
     logging.getLogger("transitions").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        broker = Broker(config)
+        broker = Broker(broker_config)
     await broker.start()
     await wait_for_port(port)
     return LocalBroker("embedded", "127.0.0.1", port, _embedded=broker)
