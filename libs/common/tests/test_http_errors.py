@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import httpx
-from edgeloop_common.http_errors import ServiceNotRunningError, install_error_handlers
+from edgeloop_common.http_errors import ERROR_BODY_SCHEMA, ServiceNotRunningError, error_answers, install_error_handlers
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
@@ -84,3 +84,31 @@ async def test_validation_errors_keep_fastapis_shape_and_can_leave_the_input_out
     assert echoed[0]["input"] == "many"
     assert quiet.status_code == 422
     assert quiet.json() == {"detail": [{"type": "float_parsing", "loc": ["body", "quantity"], "msg": echoed[0]["msg"]}]}
+
+
+class Thing(BaseModel):
+    name: str
+
+
+def test_the_openapi_document_states_the_answers_every_route_shares() -> None:
+    """FastAPI leaves out its 400 for a body that is not JSON, the 503 of a service starting, and the 422 of a
+    domain error (``detail``: a reason, not a list); the sweep of tests/hostile holds every service to these."""
+    app = FastAPI()
+
+    @app.post("/things", responses=error_answers({409: "It exists."}))
+    async def create(body: Thing) -> dict[str, str]:
+        return {"name": body.name}
+
+    @app.get("/things")
+    async def things() -> list[str]:
+        return []
+
+    install_error_handlers(app, {})
+    paths = app.openapi()["paths"]
+    created = paths["/things"]["post"]["responses"]
+    assert sorted(created) == ["200", "400", "409", "422", "503"]
+    assert created["409"]["content"]["application/json"]["schema"] == ERROR_BODY_SCHEMA
+    invalid = created["422"]["content"]["application/json"]["schema"]["anyOf"]
+    assert invalid[0]["$ref"].endswith("/HTTPValidationError") and invalid[1] == ERROR_BODY_SCHEMA
+    assert sorted(paths["/things"]["get"]["responses"]) == ["200", "503"]  # no body: no 400
+    assert app.openapi() is app.openapi()  # built once

@@ -155,3 +155,34 @@ def test_the_verdict_follows_the_thresholds() -> None:
     assert assess_quality(stats(0.5, BLANK_CONTRAST * 0.99)) == "blank"
     assert assess_quality(stats(0.5, BLANK_CONTRAST)) == "ok"
     assert assess_quality(stats(0.01, 0.0)) == "too_dark"  # a black frame is featureless too: the exposure first
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 65536, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [13_000, 100_000])
+def test_a_picture_over_the_pixel_limit_is_refused_from_its_header(side: int) -> None:
+    """13000x13000 is under twice Pillow's MAX_IMAGE_PIXELS, where Pillow only warns: it was decoded in full (a PNG
+    has no reduced-scale decoding, about 700 MB to convert); 100000x100000 is Pillow's DecompressionBombError."""
+    with pytest.raises(InvalidImageError, match="decompression bomb, not decoded"):
+        inspect_image(_png_declaring(side, side))
+    with pytest.raises(InvalidImageError, match="the limit is 100"):
+        inspect_image(encoded(Image.new("RGB", (20, 10))), max_pixels=100)
+
+
+def test_an_unsupported_format_is_named_once() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "GIF")
+    with pytest.raises(InvalidImageError) as raised:
+        inspect_image(out.getvalue())
+    assert str(raised.value) == "unsupported image format GIF; send JPEG or PNG"

@@ -182,3 +182,15 @@ async def test_an_unreachable_mqtt_broker_is_reported_not_fatal() -> None:
         "edgeloop_device_results_total", {"outcome": "unacknowledged"}
     )
     assert unacknowledged == 1.0
+
+
+@pytest.mark.parametrize("model", ["%08", "cat%20dog", "%1F%7F"])
+async def test_a_passthrough_path_with_control_characters_or_spaces_is_forwarded_not_a_500(
+    gateway: Gateway, model: str
+) -> None:
+    """Found by the schemathesis sweep (tests/hostile): ``GET /v1/models/%08`` raised httpx.InvalidURL (a 500) while
+    the gateway forwarded the decoded path; it is quoted again now, and the model server's absence is the answer."""
+    for method, path in [("GET", f"/v1/models/{model}"), ("POST", f"/v1/models/{model}:predict")]:
+        response = await gateway.http.request(method, path, json={"instances": []} if method == "POST" else None)
+        assert response.status_code == 503, response.text
+        assert "unreachable" in response.json()["detail"]

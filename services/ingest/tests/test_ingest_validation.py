@@ -143,6 +143,9 @@ def test_flat_telemetry_object_is_readings() -> None:
         (b'{"readings": {"t": 1}, "measured_at": "yesterday"}', "ISO 8601"),
         (b'{"readings": [1]}', "JSON object"),
         (b"", "empty"),
+        # Under the size limit, nested past the JSON parser's recursion limit: a RecursionError escaped (tests/hostile).
+        (b'{"readings": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "nested too deeply"),
+        (b'{"readings": {"t": "\xff\xfe"}}', "not JSON"),
     ],
 )
 def test_bad_telemetry_is_refused_with_reason(payload: bytes, words: str) -> None:

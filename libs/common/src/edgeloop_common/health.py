@@ -11,10 +11,30 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+# The OpenAPI document says what these answer (the schemathesis sweep of tests/hostile holds every service to it).
+_READINESS_BODY = {
+    "type": "object",
+    "properties": {
+        "ready": {"type": "boolean"},
+        "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["ready", "checks"],
+}
+_READINESS: dict[int | str, dict[str, object]] = {
+    200: {"description": "Every check passes.", "content": {"application/json": {"schema": _READINESS_BODY}}},
+    503: {
+        "description": "Some check fails (named in checks).",
+        "content": {"application/json": {"schema": _READINESS_BODY}},
+    },
+}
+_EXPOSITION: dict[int | str, dict[str, object]] = {
+    200: {"description": "The Prometheus text exposition.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+}
 
 
 def health_router(
@@ -29,7 +49,7 @@ def health_router(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses=_READINESS)
     async def readyz() -> JSONResponse:
         current = checks() if callable(checks) else checks
         results: dict[str, str] = {}
@@ -43,7 +63,7 @@ def health_router(
         ready = all(value == "ok" for value in results.values())
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse, responses=_EXPOSITION)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

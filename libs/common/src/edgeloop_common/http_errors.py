@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -56,14 +57,69 @@ def install_error_handlers(app: FastAPI, status_for_error: StatusForError, *, ec
     leaves the rejected input out of a request validation error (FastAPI echoes it back, and an input holding
     NaN cannot even be rendered as JSON).
     """
-    for error_cls, status_code in {
-        ServiceNotRunningError: status.HTTP_503_SERVICE_UNAVAILABLE,
-        **status_for_error,
-    }.items():
+    table: dict[type[Exception], int] = {ServiceNotRunningError: status.HTTP_503_SERVICE_UNAVAILABLE}
+    table.update(status_for_error)
+    for error_cls, status_code in table.items():
         app.add_exception_handler(error_cls, _answer_with(status_code))
     app.add_exception_handler(ClientDisconnect, _client_gone)
     if not echo_invalid_input:
         app.add_exception_handler(RequestValidationError, _invalid_request_without_input)
+    document_shared_errors(app)
+
+
+# The body of every error answer, as the OpenAPI document states it.
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"detail": {"type": "string", "description": "The reason, in words."}},
+    "required": ["detail"],
+}
+
+
+def error_answers(statuses: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route: each status with its description and the error body (``{"detail": reason}``)."""
+    return {
+        code: {"description": description, "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
+        for code, description in statuses.items()
+    }
+
+
+def document_shared_errors(app: FastAPI) -> None:
+    """State in ``app``'s OpenAPI document the error answers every route shares, which FastAPI leaves out.
+
+    * 400 on every operation that takes a body: the body cannot be parsed (FastAPI's "There was an error parsing
+      the body" for JSON that is not JSON);
+    * 503 on every operation: the service is starting or stopping (:class:`ServiceNotRunningError`), or what it
+      depends on cannot answer now (a broker, a model server), with the reason;
+    * 422 is request validation (``detail``: FastAPI's list of errors) *or* a domain error the table maps to 422
+      (``detail``: the reason): both shapes.
+
+    The schemathesis sweep of tests/hostile holds every service to its document (docs/hostile-input.md).
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _add_shared_errors(build())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_shared_errors(schema: dict[str, Any]) -> None:
+    def answer(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
+
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            if "requestBody" in operation:
+                responses.setdefault("400", answer("The body cannot be parsed."))
+            responses.setdefault("503", answer("Starting or stopping, or a service this one needs cannot answer now."))
+            invalid = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if invalid.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                invalid["schema"] = {"anyOf": [invalid["schema"], ERROR_BODY_SCHEMA]}
 
 
 def _answer_with(status_code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

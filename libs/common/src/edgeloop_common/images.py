@@ -23,6 +23,8 @@ ITU-R 601 luma of the copy.
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import get_args
@@ -51,6 +53,28 @@ TOO_BRIGHT_BRIGHTNESS = 0.998  # brightness_mean above this (about 254.5 of 255)
 BLANK_CONTRAST = 0.01  # contrast_std below this (about 2.5 of 255): blank
 
 
+# The largest picture inspected, width x height (ingest's default EDGELOOP_INGEST_MAX_IMAGE_PIXELS): a bigger one is
+# refused from its header, before anything is decoded. Pillow's own guard (Image.MAX_IMAGE_PIXELS) only warns up to
+# twice its 89 million pixels, and a PNG cannot be decoded at reduced scale: a 13000x13000 PNG of a few hundred
+# kilobytes would cost about 700 MB to convert.
+MAX_PIXELS = 40_000_000
+# What Pillow raises on malformed input besides OSError and ValueError (its decoders were fuzzed into all of these).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
+    Image.DecompressionBombError,
+)
+
+
 class InvalidImageError(ValueError):
     """The bytes are not a JPEG or PNG image that can be decoded."""
 
@@ -67,19 +91,36 @@ class ImageFacts:
         return assess_quality(self.stats)
 
 
-def inspect_image(data: bytes) -> ImageFacts:
-    """Decode ``data`` (JPEG or PNG) once, small, and measure it; :class:`InvalidImageError` otherwise."""
+def inspect_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageFacts:
+    """Decode ``data`` (JPEG or PNG) once, small, and measure it; :class:`InvalidImageError` otherwise.
+
+    A picture of more than ``max_pixels`` (width x height, from its header) is refused before it is decoded.
+    """
+    if not data:
+        raise InvalidImageError("empty payload: no bytes, expected a JPEG or PNG image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below is ours
+            image = Image.open(io.BytesIO(data))
+        with image:
             if image.format not in ACCEPTED_FORMATS:
                 raise InvalidImageError(f"unsupported image format {image.format}; send JPEG or PNG")
             width, height = image.size
+            if width * height > max_pixels:
+                raise InvalidImageError(
+                    f"image declares {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                    "(possible decompression bomb, not decoded)"
+                )
             image.draft("RGB", (STATS_SIDE, STATS_SIDE))  # JPEG: let the decoder scale down by 1/2..1/8
             rgb = image.convert("RGB")
+    except InvalidImageError:
+        raise
     except UnidentifiedImageError as exc:
         raise InvalidImageError("not a JPEG or PNG image (format not recognised)") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(f"not a decodable JPEG or PNG image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"possible decompression bomb, not decoded: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise InvalidImageError(f"not a decodable JPEG or PNG image: {exc or type(exc).__name__}") from exc
     gray = rgb.convert("L")
     gray.thumbnail((STATS_SIDE, STATS_SIDE))
     # Colour is measured on a smaller box-filtered copy: its means hardly depend on the size, and the

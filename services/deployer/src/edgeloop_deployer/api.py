@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError, error_answers
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,6 +35,11 @@ STATUS_FOR_ERROR: StatusForError = {
     InvalidRequestError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     DeployerError: status.HTTP_502_BAD_GATEWAY,  # the target failed (e.g. the API refused a deletion)
 }
+
+# What the routes document beside their success (the schemathesis sweep of tests/hostile holds them to it).
+UNKNOWN = error_answers({404: "Unknown node group, or no deployment of the model there."})
+TARGET_FAILED = error_answers({502: "The deployment target refused or failed."})
+NOTHING_TO_ROLL_BACK = error_answers({409: "No earlier version to roll back to."})
 
 # A Kubernetes annotation key: an optional DNS-subdomain prefix and a name of at most 63 characters.
 _ANNOTATION_KEY = re.compile(
@@ -153,7 +158,7 @@ def _started(record: RolloutRecord) -> StartedRollout:
     )
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses={**UNKNOWN, **TARGET_FAILED})
 async def deploy(body: DeployRequest, service: Service) -> StartedRollout:
     """Roll ``version`` of ``model_name`` out to ``node_group`` (the Deploy button)."""
     record = await service.deploy(
@@ -176,20 +181,24 @@ async def list_deployments(service: Service) -> dict[str, list[DeploymentOut]]:
     }
 
 
-@router.get("/{model_name}/{node_group}")
+@router.get("/{model_name}/{node_group}", responses=UNKNOWN)
 async def get_deployment(model_name: str, node_group: str, service: Service) -> DeploymentDetail:
     state, rollouts = await service.describe(model_name, node_group)
     current = DeploymentOut.of(state, service, _in_flight(service).get((model_name, node_group)))
     return DeploymentDetail(**current.model_dump(), rollouts=[RolloutOut.of(r) for r in rollouts])
 
 
-@router.delete("/{model_name}/{node_group}")
+@router.delete("/{model_name}/{node_group}", responses={**UNKNOWN, **TARGET_FAILED})
 async def delete_deployment(model_name: str, node_group: str, service: Service) -> DeploymentOut:
     """Stop serving the model in the node group (the Delete button)."""
     return DeploymentOut.of(await service.delete(model_name, node_group), service)
 
 
-@router.post("/{model_name}/{node_group}/rollback", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{model_name}/{node_group}/rollback",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**UNKNOWN, **NOTHING_TO_ROLL_BACK, **TARGET_FAILED},
+)
 async def rollback(
     model_name: str, node_group: str, service: Service, body: RollbackRequest | None = None
 ) -> StartedRollout:

@@ -6,8 +6,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
+from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError, error_answers
 from edgeloop_common.serving import (
     ModelNotFoundError,
     ModelResponseError,
@@ -62,7 +63,23 @@ tf_serving_router = APIRouter(prefix="/v1/models", tags=["tf-serving passthrough
 routes_router = APIRouter(prefix="/v1/routes", tags=["routing"])
 
 
-@classify_router.post("/classify")
+# What the routes document beside their success (the schemathesis sweep of tests/hostile holds them to it).
+CLASSIFY_ERRORS = error_answers(
+    {
+        400: "No image, or not a JPEG or PNG that decodes (the reason says which).",
+        413: "The image is over the size limit.",
+        502: "The model server answered, but not with a classification.",
+        503: "The model server cannot be reached, or serves no such model.",
+    }
+)
+# TF Serving's own error answers ({"error": message}), passed through as the model server gave them.
+PASSED_THROUGH: dict[int | str, dict[str, Any]] = {
+    code: {"description": f"The model server's answer, passed through ({description})."}
+    for code, description in {400: "bad request", 404: "no such model or version", 503: "unreachable"}.items()
+}
+
+
+@classify_router.post("/classify", responses=CLASSIFY_ERRORS)
 async def classify(request: Request, gateway: Gateway, site: SiteId = None, device: DeviceId = None) -> dict[str, Any]:
     """Classify one image: the raw JPEG/PNG bytes as the body, or a multipart form with an ``image`` file.
 
@@ -112,7 +129,9 @@ def _form_id(value: Any, what: str) -> str | None:
 
 async def _forward(request: Request, gateway: GatewayState) -> Response:
     body = await request.body() if request.method == "POST" else None
-    answer = await gateway.passthrough.forward(request.method, request.url.path, body)
+    # The path as a URL again: Starlette decoded it, and a model name with a control character or a space would not
+    # make a valid URL for the model server (httpx.InvalidURL: a 500, found by the sweep of tests/hostile).
+    answer = await gateway.passthrough.forward(request.method, quote(request.url.path, safe="/:@"), body)
     return Response(
         content=answer.content,
         status_code=answer.status_code,
@@ -120,38 +139,38 @@ async def _forward(request: Request, gateway: GatewayState) -> Response:
     )
 
 
-@tf_serving_router.post("/{model}:predict")
+@tf_serving_router.post("/{model}:predict", responses=PASSED_THROUGH)
 async def predict(model: str, request: Request, gateway: Gateway) -> Response:
     """TF Serving ``:predict`` on the model's latest version, passed through to the model server."""
     return await _forward(request, gateway)
 
 
-@tf_serving_router.post("/{model}/versions/{version}:predict")
+@tf_serving_router.post("/{model}/versions/{version}:predict", responses=PASSED_THROUGH)
 async def predict_version(model: str, version: int, request: Request, gateway: Gateway) -> Response:
     return await _forward(request, gateway)
 
 
-@tf_serving_router.post("/{model}/labels/{label}:predict")
+@tf_serving_router.post("/{model}/labels/{label}:predict", responses=PASSED_THROUGH)
 async def predict_label(model: str, label: str, request: Request, gateway: Gateway) -> Response:
     return await _forward(request, gateway)
 
 
-@tf_serving_router.get("/{model}")
+@tf_serving_router.get("/{model}", responses=PASSED_THROUGH)
 async def model_status(model: str, request: Request, gateway: Gateway) -> Response:
     return await _forward(request, gateway)
 
 
-@tf_serving_router.get("/{model}/metadata")
+@tf_serving_router.get("/{model}/metadata", responses=PASSED_THROUGH)
 async def model_metadata(model: str, request: Request, gateway: Gateway) -> Response:
     return await _forward(request, gateway)
 
 
-@tf_serving_router.get("/{model}/versions/{version}")
+@tf_serving_router.get("/{model}/versions/{version}", responses=PASSED_THROUGH)
 async def version_status(model: str, version: int, request: Request, gateway: Gateway) -> Response:
     return await _forward(request, gateway)
 
 
-@tf_serving_router.get("/{model}/versions/{version}/metadata")
+@tf_serving_router.get("/{model}/versions/{version}/metadata", responses=PASSED_THROUGH)
 async def version_metadata(model: str, version: int, request: Request, gateway: Gateway) -> Response:
     return await _forward(request, gateway)
 

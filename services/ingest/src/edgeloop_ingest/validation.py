@@ -217,6 +217,10 @@ def parse_telemetry(payload: bytes, *, max_bytes: int) -> Telemetry:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"telemetry is not JSON: {exc}") from exc
+    except RecursionError as exc:  # '[[[[...' under the size limit: the parser gives up; a poison message otherwise
+        raise RejectedInput(
+            RejectionCode.BAD_TELEMETRY, "telemetry is JSON nested too deeply (readings are a flat object)"
+        ) from exc
     if not isinstance(document, dict):
         raise RejectedInput(
             RejectionCode.BAD_TELEMETRY, f"telemetry must be a JSON object, got {type(document).__name__}"

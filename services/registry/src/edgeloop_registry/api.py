@@ -26,7 +26,7 @@ from edgeloop_registry.schemas import (
     VersionStatus,
     VersionSummaryOut,
 )
-from edgeloop_registry.service import ConflictError, NotFoundError, RegistryService
+from edgeloop_registry.service import MAX_VERSION_NUMBER, ConflictError, NotFoundError, RegistryService
 
 router = APIRouter(prefix="/v1/models")
 
@@ -55,7 +55,7 @@ def get_metrics(request: Request) -> RegistryMetrics:
 Service = Annotated[RegistryService, Depends(get_service)]
 Metrics = Annotated[RegistryMetrics, Depends(get_metrics)]
 ModelName = Annotated[str, Path(description="Model name.")]
-Version = Annotated[int, Path(ge=1, description="Version number.")]
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION_NUMBER, description=f"Version number, 1..{MAX_VERSION_NUMBER}.")]
 NEW_NAME = f"^{ID_PATTERN}$"
 AliasName = Annotated[str, Path(pattern=NEW_NAME, description="Alias name, e.g. `production` or `candidate`.")]
 

@@ -14,7 +14,14 @@ from edgeloop_registry import service
 Name = Annotated[
     str, Field(pattern=f"^{ID_PATTERN}$", description="Letters, digits, '_', '.', '-'; at most 64 characters.")
 ]
-VersionNumber = Annotated[int, Field(ge=1, description="Version number (a positive integer).")]
+VersionNumber = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=service.MAX_VERSION_NUMBER,
+        description=f"Version number: a positive integer, at most {service.MAX_VERSION_NUMBER} (32-bit).",
+    ),
+]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000, description="Why: kept in the alias history.")]
 Actor = Annotated[str, Field(min_length=1, max_length=128, description="Who: a person or a service.")]

@@ -24,6 +24,9 @@ VersionStatus = Literal["registering", "ready", "failed", "archived"]
 MoveKind = Literal["move", "promotion", "rollback"]
 
 PRODUCTION = "production"
+# The highest version number: the database column is a 32-bit integer (PostgreSQL's INTEGER). The API refuses a
+# larger one with 422, and numbering a version past it is a conflict, not a database error.
+MAX_VERSION_NUMBER = 2**31 - 1
 # Which status may follow which (PATCH .../versions/{v}); the same status again is a no-op.
 STATUS_TRANSITIONS: dict[str, frozenset[str]] = {
     "registering": frozenset({"ready", "failed", "archived"}),
@@ -273,6 +276,11 @@ class RegistryService:
             _require_model(tx, model_name, lock=True)  # numbers versions one registration at a time
             latest = tx.max_version(model_name)
             number = new.version if new.version is not None else (latest or 0) + 1
+            if number > MAX_VERSION_NUMBER:
+                raise ConflictError(
+                    f"model {model_name!r} has used up its version numbers (the highest is {MAX_VERSION_NUMBER}); "
+                    "register under a new model name"
+                )
             if tx.get_version(model_name, number) is not None:
                 raise ConflictError(f"version {number} of model {model_name!r} already exists")
             version = tx.add_version(model_name, number, new, "ready", self.clock())
