@@ -1,18 +1,16 @@
 """The console's tests' stage: the real services in standalone mode (``edgeloop.system.System``: registry, ingest,
-drift, trainer, deployer and a model server without versions; one in-process bus, SQLite, local folders, the real
-Mosquitto) and the console in front of them, all on an event loop of their own in
-a background thread, so that a module shares one stack and the tests (httpx, Selenium) stay synchronous.
-
-The inference gateway needs a trained TensorFlow model; it is stood in for by :class:`AnsweringGateway`, which
-answers every ImageReceived on the bus with the InferenceCompleted a gateway would publish (scores from the
-picture's hash, every picture a hard example), so ingest, drift and the labeling queue see what they would see.
+the inference gateway with the lite model server serving the session's small trained model, drift, trainer,
+deployer; one in-process bus, SQLite, local folders, the real Mosquitto) and the console in front of them, all on
+an event loop of their own in a background thread, so that a module shares one stack and the tests (httpx,
+Selenium) stay synchronous. The gateway's miner takes every picture as a hard example (confidence threshold 1.0),
+so each one uploaded joins the labeling queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -22,9 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 from edgeloop.system import EmbeddedServer, System, SystemConfig
-from edgeloop_common.bus.base import EventContext
 from edgeloop_common.bus.inprocess import InProcessBus
-from edgeloop_common.events import ImageReceived, InferenceCompleted
 from edgeloop_common.settings import CommonSettings
 from edgeloop_console.app import create_app
 from edgeloop_console.settings import Settings
@@ -36,45 +32,16 @@ T = TypeVar("T")
 MODEL = "catdog-console"
 CLASSES = ("cat", "dog")
 ADMIN_TOKEN = "console-test-token-" + uuid.uuid4().hex[:12]
-SERVICES = ("registry", "ingest", "drift", "trainer", "deployer")  # and the model server (empty), below
+SERVICES = ("registry", "ingest", "inference-gateway", "drift", "trainer", "deployer")  # and the model server
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-class AnsweringGateway:
-    """Answers pictures as the gateway would (scores from the picture's hash, every picture hard)."""
-
-    def __init__(self, bus: InProcessBus, model: str, version: int = 1) -> None:
-        self.bus = bus
-        self.model = model
-        self.version = version
-        bus.subscribe(ImageReceived, self.on_image, group="console-test-gateway")
-
-    async def on_image(self, event: ImageReceived, context: EventContext) -> None:
-        cat = int(hashlib.sha256(event.image.sha256.encode()).hexdigest()[:4], 16) / 0xFFFF
-        scores = {"cat": round(cat, 4), "dog": round(1 - cat, 4)}
-        top = max(scores, key=lambda name: scores[name])
-        await self.bus.publish(
-            InferenceCompleted(
-                sample_id=event.sample_id,
-                device_id=event.device_id,
-                site_id=event.site_id,
-                image=event.image,
-                model_name=self.model,
-                model_version=self.version,
-                scores=scores,
-                top_label=top,
-                confidence=scores[top],
-                latency_ms=1.0,
-                served_by="cloud",
-                hard_example=True,
-                hard_example_reason="uncertain",
-            )
-        )
-
-
 class ConsoleStack:
-    def __init__(self, root: Path, mqtt_broker: tuple[str, int]) -> None:
+    def __init__(self, root: Path, mqtt_broker: tuple[str, int], trained_model: Path) -> None:
+        """``trained_model``: a SavedModel version folder (the session's ``trained_model_base/<name>/1``), served
+        as version 1 of MODEL."""
         self.root = root
+        shutil.copytree(trained_model, root / "models" / MODEL / "1")
         self.mqtt_broker = mqtt_broker
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="console-stack", daemon=True)
@@ -107,7 +74,6 @@ class ConsoleStack:
         host, port = self.mqtt_broker
         common = CommonSettings(mode="standalone", data_dir=self.root / "data", mqtt_host=host, mqtt_port=port)
         self.bus = InProcessBus(source="console-test")
-        self.gateway = AnsweringGateway(self.bus, MODEL)
         self.system = System(
             SystemConfig(
                 model_name=MODEL,
@@ -116,13 +82,17 @@ class ConsoleStack:
                 bus=self.bus,
                 settings={
                     "ingest": {"mqtt_session_expiry_s": 60},  # leave no lasting session on the shared broker
+                    "inference-gateway": {
+                        "hard_example_miner": "confidence",
+                        "hard_example_confidence_threshold": 1.0,  # every picture is worth a label here
+                    },
                     "trainer": {"retrain_every_labels": 0},
                     "deployer": {"node_groups": "site-a,site-b", "rollout_timeout_s": 3.0},
                 },
             )
         )
         await self.bus.start()
-        await self.system.start_model_server()  # the deployer's local target is ready once a model server answers
+        await self.system.start_model_server()
         await self.system.start(SERVICES)
         self.urls = dict(self.system.urls)
         settings = Settings(
@@ -186,7 +156,7 @@ class ConsoleStack:
             return ingest.get("/v1/labeling/queue", params={"site_id": site}).json()["samples"]  # type: ignore[no-any-return]
 
     def wait_for_queue(self, site: str, size: int, timeout_s: float = 15) -> None:
-        """Until ``size`` hard examples wait at ``site`` (the stand-in gateway answered every picture)."""
+        """Until ``size`` hard examples wait at ``site`` (the gateway answered every picture)."""
         deadline = time.monotonic() + timeout_s
         while len(self.queue(site)) != size:
             assert time.monotonic() < deadline, f"{size} hard examples at {site} not reached in {timeout_s:g}s"

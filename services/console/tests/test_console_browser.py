@@ -3,6 +3,9 @@ sign in, read the accuracy table, label hard examples with the keyboard, take a 
 and see its answer appear without a reload, promote a version (and see a refusal), roll it back.
 
 One browser session for the module. Screenshots of every page go to ``.edgeloop/console-screenshots/``.
+
+Accessibility: axe-core (vendored from npm in ``vendor/``, see its README) is injected into every page and run; no
+violation of impact "serious" or "critical" may remain.
 """
 
 from __future__ import annotations
@@ -14,20 +17,32 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from console_testing import ADMIN_TOKEN, ConsoleStack, photos
 from edgeloop.device import DeviceSimulator, SimulatorConfig
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-pytestmark = [pytest.mark.browser, pytest.mark.mqtt]
+pytestmark = [pytest.mark.browser, pytest.mark.mqtt, pytest.mark.tf]
 
+AXE = Path(__file__).parent / "vendor" / "axe-4.14.1.min.js"
+AXE_BLOCKING = {"serious", "critical"}
+AXE_RUN = """
+const done = arguments[arguments.length - 1];
+axe.run(document, {resultTypes: ["violations"]})
+  .then((results) => done(results.violations.map((v) => ({
+    id: v.id, impact: v.impact, help: v.help,
+    nodes: v.nodes.slice(0, 5).map((n) => n.target.join(" ") + ": " + n.failureSummary)}))))
+  .catch((error) => done([{id: "axe-failed", impact: "critical", help: String(error), nodes: []}]));
+"""
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parents[3] / ".edgeloop" / "console-screenshots"
@@ -47,8 +62,14 @@ CHROMIUM_FLAGS = (
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, mqtt_broker: tuple[str, int]) -> Iterator[ConsoleStack]:
-    running = ConsoleStack(tmp_path_factory.mktemp("console-browser"), mqtt_broker).start()
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    mqtt_broker: tuple[str, int],
+    trained_model_base: Path,
+    trained_model_name: str,
+) -> Iterator[ConsoleStack]:
+    model = trained_model_base / trained_model_name / "1"
+    running = ConsoleStack(tmp_path_factory.mktemp("console-browser"), mqtt_broker, model).start()
     running.register_versions()
     yield running
     running.stop()
@@ -82,7 +103,13 @@ def shoot(driver: WebDriver, name: str) -> None:
 
 
 def wait(driver: WebDriver, timeout_s: float = 15) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.1)
+    # a condition may read an element of the page being replaced (a form posted, the next page loading): try again
+    return WebDriverWait(
+        driver,
+        timeout_s,
+        poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
 
 
 def flash_text(driver: WebDriver) -> str:
@@ -91,6 +118,13 @@ def flash_text(driver: WebDriver) -> str:
 
 def press(driver: WebDriver, key: str) -> None:
     driver.find_element(By.TAG_NAME, "body").send_keys(key)
+
+
+def axe_violations(driver: WebDriver) -> list[dict[str, Any]]:
+    """The page's accessibility violations of impact serious or critical, by axe-core run in the page."""
+    driver.execute_script(AXE.read_text(encoding="utf-8"))
+    violations: list[dict[str, Any]] = driver.execute_async_script(AXE_RUN)
+    return [v for v in violations if v["impact"] in AXE_BLOCKING]
 
 
 def waiting_count(driver: WebDriver) -> str:
@@ -210,3 +244,51 @@ def test_the_console_in_a_browser(stack: ConsoleStack, browser: WebDriver, catdo
         wait(browser).until(expected_conditions.presence_of_element_located((By.TAG_NAME, "h1")))
         assert "/signin" not in browser.current_url
         shoot(browser, name)
+
+
+def test_every_page_has_no_serious_accessibility_violation(
+    stack: ConsoleStack, browser: WebDriver, catdog_dir: Path
+) -> None:
+    url = stack.console_url
+    site = f"axe-{uuid.uuid4().hex[:6]}"
+    for photo in photos(catdog_dir / "train", 2):
+        stack.upload(photo, site=site, device="cam-a")
+    stack.wait_for_queue(site, 2)
+    browser.set_script_timeout(60)
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    browser.delete_all_cookies()
+    browser.get(f"{url}/signin")
+    found["/signin"] = axe_violations(browser)
+    browser.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    browser.find_element(By.ID, "signin").click()
+    wait(browser).until(expected_conditions.presence_of_element_located((By.TAG_NAME, "nav")))
+    pages = (
+        "/",
+        "/?window=7d",
+        "/models",
+        "/models/catdog-console/confirm?action=promote&version=3",
+        "/models/catdog-console/confirm?action=deploy&version=2",
+        f"/pictures?site={site}",
+        f"/labeling?site={site}",
+        "/labeling?site=nowhere",
+        "/devices",
+        "/drift",
+    )
+    for path in pages:
+        browser.get(url + path)
+        wait(browser).until(expected_conditions.presence_of_element_located((By.TAG_NAME, "h1")))
+        assert "/signin" not in browser.current_url
+        found[path] = axe_violations(browser)
+    # with a flash message on the page too
+    browser.get(f"{url}/labeling?site={site}")
+    press(browser, "1")
+    flash_text(browser)
+    found["/labeling (after a label)"] = axe_violations(browser)
+
+    problems = {path: violations for path, violations in found.items() if violations}
+    assert not problems, "\n".join(
+        f"{path}: {v['impact']} {v['id']} ({v['help']}): {'; '.join(v['nodes'])}"
+        for path, violations in problems.items()
+        for v in violations
+    )

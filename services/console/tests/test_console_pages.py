@@ -12,12 +12,18 @@ import httpx
 import pytest
 from console_testing import ADMIN_TOKEN, MODEL, ConsoleStack, photos, signed_in
 
-pytestmark = pytest.mark.mqtt
+pytestmark = [pytest.mark.mqtt, pytest.mark.tf]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, mqtt_broker: tuple[str, int]) -> Iterator[ConsoleStack]:
-    running = ConsoleStack(tmp_path_factory.mktemp("console"), mqtt_broker).start()
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    mqtt_broker: tuple[str, int],
+    trained_model_base: Path,
+    trained_model_name: str,
+) -> Iterator[ConsoleStack]:
+    model = trained_model_base / trained_model_name / "1"
+    running = ConsoleStack(tmp_path_factory.mktemp("console"), mqtt_broker, model).start()
     running.register_versions()
     yield running
     running.stop()
@@ -134,6 +140,10 @@ def test_pictures_are_paged_filtered_and_proxied(
     assert uploaded[2]["sample_id"] in second.text and 'id="next-page"' not in second.text
     assert client.get("/pictures", params={"site": site, "device": "other"}).text.count('class="picture"') == 0
     assert client.get("/pictures", params={"site": site, "hard": "no"}).text.count('class="picture"') == 0
+    by_cloud = client.get("/pictures", params={"site": site, "served": "cloud"})  # the gateway is the cloud
+    assert by_cloud.text.count('class="picture"') == 3 and by_cloud.text.count('data-served-by="cloud"') == 3
+    assert "in the cloud" in by_cloud.text and '<option value="cloud" selected>' in by_cloud.text
+    assert client.get("/pictures", params={"site": site, "served": "edge"}).text.count('class="picture"') == 0
 
     image = client.get(f"/pictures/{uploaded[0]['sample_id']}/image")
     assert image.status_code == 200
@@ -195,5 +205,14 @@ def test_devices_take_picture_and_the_other_pages(
 
     overview = client.get("/")
     assert overview.status_code == 200 and "site-a" in overview.text
+    start = overview.text.index(f">{site}</h2>")
+    section = overview.text[start : overview.text.index("</section>", start)]
+    assert section.count('role="img"') == 1  # an SVG with a title and a description; no label yet: no accuracy chart
+    assert '<p class="chart-empty" id="chart-2-' in section and "labels: no labels yet" in section
+    assert f"Pictures received at {site}</title>" in section and '<rect class="bar"' in section
+    assert re.search(r"1 picture in 2[45] buckets of 1 hour; the most, 1, at \d\d:00", section), section[:2000]
+    assert "Figures as a table" in section and '<th scope="col">Accuracy</th>' in section
+    week = client.get("/", params={"window": "7d"})
+    assert "buckets of 6 hours" in week.text and 'href="/?window=7d" aria-current="true"' in week.text
     drift = client.get("/drift")
     assert drift.status_code == 200 and "Training runs" in drift.text

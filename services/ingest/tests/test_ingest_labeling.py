@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -364,6 +365,8 @@ def test_a_page_exactly_full_has_no_next(client: TestClient, devices: Devices) -
     ("params", "words"),
     [
         ({"after": "not-a-cursor"}, "cursor 'not-a-cursor' is not one this API gave out"),
+        # JSON nested past the parser's recursion limit: a RecursionError and a 500 before (tests/hostile).
+        ({"after": base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode()}, "is not one this API gave out"),
         ({"min_confidence": 0.9, "max_confidence": 0.2}, "min_confidence 0.9 is above max_confidence 0.2"),
         ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "is not before until"),
     ],

@@ -197,7 +197,7 @@ def test_replicas_starting_together_upgrade_a_previous_schema_database_once(
     create_previous_schema(engine)
     assert MIGRATIONS.current_revision(engine) is None
     start_replicas_together(fresh_postgres_url, MIGRATIONS.upgrade, create_sql_engine=create_sql_engine)
-    assert MIGRATIONS.current_revision(engine) == MIGRATIONS.head_revision() == "0003"
+    assert MIGRATIONS.current_revision(engine) == MIGRATIONS.head_revision() == "0004"
 
     columns = {column["name"] for column in inspect(engine).get_columns("ingest_samples")}
     assert {"label", "labeled_by", "labeled_at", "predicted_label", "hard_example", "scores"} <= columns

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, inspect
 
 from tests.helpers import assert_at_head
 
-HEAD = "0003"
+HEAD = "0004"
 TABLES = {"ingest_samples", "ingest_uplink_records"}
 NEW_COLUMNS = {
     "predicted_label",
@@ -35,6 +35,7 @@ NEW_COLUMNS = {
     "label",
     "labeled_by",
     "labeled_at",
+    "served_by",
 }
 
 

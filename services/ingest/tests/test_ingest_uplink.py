@@ -224,6 +224,7 @@ def test_a_record_with_its_picture_becomes_a_sample_and_both_events(
     drain(client, bus)  # ingest's own consumer stored the edge's prediction on the sample
     stored = client.get(f"/v1/samples/{record_id}").json()
     assert (stored["predicted_label"], stored["model_version"], stored["hard_example"]) == ("cat", 4, False)
+    assert stored["served_by"] == "edge"  # who answered the device, from the record's inference
 
 
 def test_the_record_may_come_as_a_file_part_and_the_picture_as_a_png(agent: EdgeAgent) -> None:

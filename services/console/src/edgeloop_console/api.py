@@ -52,7 +52,9 @@ NAV = (
     ("/devices", "Devices"),
     ("/drift", "Drift and training"),
 )
-QUEUE_COUNT_CAP = 200  # "200+ waiting": the count reads at most this many queue entries
+# The overview's charts: the window and its buckets, by the ?window= of the page
+CHART_WINDOWS = {"24h": (24, 3600), "7d": (7 * 24, 6 * 3600)}
+SERVED_BY = ("edge", "cloud")
 CAPTURE_POLL_TRIES = 30  # polls (1 s apart) for the picture a capture asked for
 
 
@@ -231,13 +233,24 @@ async def signout(_: PostDep) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def overview_page(request: Request, _: SessionDep, clients: Clients) -> HTMLResponse:
+async def overview_page(request: Request, _: SessionDep, clients: Clients, window: str = "24h") -> HTMLResponse:
     problems: list[str] = []
-    deployments, drift = await asyncio.gather(
-        attempt(clients.deployments(), problems), attempt(clients.drift(alarms_limit=100), problems)
+    window = window if window in CHART_WINDOWS else "24h"
+    hours, bucket_s = CHART_WINDOWS[window]
+    deployments, drift, activity = await asyncio.gather(
+        attempt(clients.deployments(), problems),
+        attempt(clients.drift(alarms_limit=100), problems),
+        attempt(clients.activity(hours=hours, bucket_s=bucket_s), problems),
     )
-    sites = views.overview(deployments or [], drift)
-    return render(request, "overview.html", {"sites": sites, "problems": problems, "drifted": views.drifted_features})
+    sites = views.overview(deployments or [], drift, activity)
+    context = {
+        "sites": sites,
+        "problems": problems,
+        "drifted": views.drifted_features,
+        "window": window,
+        "windows": list(CHART_WINDOWS),
+    }
+    return render(request, "overview.html", context)
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -402,6 +415,7 @@ async def pictures_page(
     predicted: str = "",
     label: str = "",
     hard: str = "",
+    served: str = "",
     unlabelled: str = "",
     after: str = "",
     limit: Annotated[int | None, Query(ge=1, le=200)] = None,
@@ -413,10 +427,11 @@ async def pictures_page(
         "predicted_label": predicted,
         "label": label,
         "hard_example": {"yes": True, "no": False}.get(hard),
+        "served_by": served if served in SERVED_BY else None,
         "labeled": False if unlabelled else None,
     }
     page = await attempt(clients.samples(**filters, limit=limit or settings.page_size, after=after), problems)
-    query = {"site": site, "device": device, "predicted": predicted, "label": label, "hard": hard}
+    query = {"site": site, "device": device, "predicted": predicted, "label": label, "hard": hard, "served": served}
     query |= {"unlabelled": unlabelled, "limit": str(limit or "")}
     kept = {k: v for k, v in query.items() if v}
     next_url = "/pictures?" + urlencode({**kept, "after": page["next"]}) if page and page.get("next") else None
@@ -474,20 +489,19 @@ async def labeling_page(
     history = views.parse_history(done)
     current: dict[str, Any] | None = None
     next_cursor: str | None = None
+    counting = attempt(clients.labeling_queue_count(site_id=site or None), problems)
     if sample:  # Undo: the picture labeled last, to label again
-        current = await attempt(clients.sample(sample), problems)
+        current, waiting = await asyncio.gather(attempt(clients.sample(sample), problems), counting)
     else:
-        page = await attempt(clients.labeling_queue(site_id=site or None, limit=1, after=after or None), problems)
+        queue = attempt(clients.labeling_queue(site_id=site or None, limit=1, after=after or None), problems)
+        page, waiting = await asyncio.gather(queue, counting)
         if page and page["samples"]:
             current = page["samples"][0]
             next_cursor = page.get("next")
-    counted = await attempt(clients.labeling_queue(site_id=site or None, limit=QUEUE_COUNT_CAP, after=None), problems)
-    waiting = len(counted["samples"]) if counted else None
     context = {
         "sample": current,
         "classes": await _classes(clients, settings, current),
         "waiting": waiting,
-        "waiting_more": bool(counted and counted.get("next")),
         "site": site,
         "after": after,
         "skip_url": "/labeling?" + urlencode({"site": site, "after": next_cursor, "done": done})

@@ -103,6 +103,7 @@ class SiteRow:
     streams: list[dict[str, Any]] = field(default_factory=list)
     latest_alarm: dict[str, Any] | None = None
     accuracy: list[dict[str, Any]] = field(default_factory=list)
+    activity: SiteActivity | None = None  # pictures and labeled accuracy over time (ingest)
 
     @property
     def drifting(self) -> bool:
@@ -114,8 +115,11 @@ class SiteRow:
         )
 
 
-def overview(deployments: list[dict[str, Any]], drift: dict[str, Any] | None) -> list[SiteRow]:
-    """One row per site (a KubeEdge node group is named like its site): what it serves, its drift verdict."""
+def overview(
+    deployments: list[dict[str, Any]], drift: dict[str, Any] | None, activity: dict[str, Any] | None = None
+) -> list[SiteRow]:
+    """One row per site (a KubeEdge node group is named like its site): what it serves, its drift verdict, its
+    pictures and labeled accuracy over time (ingest's ``GET /v1/stats/activity``)."""
     sites: dict[str, SiteRow] = {}
 
     def site(name: str) -> SiteRow:
@@ -131,6 +135,9 @@ def overview(deployments: list[dict[str, Any]], drift: dict[str, Any] | None) ->
             row.latest_alarm = row.latest_alarm or alarm
         for accuracy in drift.get("accuracy", []):
             site(accuracy["site_id"]).accuracy.append(accuracy)
+    if activity is not None:
+        for counts in activity.get("sites", []):
+            site(counts["site_id"]).activity = site_activity(counts, int(activity["bucket_s"]))
     return [sites[name] for name in sorted(sites)]
 
 
@@ -157,3 +164,162 @@ def push_history(history: list[str], sample_id: str, keep: int = 20) -> list[str
 
 def parse_history(text: str | None) -> list[str]:
     return [part for part in (text or "").split(",") if part][-20:]
+
+
+# -- charts: inline SVG drawn on the server ------------------------------------------------------------------------
+
+CHART_WIDTH = 480
+CHART_HEIGHT = 150
+_LEFT, _RIGHT, _TOP, _BOTTOM = 44, 8, 8, 22  # room for the axes' labels
+
+
+@dataclass(frozen=True)
+class ChartBar:
+    x: float
+    y: float
+    width: float
+    height: float
+    title: str  # the bucket and its figure, shown on hover
+
+
+@dataclass(frozen=True)
+class ChartDot:
+    x: float
+    y: float
+    title: str
+
+
+@dataclass(frozen=True)
+class ChartRow:
+    """One bucket in the chart's table (the text alternative)."""
+
+    start: str
+    samples: int
+    labeled: int
+    accuracy: str
+
+
+@dataclass
+class Chart:
+    """A chart's geometry in SVG user units, and the words that describe it (``summary`` reads like the chart)."""
+
+    title: str
+    summary: str
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+    bars: list[ChartBar] = field(default_factory=list)
+    path: str = ""  # the accuracy line: "M x y L x y ...", a new M after each bucket without labels
+    dots: list[ChartDot] = field(default_factory=list)
+    y_ticks: list[tuple[float, str]] = field(default_factory=list)
+    x_ticks: list[tuple[float, str]] = field(default_factory=list)
+    baseline: float = CHART_HEIGHT - _BOTTOM
+    left: float = _LEFT
+    right: float = CHART_WIDTH - _RIGHT
+
+    @property
+    def empty(self) -> bool:
+        return not self.bars and not self.dots
+
+
+@dataclass
+class SiteActivity:
+    """A site's pictures per time bucket as two charts (throughput, labeled accuracy) and their table."""
+
+    site: str
+    bucket_s: int
+    throughput: Chart
+    accuracy: Chart
+    rows: list[ChartRow]
+
+
+def _nice_max(value: int) -> int:
+    """The smallest of 1, 2, 5 x 10^k not below ``value`` (the top of the axis)."""
+    top = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * top >= value:
+                return step * top
+        top *= 10
+
+
+def _clock(start: str, bucket_s: int) -> str:
+    """``2026-12-03T14:00:00Z`` as ``14:00`` for buckets under a day, ``12-03`` otherwise."""
+    text = start.replace("T", " ")
+    return text[11:16] if bucket_s < 86400 else text[5:10]
+
+
+def site_activity(site: dict[str, Any], bucket_s: int) -> SiteActivity:
+    """Charts of one site of ingest's ``GET /v1/stats/activity`` answer (``{"site_id", "buckets": [...]}``)."""
+    buckets = site.get("buckets") or []
+    name = site["site_id"]
+    count = max(len(buckets), 1)
+    plot_w = CHART_WIDTH - _LEFT - _RIGHT
+    plot_h = CHART_HEIGHT - _TOP - _BOTTOM
+    slot = plot_w / count
+    x_ticks = []
+    every = max(1, round(count / 6))  # about six time labels
+    for i, bucket in enumerate(buckets):
+        if i % every == 0:
+            x_ticks.append((_LEFT + slot * (i + 0.5), _clock(bucket["start"], bucket_s)))
+
+    total = sum(int(b["samples"]) for b in buckets)
+    top = _nice_max(max((int(b["samples"]) for b in buckets), default=0))
+    bars = []
+    for i, bucket in enumerate(buckets):
+        n = int(bucket["samples"])
+        if n:
+            height = plot_h * n / top
+            title = f"{_clock(bucket['start'], bucket_s)}: {n} picture{'s' if n != 1 else ''}"
+            bars.append(ChartBar(_LEFT + slot * i + slot * 0.1, _TOP + plot_h - height, slot * 0.8, height, title))
+    busiest = max(buckets, key=lambda b: int(b["samples"]), default=None)
+    peak = f"; the most, {busiest['samples']}, at {_clock(busiest['start'], bucket_s)}" if busiest and total else ""
+    throughput = Chart(
+        title=f"Pictures received at {name}",
+        summary=f"{total} picture{'s' if total != 1 else ''} in {len(buckets)} buckets of {_duration(bucket_s)}{peak}.",
+        bars=bars,
+        y_ticks=[(_TOP + plot_h - plot_h * f, f"{top * f:g}") for f in (0, 0.5, 1)] if total else [],
+        x_ticks=x_ticks,
+    )
+
+    dots, path, pen_down = [], [], False
+    labeled = correct = 0
+    for i, bucket in enumerate(buckets):
+        accuracy = bucket.get("accuracy")
+        if accuracy is None:
+            pen_down = False
+            continue
+        labeled += int(bucket["labeled"])
+        correct += int(bucket["correct"])
+        x = _LEFT + slot * (i + 0.5)
+        y = _TOP + plot_h * (1 - float(accuracy))
+        path.append(f"{'L' if pen_down else 'M'} {x:.1f} {y:.1f}")
+        pen_down = True
+        title = f"{_clock(bucket['start'], bucket_s)}: {accuracy * 100:.0f}% of {bucket['labeled']} labeled"
+        dots.append(ChartDot(x, y, title))
+    overall = f"{correct / labeled * 100:.1f}% right over {labeled} labeled pictures" if labeled else "no labels yet"
+    accuracy_chart = Chart(
+        title=f"Accuracy on labeled pictures at {name}",
+        summary=f"Answers against people's labels: {overall}, per bucket of {_duration(bucket_s)}.",
+        path=" ".join(path),
+        dots=dots,
+        y_ticks=[(_TOP + plot_h * (1 - f), f"{f * 100:.0f}%") for f in (0, 0.5, 1)] if labeled else [],
+        x_ticks=x_ticks,
+    )
+    rows = [
+        ChartRow(
+            start=str(b["start"]).replace("T", " ")[:16],
+            samples=int(b["samples"]),
+            labeled=int(b["labeled"]),
+            accuracy=f"{b['accuracy'] * 100:.0f}%" if b.get("accuracy") is not None else "—",
+        )
+        for b in buckets
+    ]
+    return SiteActivity(site=name, bucket_s=bucket_s, throughput=throughput, accuracy=accuracy_chart, rows=rows)
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} day{'s' if seconds != 86400 else ''}"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} hour{'s' if seconds != 3600 else ''}"
+    return f"{seconds // 60} minutes"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
+from edgeloop_common.events import ServedBy, utc_now
 from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from edgeloop_common.uplink import IMAGE_PART, RECORD_PART, UPLINK_PATH, UplinkAnswer
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -27,7 +28,10 @@ from edgeloop_ingest.bridge import Bridge
 from edgeloop_ingest.devices import CommandsUnavailableError, InvalidDeviceIdError, request_capture
 from edgeloop_ingest.handlers import handle_uplink, handle_upload, label_sample, label_samples
 from edgeloop_ingest.labeling import (
+    MAX_BUCKET_S,
     MAX_PAGE_SIZE,
+    MIN_BUCKET_S,
+    ActivityQuery,
     Cursor,
     InvalidLabelError,
     InvalidQueryError,
@@ -36,6 +40,7 @@ from edgeloop_ingest.labeling import (
     SampleImageMissingError,
     SamplePage,
     SampleQuery,
+    SiteActivity,
     UnknownSampleError,
 )
 from edgeloop_ingest.service import Accepted, IngestService, SampleRecord
@@ -108,6 +113,7 @@ class SampleOut(BaseModel):
     hard_example: bool = False
     hard_example_reason: str | None = None
     predicted_at: datetime | None = None
+    served_by: ServedBy | None = Field(None, description="Who answered: 'edge' (the site's agent) or 'cloud'.")
 
     @classmethod
     def of_sample(cls, sample: Sample) -> SampleOut:
@@ -132,6 +138,7 @@ class SampleOut(BaseModel):
                     "hard_example": prediction.hard_example,
                     "hard_example_reason": prediction.hard_example_reason,
                     "predicted_at": prediction.predicted_at,
+                    "served_by": prediction.served_by,
                 }
             )
         return out
@@ -193,6 +200,7 @@ labels_router = APIRouter(prefix="/v1/labels", tags=["labels"])
 queue_router = APIRouter(prefix="/v1/labeling", tags=["labels"])
 uplink_router = APIRouter(prefix=UPLINK_PATH, tags=["uplink"])
 devices_router = APIRouter(prefix="/v1/devices", tags=["devices"])
+stats_router = APIRouter(prefix="/v1/stats", tags=["samples"])
 
 
 class SamplePageOut(BaseModel):
@@ -326,6 +334,7 @@ async def list_samples(
     min_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     max_confidence: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     hard_example: bool | None = None,
+    served_by: Annotated[ServedBy | None, Query(description="who answered: edge or cloud")] = None,
     since: Annotated[datetime | None, Query(description="received at or after (ISO 8601; UTC if no offset)")] = None,
     until: Annotated[datetime | None, Query(description="received before (ISO 8601; UTC if no offset)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
@@ -340,6 +349,7 @@ async def list_samples(
         min_confidence=min_confidence,
         max_confidence=max_confidence,
         hard_example=hard_example,
+        served_by=served_by,
         since=since,
         until=until,
         limit=limit,
@@ -412,6 +422,82 @@ async def labeling_queue(
 ) -> SamplePageOut:
     page = await asyncio.to_thread(labeling.queue, site_id=site_id, limit=limit, after=_cursor(after))
     return SamplePageOut.of(page)
+
+
+class QueueCountOut(BaseModel):
+    site_id: str | None
+    waiting: int = Field(description="Hard examples without a label (of the site): an exact count.")
+
+
+@queue_router.get("/queue/count", response_model=QueueCountOut, summary="How many hard examples wait for a label")
+async def labeling_queue_count(labeling: LabelingDep, site_id: str | None = None) -> QueueCountOut:
+    waiting = await asyncio.to_thread(labeling.queue_count, site_id=site_id)
+    return QueueCountOut(site_id=site_id, waiting=waiting)
+
+
+class ActivityBucketOut(BaseModel):
+    start: datetime
+    samples: int = Field(description="Pictures received in the bucket.")
+    labeled: int = Field(description="Of them, labeled by a person and answered by a model.")
+    correct: int = Field(description="Of the labeled, those whose answer (top label) is the label.")
+    accuracy: float | None = Field(description="correct / labeled; null without a label.")
+
+
+class SiteActivityOut(BaseModel):
+    site_id: str
+    buckets: list[ActivityBucketOut]
+
+
+class ActivityOut(BaseModel):
+    since: datetime
+    until: datetime
+    bucket_s: int
+    sites: list[SiteActivityOut]
+
+    @classmethod
+    def of(cls, query: ActivityQuery, sites: list[SiteActivity]) -> ActivityOut:
+        return cls(
+            since=query.since,
+            until=query.until,
+            bucket_s=query.bucket_s,
+            sites=[
+                SiteActivityOut(
+                    site_id=site.site_id,
+                    buckets=[
+                        ActivityBucketOut(
+                            start=b.start, samples=b.samples, labeled=b.labeled, correct=b.correct, accuracy=b.accuracy
+                        )
+                        for b in site.buckets
+                    ],
+                )
+                for site in sites
+            ],
+        )
+
+
+@stats_router.get(
+    "/activity",
+    response_model=ActivityOut,
+    summary="Pictures received, labeled and answered right, per site and time bucket (counted by the database)",
+    responses={422: {}},
+)
+async def activity(
+    labeling: LabelingDep,
+    since: Annotated[datetime | None, Query(description="from (inclusive; default: 24 hours before until)")] = None,
+    until: Annotated[datetime | None, Query(description="to (exclusive; default: now)")] = None,
+    bucket_s: Annotated[int, Query(ge=MIN_BUCKET_S, le=MAX_BUCKET_S, description="bucket length, seconds")] = 3600,
+    site_id: str | None = None,
+) -> ActivityOut:
+    end = until or utc_now()
+    if since is None:
+        try:
+            since = end - timedelta(hours=24)
+        except OverflowError as exc:
+            raise InvalidQueryError(f"until ({end.isoformat()}) leaves no 24 hours before it: give since") from exc
+    query = ActivityQuery(since=since, until=end, bucket_s=bucket_s, site_id=site_id)
+    query = query.checked()
+    sites = await asyncio.to_thread(labeling.activity, query)
+    return ActivityOut.of(query, sites)
 
 
 class DeviceOut(BaseModel):

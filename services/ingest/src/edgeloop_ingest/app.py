@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
     app.include_router(api.queue_router)
     app.include_router(api.uplink_router)
     app.include_router(api.devices_router)
+    app.include_router(api.stats_router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics

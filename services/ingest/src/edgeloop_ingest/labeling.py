@@ -7,7 +7,8 @@ A sample (:class:`~edgeloop_ingest.service.SampleRecord`, written when the image
 * a **label** from a person (``PUT /v1/samples/{id}/label``, batch ``POST /v1/labels``); relabeling is
   allowed and announced again. Each label is announced by a SampleLabeled event.
 
-Hard examples without a label wait in the labeling queue, oldest first.
+Hard examples without a label wait in the labeling queue, oldest first. The console's overview reads the
+activity per site and time bucket (pictures received, labeled, and answered right), counted by the database.
 
 The calls here block (database); callers in the event loop run them in a thread. Nothing here knows
 about HTTP, Kafka or SQL.
@@ -23,16 +24,20 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, get_args
 
 from edgeloop_common import topics
-from edgeloop_common.events import InferenceCompleted, SampleLabeled, utc_now
+from edgeloop_common.events import InferenceCompleted, SampleLabeled, ServedBy, utc_now
 
 from edgeloop_ingest.service import Publication, SampleRecord
 
 MAX_PAGE_SIZE = 1000
 MAX_LABELED_BY_CHARS = 128
+SERVED_BY: tuple[str, ...] = get_args(ServedBy)  # who answered a picture: "edge" or "cloud"
+MAX_BUCKETS = 500  # an activity query covers at most this many time buckets
+MIN_BUCKET_S = 60
+MAX_BUCKET_S = 7 * 24 * 3600
 LABEL_RULE = "1-64 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
 _LABEL = re.compile(rf"^{topics.ID_PATTERN}$")
 
@@ -67,6 +72,7 @@ class Prediction:
     hard_example: bool
     hard_example_reason: str | None
     predicted_at: datetime
+    served_by: ServedBy | None = None  # the side that answered: "edge" (the site's agent) or "cloud" (the gateway)
 
     @classmethod
     def of(cls, event: InferenceCompleted) -> Prediction:
@@ -79,6 +85,7 @@ class Prediction:
             hard_example=event.hard_example,
             hard_example_reason=event.hard_example_reason,
             predicted_at=as_utc(event.completed_at),
+            served_by=event.served_by,
         )
 
 
@@ -125,7 +132,7 @@ class Cursor:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             received_at, sample_id = json.loads(raw)
             return cls(received_at=as_utc(datetime.fromisoformat(received_at)), sample_id=str(sample_id))
-        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
             raise InvalidQueryError(f"cursor {text!r} is not one this API gave out (use the 'next' of a page)") from exc
 
     @classmethod
@@ -145,6 +152,7 @@ class SampleQuery:
     min_confidence: float | None = None
     max_confidence: float | None = None
     hard_example: bool | None = None
+    served_by: str | None = None
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100
@@ -153,6 +161,8 @@ class SampleQuery:
     def checked(self) -> SampleQuery:
         if not 1 <= self.limit <= MAX_PAGE_SIZE:
             raise InvalidQueryError(f"limit {self.limit} is outside 1..{MAX_PAGE_SIZE}")
+        if self.served_by is not None and self.served_by not in SERVED_BY:
+            raise InvalidQueryError(f"served_by {self.served_by!r} is not one of {', '.join(SERVED_BY)}")
         low, high = self.min_confidence, self.max_confidence
         for name, value in (("min_confidence", low), ("max_confidence", high)):
             if value is not None and not 0.0 <= value <= 1.0:
@@ -178,6 +188,71 @@ class DeviceSeen:
     device_id: str
     samples: int
     last_received_at: datetime
+
+
+@dataclass(frozen=True)
+class ActivityQuery:
+    """Pictures received in [since, until), counted per site and per time bucket of ``bucket_s`` seconds.
+
+    Buckets are aligned to multiples of ``bucket_s`` since the Unix epoch (hours start on the hour), so the first
+    bucket may start before ``since`` and count only from it.
+    """
+
+    since: datetime
+    until: datetime
+    bucket_s: int = 3600
+    site_id: str | None = None
+
+    def checked(self) -> ActivityQuery:
+        if not MIN_BUCKET_S <= self.bucket_s <= MAX_BUCKET_S:
+            raise InvalidQueryError(f"bucket_s {self.bucket_s} is outside {MIN_BUCKET_S}..{MAX_BUCKET_S}")
+        since, until = as_utc(self.since), as_utc(self.until)
+        if since >= until:
+            raise InvalidQueryError(f"since ({since.isoformat()}) is not before until ({until.isoformat()})")
+        buckets = len(self.bucket_starts(since, until))
+        if buckets > MAX_BUCKETS:
+            raise InvalidQueryError(
+                f"{buckets} buckets of {self.bucket_s} s between since and until; the limit is {MAX_BUCKETS} "
+                "(a shorter window or longer buckets)"
+            )
+        return ActivityQuery(since=since, until=until, bucket_s=self.bucket_s, site_id=self.site_id)
+
+    def bucket_starts(self, since: datetime | None = None, until: datetime | None = None) -> list[int]:
+        """The buckets of the window, as their indexes: bucket ``i`` starts at ``i * bucket_s`` seconds."""
+        low = int(as_utc(since or self.since).timestamp()) // self.bucket_s
+        end = as_utc(until or self.until).timestamp()
+        high = int(end // self.bucket_s) - (1 if end % self.bucket_s == 0 else 0)
+        return list(range(low, high + 1))
+
+
+@dataclass(frozen=True)
+class ActivityCount:
+    """One site's pictures in one time bucket: received, labeled (and answered), answered with the label given."""
+
+    site_id: str
+    bucket: int  # starts at bucket * bucket_s seconds since the epoch
+    samples: int
+    labeled: int
+    correct: int
+
+
+@dataclass(frozen=True)
+class ActivityBucket:
+    start: datetime
+    samples: int
+    labeled: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        """The answered top label against the human label, over the bucket's labeled pictures (None: no label)."""
+        return self.correct / self.labeled if self.labeled else None
+
+
+@dataclass(frozen=True)
+class SiteActivity:
+    site_id: str
+    buckets: list[ActivityBucket]  # every bucket of the window, oldest first (zeros where nothing arrived)
 
 
 @dataclass(frozen=True)
@@ -207,6 +282,14 @@ class LabelRepository(Protocol):
 
     def devices(self, *, site_id: str | None, limit: int) -> list[DeviceSeen]:
         """The devices that sent pictures (of ``site_id``), the most recently heard first, at most ``limit``."""
+        ...
+
+    def count_samples(self, query: SampleQuery) -> int:
+        """How many samples match ``query`` (its cursor and limit ignored), counted by the database."""
+        ...
+
+    def activity(self, query: ActivityQuery) -> list[ActivityCount]:
+        """The non-empty (site, bucket) counts of the window, counted by the database."""
         ...
 
 
@@ -266,6 +349,34 @@ class LabelingService:
     def queue(self, *, site_id: str | None = None, limit: int = 100, after: Cursor | None = None) -> SamplePage:
         """Hard examples without a label, oldest first."""
         return self.find(SampleQuery(site_id=site_id, hard_example=True, labeled=False, limit=limit, after=after))
+
+    def queue_count(self, *, site_id: str | None = None) -> int:
+        """How many hard examples wait for a label (of ``site_id``): an exact count, no row read."""
+        return self.samples.count_samples(SampleQuery(site_id=site_id, hard_example=True, labeled=False))
+
+    def activity(self, query: ActivityQuery) -> list[SiteActivity]:
+        """Per site with pictures in the window, every bucket of the window, oldest first."""
+        query = query.checked()
+        counts = self.samples.activity(query)
+        buckets = query.bucket_starts()
+        by_site: dict[str, dict[int, ActivityCount]] = {}
+        for count in counts:
+            by_site.setdefault(count.site_id, {})[count.bucket] = count
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        sites = []
+        for site_id in sorted(by_site):
+            found = by_site[site_id]
+            row = []
+            for bucket in buckets:
+                count = found.get(bucket)
+                start = epoch + timedelta(seconds=bucket * query.bucket_s)
+                row.append(
+                    ActivityBucket(start, count.samples, count.labeled, count.correct)
+                    if count
+                    else ActivityBucket(start, 0, 0, 0)
+                )
+            sites.append(SiteActivity(site_id=site_id, buckets=row))
+        return sites
 
 
 def check_label(label: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -93,6 +94,15 @@ class ServiceClients:
         params = _query({"site_id": site_id, "limit": limit, "after": after})
         return await self.call("ingest", "GET", "/v1/labeling/queue", params=params)  # type: ignore[no-any-return]
 
+    async def labeling_queue_count(self, *, site_id: str | None) -> int:
+        answer = await self.call("ingest", "GET", "/v1/labeling/queue/count", params=_query({"site_id": site_id}))
+        return int(answer["waiting"])
+
+    async def activity(self, *, hours: int, bucket_s: int) -> dict[str, Any]:
+        """Pictures, labels and right answers per site and time bucket over the last ``hours`` (ingest counts)."""
+        params = {"since": _hours_ago(hours), "bucket_s": bucket_s}
+        return await self.call("ingest", "GET", "/v1/stats/activity", params=params)  # type: ignore[no-any-return]
+
     async def label(self, sample_id: str, label: str, labeled_by: str) -> dict[str, Any]:
         body = {"label": label, "labeled_by": labeled_by}
         return await self.call("ingest", "PUT", f"/v1/samples/{_path(sample_id)}/label", json=body)  # type: ignore[no-any-return]
@@ -150,6 +160,10 @@ class ServiceClients:
     async def trainings(self, *, limit: int = 20) -> list[dict[str, Any]]:
         answer = await self.call("trainer", "GET", "/v1/trainings", params={"limit": limit})
         return answer["trainings"]  # type: ignore[no-any-return]
+
+
+def _hours_ago(hours: int) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours)).isoformat()
 
 
 def _reason(response: httpx.Response) -> str:

@@ -12,7 +12,7 @@ table below mirrors them for queries, and a test checks the two agree.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 
 from edgeloop_common.sql import create_sql_engine as create_sql_engine  # re-exported; SQLite: WAL, synchronous=FULL
@@ -31,24 +31,31 @@ from sqlalchemy import (
     Integer,
     MetaData,
     RowMapping,
+    Select,
     String,
     Table,
     Text,
     and_,
     bindparam,
+    case,
+    cast,
     false,
     func,
     insert,
     or_,
     select,
     text,
+    true,
     update,
 )
+from sqlalchemy import Label as SqlLabel
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.labeling import (
+    ActivityCount,
+    ActivityQuery,
     DeviceSeen,
     Label,
     Prediction,
@@ -86,6 +93,7 @@ samples = Table(
     Column("hard_example", Boolean, nullable=False, server_default=false()),
     Column("hard_example_reason", Text, nullable=True),
     Column("predicted_at", DateTime(timezone=True), nullable=True),
+    Column("served_by", String(8), nullable=True),  # "edge" or "cloud" (revision 0004)
     # a person's label (revision 0002)
     Column("label", String(64), nullable=True),
     Column("labeled_by", String(128), nullable=True),
@@ -105,6 +113,27 @@ samples = Table(
         "sample_id",
         postgresql_where=text("hard_example = true AND label IS NULL"),
         sqlite_where=text("hard_example = 1 AND label IS NULL"),  # the form SQLAlchemy writes the query in
+    ),
+    # revision 0004: the listing by who answered, the devices seen, the overview's counts (covering), one site's
+    # labeling queue and the queue's count
+    Index("ix_ingest_samples_served_received", "served_by", "received_at", "sample_id"),
+    Index("ix_ingest_samples_site_device_received", "site_id", "device_id", "received_at"),
+    Index("ix_ingest_samples_received_site_labels", "received_at", "site_id", "label", "predicted_label"),
+    Index(
+        "ix_ingest_samples_site_labeling_queue",
+        "site_id",
+        "received_at",
+        "sample_id",
+        postgresql_where=text("hard_example = true AND label IS NULL"),
+        sqlite_where=text("hard_example = 1 AND label IS NULL"),
+    ),
+    Index(  # covering the queue's count (COUNT reads the index alone)
+        "ix_ingest_samples_labeling_queue_count",
+        "site_id",
+        "label",
+        "hard_example",
+        postgresql_where=text("hard_example = true AND label IS NULL"),
+        sqlite_where=text("hard_example = 1 AND label IS NULL"),
     ),
 )
 
@@ -176,6 +205,7 @@ class SqlSampleRepository:
                 hard_example=prediction.hard_example,
                 hard_example_reason=prediction.hard_example_reason,
                 predicted_at=at,
+                served_by=prediction.served_by,
             )
         )
         with self.engine.begin() as connection:
@@ -216,8 +246,71 @@ class SqlSampleRepository:
             rows = connection.execute(statement).mappings().all()
         return [DeviceSeen(r["site_id"], r["device_id"], r["samples"], as_utc(r["last_received_at"])) for r in rows]
 
+    def count_samples(self, query: SampleQuery) -> int:
+        statement = select(func.count()).select_from(samples).where(*_conditions(query, paged=False))
+        with self.engine.connect() as connection:
+            if connection.dialect.name == "sqlite" and _is_queue(query):
+                # Without statistics (ingest never runs ANALYZE) SQLite's planner takes the label index for
+                # `label IS NULL` and reads every unlabeled row; the queue's covering index counts in well under a
+                # millisecond. INDEXED BY makes it use that one, and fails loudly should the index not apply.
+                return _count_indexed_by(connection, statement, QUEUE_COUNT_INDEX)
+            return int(connection.execute(statement).scalar_one())
+
+    def activity(self, query: ActivityQuery) -> list[ActivityCount]:
+        c = samples.c
+        bucket = _bucket(self.engine.dialect.name, query.bucket_s)
+        answered = and_(c.label.is_not(None), c.predicted_label.is_not(None))
+        statement = (
+            select(
+                c.site_id,
+                bucket,
+                func.count().label("samples"),
+                func.count(case((answered, 1))).label("labeled"),
+                func.count(case((and_(answered, c.label == c.predicted_label), 1))).label("correct"),
+            )
+            .where(c.received_at >= as_utc(query.since), c.received_at < as_utc(query.until))
+            .group_by(c.site_id, bucket)
+            .order_by(c.site_id, bucket)
+        )
+        if query.site_id is not None:
+            statement = statement.where(c.site_id == query.site_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            ActivityCount(site, int(index), int(n), int(labeled), int(correct))
+            for site, index, n, labeled, correct in rows
+        ]
+
     def reachable(self) -> bool:
         return database_reachable(self.engine)
+
+
+def _bucket(dialect: str, bucket_s: int) -> SqlLabel[int]:
+    """The time bucket of ``received_at``: whole ``bucket_s`` intervals since the Unix epoch (UTC)."""
+    if dialect == "postgresql":
+        seconds = func.extract("epoch", samples.c.received_at)
+        return cast(func.floor(seconds / bucket_s), BigInteger).label("bucket")
+    # SQLite keeps UTC times as text; strftime('%s') reads them as seconds since the epoch (whole seconds)
+    return (cast(func.strftime("%s", samples.c.received_at), Integer) // bucket_s).label("bucket")
+
+
+QUEUE_COUNT_INDEX = "ix_ingest_samples_labeling_queue_count"
+
+
+def _is_queue(query: SampleQuery) -> bool:
+    """The labeling queue (hard examples without a label), of one site or all, and no other filter."""
+    queue = SampleQuery(site_id=query.site_id, hard_example=True, labeled=False)
+    return replace(query, limit=queue.limit, after=None) == queue
+
+
+def _count_indexed_by(connection: Connection, statement: Select[tuple[int]], index: str) -> int:
+    compiled = statement.compile(connection)
+    sql = str(compiled)
+    forced = sql.replace(f"FROM {samples.name}", f"FROM {samples.name} INDEXED BY {index}", 1)
+    if forced == sql:
+        raise RuntimeError(f"no FROM {samples.name} in {sql!r}")
+    parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    return int(connection.exec_driver_sql(forced, parameters).scalar_one())
 
 
 def insert_if_absent(connection: Connection, table: Table, row: Mapping[str, object]) -> bool:
@@ -230,16 +323,20 @@ def insert_if_absent(connection: Connection, table: Table, row: Mapping[str, obj
     return connection.execute(statement).first() is not None
 
 
-def _conditions(query: SampleQuery) -> list[ColumnElement[bool]]:
+def _conditions(query: SampleQuery, *, paged: bool = True) -> list[ColumnElement[bool]]:
     c = samples.c
     equal = {
         c.device_id: query.device_id,
         c.site_id: query.site_id,
         c.label: query.label,
         c.predicted_label: query.predicted_label,
-        c.hard_example: query.hard_example,
+        c.served_by: query.served_by,
     }
     conditions: list[ColumnElement[bool]] = [column == value for column, value in equal.items() if value is not None]
+    if query.hard_example is not None:
+        # a literal, not a bound parameter: SQLite uses the labeling queue's partial index (WHERE hard_example = 1
+        # AND label IS NULL) only when the query's terms imply it as written, and `hard_example = ?` does not
+        conditions.append(c.hard_example == (true() if query.hard_example else false()))
     if query.labeled is not None:
         conditions.append(c.label.is_not(None) if query.labeled else c.label.is_(None))
     if query.min_confidence is not None:
@@ -250,7 +347,7 @@ def _conditions(query: SampleQuery) -> list[ColumnElement[bool]]:
         conditions.append(c.received_at >= as_utc(query.since))
     if query.until is not None:
         conditions.append(c.received_at < as_utc(query.until))
-    if query.after is not None:
+    if paged and query.after is not None:
         at = as_utc(query.after.received_at)
         conditions.append(or_(c.received_at > at, and_(c.received_at == at, c.sample_id > query.after.sample_id)))
     return conditions
@@ -280,6 +377,7 @@ def _sample(row: RowMapping) -> Sample:
             hard_example=bool(row["hard_example"]),
             hard_example_reason=row["hard_example_reason"],
             predicted_at=as_utc(row["predicted_at"]),
+            served_by=row["served_by"],
         )
     label = None
     if row["label"] is not None:
