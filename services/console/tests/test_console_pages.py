@@ -4,6 +4,7 @@ read and driven over HTTP as a browser without JavaScript would."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,3 +217,34 @@ def test_devices_take_picture_and_the_other_pages(
     assert "buckets of 6 hours" in week.text and 'href="/?window=7d" aria-current="true"' in week.text
     drift = client.get("/drift")
     assert drift.status_code == 200 and "Training runs" in drift.text
+
+
+def test_the_overview_shows_a_sites_dead_letters_with_their_reasons(
+    stack: ConsoleStack, session: tuple[httpx.Client, str], site: str, mqtt_broker: tuple[str, int]
+) -> None:
+    """A camera at the site publishes what is no picture: ingest dead-letters it, and the overview says why."""
+    import asyncio
+
+    from edgeloop_common.mqtt_asyncio import AsyncMqttClient
+
+    async def publish_garbage() -> None:
+        camera = AsyncMqttClient(*mqtt_broker)
+        await camera.connect()
+        try:
+            await camera.publish(f"dt/edgeloop/{site}/cam-bad/image", b"GIF89a not a picture", qos=1)
+        finally:
+            await camera.close()
+
+    asyncio.run(publish_garbage())
+    client, _ = session
+    deadline = time.monotonic() + 20
+    while True:
+        overview = client.get("/")
+        if f">{site}</h2>" in overview.text and "cam-bad" in overview.text:
+            break
+        assert time.monotonic() < deadline, "the dead letter did not reach the overview"
+        time.sleep(0.2)
+    start = overview.text.index(f">{site}</h2>")
+    section = overview.text[start : overview.text.index("</section>", start)]
+    assert "<h3>Dead letters</h3>" in section and "<td>ingest</td><td>cam-bad</td>" in section
+    assert re.search(r'id="dead-letter-count">\d+ dead letters? kept', overview.text)

@@ -22,6 +22,7 @@ from edgeloop_common import topics
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import BlobRef, InferenceCompleted
 from edgeloop_common.settings import CommonSettings
+from edgeloop_ingest.adapters.dead_letters import dead_letters
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
 from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.adapters.uplink_records import uplink_records
@@ -197,12 +198,12 @@ def test_replicas_starting_together_upgrade_a_previous_schema_database_once(
     create_previous_schema(engine)
     assert MIGRATIONS.current_revision(engine) is None
     start_replicas_together(fresh_postgres_url, MIGRATIONS.upgrade, create_sql_engine=create_sql_engine)
-    assert MIGRATIONS.current_revision(engine) == MIGRATIONS.head_revision() == "0004"
+    assert MIGRATIONS.current_revision(engine) == MIGRATIONS.head_revision() == "0005"
 
     columns = {column["name"] for column in inspect(engine).get_columns("ingest_samples")}
     assert {"label", "labeled_by", "labeled_at", "predicted_label", "hard_example", "scores"} <= columns
-    assert "ingest_uplink_records" in inspect(engine).get_table_names()
-    tables = {"ingest_samples", uplink_records.name}
+    assert {"ingest_uplink_records", "ingest_dead_letters"} <= set(inspect(engine).get_table_names())
+    tables = {"ingest_samples", uplink_records.name, dead_letters.name}
     assert MIGRATIONS.schema_differences(engine, metadata, tables=tables) == []
 
     kept = SqlSampleRepository(engine).get_sample(str(OLD_ROW["sample_id"]))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from edgeloop_common.settings import CommonSettings
+from edgeloop_ingest.adapters.dead_letters import dead_letters
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine, metadata
 from edgeloop_ingest.adapters.schema import MIGRATIONS
 from edgeloop_ingest.adapters.uplink_records import uplink_records
@@ -21,8 +22,8 @@ from sqlalchemy import Engine, inspect
 
 from tests.helpers import assert_at_head
 
-HEAD = "0004"
-TABLES = {"ingest_samples", "ingest_uplink_records"}
+HEAD = "0005"
+TABLES = {"ingest_samples", "ingest_uplink_records", "ingest_dead_letters"}
 NEW_COLUMNS = {
     "predicted_label",
     "confidence",
@@ -86,7 +87,7 @@ def test_a_database_of_the_previous_schema_is_upgraded_at_start_with_its_data(
 
 def schema_differences(engine: Engine) -> list[object]:
     """What Alembic's autogenerate would change to make the database's ingest tables match the code's tables."""
-    assert uplink_records.metadata is metadata  # one metadata holds every ingest table
+    assert uplink_records.metadata is dead_letters.metadata is metadata  # one metadata holds every ingest table
     return MIGRATIONS.schema_differences(engine, metadata, tables=TABLES)
 
 
@@ -115,7 +116,7 @@ def test_downgrade_to_the_first_revision_keeps_the_records(engine: Engine) -> No
     MIGRATIONS.downgrade(engine, "0001")
     assert MIGRATIONS.current_revision(engine) == "0001"
     assert not NEW_COLUMNS & columns(engine)
-    assert "ingest_uplink_records" not in inspect(engine).get_table_names()
+    assert not {"ingest_uplink_records", "ingest_dead_letters"} & set(inspect(engine).get_table_names())
     repository = SqlSampleRepository(engine, upgrade=False)
     record = repository.get(str(OLD_ROW["sample_id"]))
     assert record is not None and record.device_id == "cam-old"

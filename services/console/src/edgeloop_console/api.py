@@ -237,14 +237,17 @@ async def overview_page(request: Request, _: SessionDep, clients: Clients, windo
     problems: list[str] = []
     window = window if window in CHART_WINDOWS else "24h"
     hours, bucket_s = CHART_WINDOWS[window]
-    deployments, drift, activity = await asyncio.gather(
+    deployments, drift, activity, dead_letters = await asyncio.gather(
         attempt(clients.deployments(), problems),
         attempt(clients.drift(alarms_limit=100), problems),
         attempt(clients.activity(hours=hours, bucket_s=bucket_s), problems),
+        attempt(clients.dead_letters(), problems),
     )
-    sites = views.overview(deployments or [], drift, activity)
+    sites = views.overview(deployments or [], drift, activity, dead_letters)
     context = {
         "sites": sites,
+        "dead_letter_count": (dead_letters or {}).get("count"),
+        "unsited_dead_letters": views.unsited(dead_letters),
         "problems": problems,
         "drifted": views.drifted_features,
         "window": window,

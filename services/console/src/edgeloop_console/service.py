@@ -104,6 +104,7 @@ class SiteRow:
     latest_alarm: dict[str, Any] | None = None
     accuracy: list[dict[str, Any]] = field(default_factory=list)
     activity: SiteActivity | None = None  # pictures and labeled accuracy over time (ingest)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)  # the newest of the site's, newest first
 
     @property
     def drifting(self) -> bool:
@@ -115,11 +116,18 @@ class SiteRow:
         )
 
 
+DEAD_LETTERS_PER_SITE = 5
+
+
 def overview(
-    deployments: list[dict[str, Any]], drift: dict[str, Any] | None, activity: dict[str, Any] | None = None
+    deployments: list[dict[str, Any]],
+    drift: dict[str, Any] | None,
+    activity: dict[str, Any] | None = None,
+    dead_letters: dict[str, Any] | None = None,
 ) -> list[SiteRow]:
     """One row per site (a KubeEdge node group is named like its site): what it serves, its drift verdict, its
-    pictures and labeled accuracy over time (ingest's ``GET /v1/stats/activity``)."""
+    pictures and labeled accuracy over time (ingest's ``GET /v1/stats/activity``), its newest dead letters (among
+    the newest of the whole system, ingest's ``GET /v1/dead-letters``; those of no site: :func:`unsited`)."""
     sites: dict[str, SiteRow] = {}
 
     def site(name: str) -> SiteRow:
@@ -138,7 +146,18 @@ def overview(
     if activity is not None:
         for counts in activity.get("sites", []):
             site(counts["site_id"]).activity = site_activity(counts, int(activity["bucket_s"]))
+    for letter in (dead_letters or {}).get("dead_letters", []):  # newest first
+        if letter.get("site_id"):
+            row = site(letter["site_id"])
+            if len(row.dead_letters) < DEAD_LETTERS_PER_SITE:
+                row.dead_letters.append(letter)
     return [sites[name] for name in sorted(sites)]
+
+
+def unsited(dead_letters: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The newest dead letters tied to no site (an event no handler could take, a message on a malformed topic)."""
+    letters = (dead_letters or {}).get("dead_letters", [])
+    return [letter for letter in letters if not letter.get("site_id")][:DEAD_LETTERS_PER_SITE]
 
 
 def drifted_features(stream: dict[str, Any]) -> list[str]:

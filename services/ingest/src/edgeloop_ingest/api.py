@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from edgeloop_ingest.blobs import BlobNotFoundError
 from edgeloop_ingest.bridge import Bridge
+from edgeloop_ingest.dead_letters import DeadLetterRepository
 from edgeloop_ingest.devices import CommandsUnavailableError, InvalidDeviceIdError, request_capture
 from edgeloop_ingest.handlers import handle_uplink, handle_upload, label_sample, label_samples
 from edgeloop_ingest.labeling import (
@@ -181,6 +182,13 @@ def get_labeling(request: Request) -> LabelingService:
     if labeling is None:
         raise ServiceNotRunningError("ingest is starting or stopping")
     return labeling
+
+
+def get_dead_letters(request: Request) -> DeadLetterRepository:
+    dead_letters: DeadLetterRepository | None = getattr(request.app.state, "dead_letters", None)
+    if dead_letters is None:
+        raise ServiceNotRunningError("ingest is starting")
+    return dead_letters
 
 
 def get_uplink(request: Request) -> UplinkService:
@@ -659,3 +667,41 @@ async def _uplink_parts(request: Request, image_limit: int) -> tuple[str | bytes
 )
 async def get_uplink_arrival(record_id: str, uplink: UplinkDep) -> UplinkArrivalOut:
     return UplinkArrivalOut.of(await asyncio.to_thread(uplink.get, record_id))
+
+
+dead_letters_router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+
+
+class DeadLetterOut(BaseModel):
+    event_id: str
+    service: str = Field(description="The service that gave up on the message.")
+    reason: str
+    error_type: str
+    original_topic: str = Field(description="Where the message was (a Kafka topic, or mqtt for a device message).")
+    site_id: str | None
+    device_id: str | None
+    mqtt_topic: str | None
+    attempts: int
+    size_bytes: int
+    failed_at: datetime
+
+
+class DeadLettersOut(BaseModel):
+    count: int = Field(description="Dead letters kept (the newest 10,000 of the whole system) for this filter.")
+    dead_letters: list[DeadLetterOut] = Field(description="The newest first.")
+
+
+@dead_letters_router.get(
+    "",
+    response_model=DeadLettersOut,
+    summary="The newest dead letters of every service (what could not be handled, and why), newest first",
+)
+async def list_dead_letters(
+    request: Request,
+    site_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> DeadLettersOut:
+    dead_letters = get_dead_letters(request)
+    kept = await asyncio.to_thread(dead_letters.newest, site_id=site_id, limit=limit)
+    count = await asyncio.to_thread(dead_letters.count, site_id=site_id)
+    return DeadLettersOut(count=count, dead_letters=[DeadLetterOut(**vars(letter)) for letter in kept])

@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 
 from edgeloop_ingest import api
 from edgeloop_ingest.adapters.blobstore import LocalBlobStore
+from edgeloop_ingest.adapters.dead_letters import SqlDeadLetterRepository
 from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.adapters.mqtt import AsyncioMqttSubscriber, MqttConfig
 from edgeloop_ingest.adapters.samples import SqlSampleRepository, create_sql_engine
@@ -50,6 +51,7 @@ class IngestRuntime:
     service: IngestService
     labeling: LabelingService
     uplink: UplinkService
+    dead_letters: SqlDeadLetterRepository
     bus: EventBus
     subscriptions: ExitStack
     buffer: DiskBuffer
@@ -123,6 +125,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
         app.state.labeling = runtime.labeling
         app.state.bridge = runtime.bridge
         app.state.uplink = runtime.uplink
+        app.state.dead_letters = runtime.dead_letters
         try:
             yield
         finally:
@@ -137,6 +140,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
     app.include_router(api.uplink_router)
     app.include_router(api.devices_router)
     app.include_router(api.stats_router)
+    app.include_router(api.dead_letters_router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
@@ -158,7 +162,9 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Ingest
     uplink = UplinkService(service, SqlUplinkArrivalRepository(engine))  # the schema: upgraded just above
     event_bus = given_bus or create_bus(settings.common, source=SERVICE_NAME)
     subscriptions = ExitStack()
-    subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, IngestHandlers(labeling, metrics)))
+    dead_letters = SqlDeadLetterRepository(engine)
+    handlers = IngestHandlers(labeling, dead_letters, metrics)
+    subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, handlers))
     if given_bus is None:
         await event_bus.start()
     buffer = await asyncio.to_thread(DiskBuffer, settings.resolved_buffer_path())
@@ -177,7 +183,7 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Ingest
         f"{settings.common.mqtt_host}:{settings.common.mqtt_port}" if subscriber else "off",
     )
     return IngestRuntime(
-        settings, engine, service, labeling, uplink, event_bus, subscriptions, buffer, bridge, subscriber
+        settings, engine, service, labeling, uplink, dead_letters, event_bus, subscriptions, buffer, bridge, subscriber
     )
 
 

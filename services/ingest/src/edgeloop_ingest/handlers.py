@@ -14,13 +14,14 @@ from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from edgeloop_common.bus import BusUnavailableError, EventBus, EventContext, PermanentError
-from edgeloop_common.events import InferenceCompleted, Ingress
+from edgeloop_common.events import DeadLetter, InferenceCompleted, Ingress
 from edgeloop_common.subscriptions import ConsumerGroup
 from edgeloop_common.uplink import UplinkAnswer
 
 from edgeloop_ingest.adapters.mqtt import ReceivedMessage
 from edgeloop_ingest.adapters.uplink_records import STORE_UNAVAILABLE_ERRORS
 from edgeloop_ingest.bridge import Bridge
+from edgeloop_ingest.dead_letters import DeadLetterRepository, KeptDeadLetter
 from edgeloop_ingest.labeling import BatchLabelResult, LabelingService, PredictionOutcome, Sample, labeled_publication
 from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import DeviceMessage, MessageKind, Outcome, Publication
@@ -84,9 +85,14 @@ async def handle_upload(
 
 
 class IngestHandlers:
-    def __init__(self, labeling: LabelingService, metrics: IngestMetrics) -> None:
+    def __init__(self, labeling: LabelingService, dead_letters: DeadLetterRepository, metrics: IngestMetrics) -> None:
         self.labeling = labeling
+        self.dead_letters = dead_letters
         self.metrics = metrics
+
+    async def on_dead_letter(self, event: DeadLetter, context: EventContext) -> None:
+        """Keep what any service gave up on, for the console and ``GET /v1/dead-letters``. Idempotent by event id."""
+        await asyncio.to_thread(self.dead_letters.add, KeptDeadLetter.of(event, context.event_id))
 
     async def on_inference_completed(self, event: InferenceCompleted, context: EventContext) -> None:
         """The sample's prediction (and hard-example verdict). Idempotent: an update by id."""
@@ -199,4 +205,7 @@ async def _publish(bus: EventBus, publications: Sequence[Publication]) -> None:
             raise result
 
 
-SUBSCRIPTIONS = (ConsumerGroup("ingest-predictions", {InferenceCompleted: IngestHandlers.on_inference_completed}),)
+SUBSCRIPTIONS = (
+    ConsumerGroup("ingest-predictions", {InferenceCompleted: IngestHandlers.on_inference_completed}),
+    ConsumerGroup("ingest-dead-letters", {DeadLetter: IngestHandlers.on_dead_letter}),
+)

@@ -103,6 +103,10 @@ class ServiceClients:
         params = {"since": _hours_ago(hours), "bucket_s": bucket_s}
         return await self.call("ingest", "GET", "/v1/stats/activity", params=params)  # type: ignore[no-any-return]
 
+    async def dead_letters(self, *, limit: int = 200) -> dict[str, Any]:
+        """The newest dead letters of every service, kept by ingest (``GET /v1/dead-letters``)."""
+        return await self.call("ingest", "GET", "/v1/dead-letters", params={"limit": limit})  # type: ignore[no-any-return]
+
     async def label(self, sample_id: str, label: str, labeled_by: str) -> dict[str, Any]:
         body = {"label": label, "labeled_by": labeled_by}
         return await self.call("ingest", "PUT", f"/v1/samples/{_path(sample_id)}/label", json=body)  # type: ignore[no-any-return]
