@@ -248,3 +248,20 @@ def test_the_overview_shows_a_sites_dead_letters_with_their_reasons(
     section = overview.text[start : overview.text.index("</section>", start)]
     assert "<h3>Dead letters</h3>" in section and "<td>ingest</td><td>cam-bad</td>" in section
     assert re.search(r'id="dead-letter-count">\d+ dead letters? kept', overview.text)
+
+
+def test_a_training_runs_log_is_on_the_drift_and_training_page(
+    stack: ConsoleStack, session: tuple[httpx.Client, str]
+) -> None:
+    client, _ = session
+    with httpx.Client(base_url=stack.urls["trainer"], timeout=10) as trainer:
+        asked = trainer.post("/v1/trainings", json={"model_name": MODEL, "requested_by": "console test"})
+        assert asked.status_code in (200, 202), asked.text
+        run_id = asked.json()["run_id"]
+        deadline = time.monotonic() + 60
+        while (run := trainer.get(f"/v1/trainings/{run_id}").json())["state"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, run
+            time.sleep(0.2)
+    page = client.get("/drift").text
+    assert '<details class="run-log"><summary>Log (' in page
+    assert f"{run['progress']['log'][0]}" in page  # the first line: the snapshot stage, whatever came next

@@ -119,6 +119,10 @@ async def test_a_run_registers_its_version_with_lineage_and_records_the_promotio
     assert run.result["promotion"]["previous_version"] == 1
     assert registry.promotions == [(MODEL, 2, True, f"training run {run.run_id} (new_labels)")]
     assert run.progress["stage"] == "done" and run.progress["fraction"] == 1.0
+    # the run's log: a line per stage (and epoch), kept with the run for the console
+    stages = [line.split()[1].rstrip(":") for line in run.progress["log"]]
+    assert stages[0] == "snapshot" and stages[-3:] == ["registering", "promoting", "done"], run.progress["log"]
+    assert "training epoch 2/2" in " | ".join(run.progress["log"]) and run.progress["log"][3].endswith("version 2")
 
 
 async def test_warm_start_follows_the_setting_and_the_production_version(tmp_path: Path, seed: Path) -> None:

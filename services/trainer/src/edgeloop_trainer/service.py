@@ -63,6 +63,7 @@ from edgeloop_trainer.snapshot import Snapshot, SnapshotError, SourceItem, build
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "trainer"
+RUN_LOG_LINES = 200  # a run's log keeps its newest lines (one per stage and epoch)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class TrainerService:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wanted: set[str] = set()
         self._live: dict[str, Progress] = {}
+        self._logs: dict[str, list[str]] = {}  # each running run's log: a line per stage and epoch (RUN_LOG_LINES)
         self._stopping = threading.Event()  # read by the training thread between steps
 
     # -- requests -------------------------------------------------------------
@@ -230,7 +232,7 @@ class TrainerService:
         live = self._live.get(run.run_id)
         if run.state != "running" or live is None:
             return run
-        return replace(run, progress=live.as_dict())
+        return replace(run, progress=self._progress_record(run.run_id, live))
 
     # -- the worker ------------------------------------------------------------
 
@@ -274,14 +276,16 @@ class TrainerService:
         finally:
             self.metrics.runs_in_progress.dec()
             self._live.pop(run.run_id, None)
+            done = self._logs.pop(run.run_id, [])  # a failed run keeps the log its last saved progress holds
         self.metrics.run_finished("succeeded", time.perf_counter() - started)
+        finished = Progress("done", 1.0)
         await asyncio.to_thread(
             self.runs.update,
             run.run_id,
             state="succeeded",
             result=result,
             finished_at=self.clock(),
-            progress=Progress("done", 1.0).as_dict(),
+            progress=finished.as_dict() | {"log": [*done, self._log_line(finished)][-RUN_LOG_LINES:]},
         )
         log.info(
             "training run %s of %s succeeded: version %s, accuracy %.3f, %s",
@@ -478,7 +482,22 @@ class TrainerService:
     async def _set_progress(self, run_id: str, progress: Progress) -> None:
         self._live[run_id] = progress
         log.info("run %s: %s %s", run_id, progress.stage, progress.message)
-        await asyncio.to_thread(self.runs.update, run_id, progress=progress.as_dict())
+        self._note(run_id, progress)
+        await asyncio.to_thread(self.runs.update, run_id, progress=self._progress_record(run_id, progress))
+
+    def _note(self, run_id: str, progress: Progress) -> None:
+        lines = self._logs.setdefault(run_id, [])
+        lines.append(self._log_line(progress))
+        del lines[:-RUN_LOG_LINES]
+
+    def _log_line(self, progress: Progress) -> str:
+        epoch = f" epoch {progress.epoch}/{progress.epochs}" if progress.stage == "training" and progress.epoch else ""
+        message = f": {progress.message}" if progress.message else ""
+        return f"{self.clock():%H:%M:%S} {progress.stage}{epoch}{message}"
+
+    def _progress_record(self, run_id: str, progress: Progress) -> dict[str, Any]:
+        """What a run's ``progress`` holds: the latest stage and its log so far (GET /v1/trainings)."""
+        return progress.as_dict() | {"log": list(self._logs.get(run_id, []))}
 
     def _progress_callback(self, run_id: str) -> Callable[[Progress], None]:
         """Called from the training thread: live progress always, the table at every new epoch or stage."""
@@ -491,7 +510,8 @@ class TrainerService:
             key = (progress.stage, progress.epoch)
             if not last_saved or last_saved[-1] != key:
                 last_saved.append(key)
-                self.runs.update(run_id, progress=progress.as_dict())
+                self._note(run_id, progress)
+                self.runs.update(run_id, progress=self._progress_record(run_id, progress))
                 if progress.stage == "training" and progress.epoch:
                     log.info("run %s: epoch %d/%d %s", run_id, progress.epoch, progress.epochs, progress.message)
                 else:
