@@ -184,3 +184,20 @@ def test_an_edge_agent_per_site_serves_with_the_model_server_the_deployer_rolls_
     one = _render(kube_cluster, "--set", "edgeAgents.sites=site-b")
     assert [name for kind, name in one if kind == "Deployment" and "-edge-" in name] == ["loop-edge-site-b"]
     assert not any("-edge-" in name for _, name in _render(kube_cluster, "--set", "edgeAgents.enabled=false"))
+
+
+def test_the_lite_model_server_of_the_chart_reads_the_models_folder_the_volume_mounts(
+    kube_cluster: KubeCluster,
+) -> None:
+    """The chart's model server, run as EdgeLoop's image: the folder its own configuration code derives from the
+    environment the chart gives it is <mount>/<model> (the tensorflow/serving image's MODEL_BASE_PATH semantics)."""
+    from edgeloop_model_server.config import from_settings
+    from edgeloop_model_server.settings import Settings as ModelServerSettings
+
+    deployment = _render(kube_cluster, "--set", "modelServer.modelName=catdog")[("Deployment", "loop-model-server")]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {var["name"][len("EDGELOOP_MODEL_SERVER_") :].lower(): var.get("value") for var in container["env"]}
+    known = {name: value for name, value in env.items() if name in ModelServerSettings.model_fields}
+    settings = ModelServerSettings(**known)
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["models"]
+    assert [model.base_path for model in from_settings(settings)] == [Path(mount) / "catdog"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from edgeloop_deployer.adapters.manifests import (
@@ -103,7 +104,10 @@ def test_the_lite_server_pins_the_version_by_environment_and_needs_no_config_map
     env = {item["name"]: item["value"] for item in container["env"]}
     assert container["args"] == ["model-server"]
     assert env["EDGELOOP_MODEL_SERVER_MODEL_VERSION_POLICY"] == "specific:4"
-    assert env["EDGELOOP_MODEL_SERVER_MODEL_BASE_PATH"] == "/models/catdog"
+    assert env["EDGELOOP_MODEL_SERVER_MODEL_BASE_PATH"] == "/models"
+    # What the lite server makes of that environment: the model's own folder on the models volume.
+    served = served_folders(env)
+    assert served == [Path(container["volumeMounts"][0]["mountPath"]) / "catdog"]
     assert template["spec"]["volumes"] == [{"name": "models", "hostPath": {"path": "/srv/models", "type": "Directory"}}]
     assert template["metadata"]["annotations"] == {
         "team": "vision",
@@ -159,3 +163,13 @@ def test_settings_read_one_model_server_per_node_group() -> None:
         Settings(local_node_group_servers="site-a=http://127.0.0.1:8601")
     with pytest.raises(ValidationError, match="give every node group one server"):
         Settings(node_groups="site-a", local_node_group_servers="site-a=http://a:1,site-c=http://a:2")
+
+
+def served_folders(env: dict[str, str]) -> list[Path]:
+    """The folders the lite model server reads versions from, given a container's environment (its own code)."""
+    from edgeloop_model_server.config import from_settings
+    from edgeloop_model_server.settings import Settings as ModelServerSettings
+
+    fields = {name[len("EDGELOOP_MODEL_SERVER_") :].lower(): value for name, value in env.items()}
+    known = {name: value for name, value in fields.items() if name in ModelServerSettings.model_fields}
+    return [model.base_path for model in from_settings(ModelServerSettings(**known))]

@@ -173,7 +173,9 @@ def _container(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
             {"name": "EDGELOOP_MODEL_SERVER_HTTP_PORT", "value": str(spec.rest_port)},
             {"name": "EDGELOOP_MODEL_SERVER_GRPC_PORT", "value": str(spec.grpc_port)},
             {"name": "EDGELOOP_MODEL_SERVER_MODEL_NAME", "value": plan.model_name},
-            {"name": "EDGELOOP_MODEL_SERVER_MODEL_BASE_PATH", "value": base_path},
+            # Like the tensorflow/serving image's MODEL_BASE_PATH: the folder holding <model>/<version>/ (the lite
+            # server appends the model's name), not the model's own folder that --model_base_path names.
+            {"name": "EDGELOOP_MODEL_SERVER_MODEL_BASE_PATH", "value": spec.models_mount_path},
             {"name": "EDGELOOP_MODEL_SERVER_MODEL_VERSION_POLICY", "value": f"specific:{plan.version}"},
         ]
     return container
