@@ -201,3 +201,22 @@ def test_the_lite_model_server_of_the_chart_reads_the_models_folder_the_volume_m
     settings = ModelServerSettings(**known)
     mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["models"]
     assert [model.base_path for model in from_settings(settings)] == [Path(mount) / "catdog"]
+
+
+def test_the_gateway_reaches_the_releases_model_server_and_reads_ingests_blob_claim(kube_cluster: KubeCluster) -> None:
+    rendered = _render(kube_cluster, "--set", "ingest.blobStorage.existingClaim=blobs")
+    gateway = rendered[("Deployment", "loop-inference-gateway")]["spec"]["template"]["spec"]
+    ingest = rendered[("Deployment", "loop-ingest")]["spec"]["template"]["spec"]
+    env = {var["name"]: var.get("value") for var in gateway["containers"][0]["env"]}
+    # the release's own model server, whatever the release is called (not only "edgeloop")
+    assert env["EDGELOOP_INFERENCE_GATEWAY_MODEL_SERVER_REST_URL"] == "http://loop-model-server:8501"
+    assert ("Service", "loop-model-server") in rendered
+    # the pictures ingest writes under its data folder are readable by the gateway at the same path
+    ingest_mount = {m["name"]: m["mountPath"] for m in ingest["containers"][0]["volumeMounts"]}["data"]
+    gateway_mount = {m["name"]: m for m in gateway["containers"][0]["volumeMounts"]}["blobs"]
+    assert gateway_mount["mountPath"] == ingest_mount and gateway_mount["readOnly"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in gateway["volumes"]}
+    assert (
+        claims == {"blobs": "blobs"}
+        and {v["name"]: v for v in ingest["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "blobs"
+    )
