@@ -88,6 +88,9 @@ def test_the_chart_installs_the_learning_loop_wired_by_the_release_service_names
         kube_cluster, "install", "closed", str(CHART), "-n", namespace, "--set", "trainer.seedData.existingClaim=seed"
     )
     assert install.returncode == 0, install.stdout + install.stderr
+    # NOTES.txt: what the pods need first, and where each service answers
+    assert f'EdgeLoop 0.1.0 is installed as release "closed" in namespace "{namespace}"' in install.stdout
+    assert "http://closed-registry:8083" in install.stdout and "edge agents        one per site" in install.stdout
 
     # KWOK: pods of these cloud-side Deployments need not run here (no kubelet, maybe no
     # non-edge node); what the chart is responsible for is the objects and their wiring.
@@ -220,3 +223,15 @@ def test_the_gateway_reaches_the_releases_model_server_and_reads_ingests_blob_cl
         claims == {"blobs": "blobs"}
         and {v["name"]: v for v in ingest["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "blobs"
     )
+
+
+def test_values_the_chart_cannot_run_with_are_refused_with_the_reason(kube_cluster: KubeCluster) -> None:
+    for wrong, reason in (
+        ("ingest.replicas=-3", "/ingest/replicas"),
+        ("ingest.replica=2", "additional properties 'replica' not allowed"),  # a typo is not silently ignored
+        ("deployer.workload=daemonset", "/deployer/workload"),
+        ("edgeAgents.uplinkPolicy=everything", "/edgeAgents/uplinkPolicy"),
+        ("ingest.port=70000", "/ingest/port"),
+    ):
+        rendered = _helm(kube_cluster, "template", "loop", str(CHART), "--set", wrong)
+        assert rendered.returncode != 0 and reason in rendered.stderr, (wrong, rendered.stderr)
