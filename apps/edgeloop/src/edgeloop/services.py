@@ -49,10 +49,30 @@ def _edge_runner(package: str) -> Callable[..., None]:
     return run
 
 
+def _model_server_runner(package: str) -> Callable[..., None]:
+    """``edgeloop model-server [TF Serving flags]``: tensorflow_model_server's command line, handed to the
+    service's own script (``--port`` is gRPC there, as in TF Serving)."""
+
+    def run(ctx: typer.Context) -> None:
+        importlib.import_module(f"{package}.__main__").main(ctx.args)
+
+    return run
+
+
+# Commands whose arguments are not typer's: everything after the command goes to the service's script.
+_PASS_THROUGH = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
+
+
 def register(app: typer.Typer) -> None:
     for command, package in SERVICE_PACKAGES.items():
         # Each service's __main__ holds its one-line summary; importing it loads only the settings module.
-        summary = importlib.import_module(f"{package}.__main__").SUMMARY
+        main = importlib.import_module(f"{package}.__main__")
         settings = importlib.import_module(f"{package}.settings").Settings
+        if command == "model-server":
+            help_text = f"{main.SUMMARY}\n\n{main.FLAGS_HELP}"
+            app.command(command, help=help_text, epilog=env_help(settings), **_PASS_THROUGH)(  # type: ignore[arg-type]
+                _model_server_runner(package)
+            )
+            continue
         runner = _edge_runner(package) if command == "edge" else _runner(package)
-        app.command(command, help=summary, epilog=env_help(settings))(runner)
+        app.command(command, help=main.SUMMARY, epilog=env_help(settings))(runner)

@@ -99,7 +99,7 @@ def from_settings(settings: Settings) -> list[ModelConfig]:
     return [
         ModelConfig(
             name=settings.model_name,
-            base_path=settings.model_base_path / settings.model_name,
+            base_path=settings.model_dir or settings.model_base_path / settings.model_name,
             policy=parse_policy(settings.model_version_policy),
             labels=parse_labels(settings.version_labels),
         )

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         description="Folder holding MODEL_NAME/VERSION/saved_model.pb, as the tensorflow/serving image's "
         "MODEL_BASE_PATH.",
     )
+    model_dir: Path | None = Field(
+        None,
+        description="The model's own folder, holding VERSION/saved_model.pb (tensorflow_model_server's "
+        "--model_base_path); wins over MODEL_BASE_PATH/MODEL_NAME when set.",
+    )
     model_version_policy: str = Field(
         "latest:1", description="Which versions to serve: 'latest:N', 'all' or 'specific:1,2'."
     )
