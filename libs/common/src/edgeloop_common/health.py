@@ -9,12 +9,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class _ProcessMetrics:
+    """The process's own figures (``process_*``: memory, CPU, open files; ``python_*``: GC, version), the same in
+    every service's ``/metrics`` whatever registry holds the service's metrics (the default one has them already)."""
+
+    def collect(self) -> Any:
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            yield from collector.collect()
+
+
+_PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
+_PROCESS_REGISTRY.register(_ProcessMetrics())
 
 # The OpenAPI document says what these answer (the schemathesis sweep of tests/hostile holds every service to it).
 _READINESS_BODY = {
@@ -65,6 +87,9 @@ def health_router(
 
     @router.get("/metrics", response_class=PlainTextResponse, responses=_EXPOSITION)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(registry)
+        if registry is not REGISTRY:
+            body += generate_latest(_PROCESS_REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
