@@ -62,3 +62,23 @@ def test_each_service_image_installs_only_libs_common_and_itself() -> None:
         assert command, f"{dockerfile}: no CMD"
         scripts = tomllib.loads((dockerfile.parent / "pyproject.toml").read_text())["project"]["scripts"]
         assert command.group(1) == f"edgeloop-{service}" in scripts, (dockerfile, command.group(1), scripts)
+
+
+def test_every_service_counts_its_http_requests_and_shows_the_process_figures() -> None:
+    """Each service's app, built as its script builds it, answers /metrics with edgeloop_http_requests_total
+    (edgeloop_common.http_metrics) and process_* figures: what an operator's dashboard reads, the same everywhere."""
+    import importlib
+
+    from fastapi.testclient import TestClient
+
+    for app_module in sorted((REPO / "services").glob("*/src/*/app.py")):
+        package = app_module.parent.name
+        settings_cls = importlib.import_module(f"{package}.settings").Settings
+        extra = {"site": "site-a"} if package == "edgeloop_edge" else {}
+        extra |= {"admin_token": "a-token-long-enough"} if package == "edgeloop_console" else {}
+        app = importlib.import_module(f"{package}.app").create_app(settings_cls(**extra))
+        client = TestClient(app)  # no lifespan: the app as routes and middleware only
+        client.get("/healthz")
+        text = client.get("/metrics").text
+        assert 'edgeloop_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text, package
+        assert "process_resident_memory_bytes" in text, package

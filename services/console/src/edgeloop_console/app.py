@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.settings import ConfigurationError
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
@@ -77,7 +78,9 @@ def create_app(
     app.state.signer = Signer(token, max_age_s=settings.session_max_age_s)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api.router)
-    app.include_router(health_router({"started": lambda: _started(app)}, registry=CollectorRegistry()))
+    registry = CollectorRegistry()
+    app.include_router(health_router({"started": lambda: _started(app)}, registry=registry))
+    instrument_http(app, registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     api.install_page_handlers(app)
 

@@ -18,6 +18,7 @@ from datetime import timedelta
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
 from fastapi import FastAPI
 
@@ -121,6 +122,7 @@ def create_app(
 
     app.include_router(api.router)
     app.include_router(health_router({"bus": bus_ready, "started": started}, registry=metrics.registry))
+    instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
     app.state.bus = event_bus

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.mining import create_miner
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
 from edgeloop_common.serving import ModelClient, ModelRoute, create_model_client
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
     app.include_router(
         health_router({"site broker": mqtt_ready, "model server": model_ready}, registry=metrics.registry)
     )
+    instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
     return app

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.mining import HardExampleMiner, create_miner
 from edgeloop_common.serving import (
     ModelClient,
@@ -194,6 +195,7 @@ def create_app(
     if settings.mqtt_results or results is not None:
         checks["mqtt"] = mqtt_ready
     app.include_router(health_router(checks, registry=metrics.registry))
+    instrument_http(app, metrics.registry)
     app.include_router(api.classify_router)
     app.include_router(api.tf_serving_router)
     app.include_router(api.routes_router)

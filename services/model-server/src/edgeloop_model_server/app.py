@@ -15,6 +15,7 @@ from functools import partial
 
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import ReadinessCheck, health_router
+from edgeloop_common.http_metrics import instrument_http
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -74,4 +75,5 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> FastAPI:
 
     app.include_router(rest_router(service, metrics))
     app.include_router(health_router(_readiness_checks(service), registry=metrics.registry))
+    instrument_http(app, metrics.registry)
     return app

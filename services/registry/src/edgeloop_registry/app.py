@@ -12,6 +12,7 @@ from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.http_metrics import instrument_http
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
     )
     app.include_router(api.router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    instrument_http(app, metrics.registry)
     # Invalid input is not echoed back in a 422: an input holding NaN cannot even be rendered as JSON.
     install_error_handlers(app, api.STATUS_FOR_ERROR, echo_invalid_input=False)
     app.state.metrics = metrics

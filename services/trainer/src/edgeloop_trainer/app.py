@@ -19,6 +19,7 @@ from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.events import TrainingRequested
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
+from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.idempotency import SqlProcessedEventStore
 from edgeloop_common.subscriptions import subscribed
 from fastapi import FastAPI
@@ -85,6 +86,7 @@ def create_app(
     app = FastAPI(title="EdgeLoop trainer", version="1", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
     return app
