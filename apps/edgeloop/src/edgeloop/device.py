@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import typer
 from edgeloop_common import topics
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
+from edgeloop_common.mqtt_auth import MqttAuth
 from edgeloop_common.settings import CommonSettings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -50,6 +51,8 @@ class SimulatorConfig:
     loop: bool = False
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
+    auth: MqttAuth | None = None
+    """The device's identity on a secured broker (``edgeloop device add``) and TLS; None: anonymous."""
     qos: int = 1
     timeout_s: float = 30.0
     """How long to wait for outstanding results after the last image was sent."""
@@ -147,7 +150,9 @@ class DeviceSimulator:
         self._stop.set()
 
     async def run(self) -> SimulationSummary:
-        client = AsyncMqttClient(self.config.mqtt_host, self.config.mqtt_port, on_message=self._on_message)
+        client = AsyncMqttClient(
+            self.config.mqtt_host, self.config.mqtt_port, on_message=self._on_message, auth=self.config.auth
+        )
         self._client = client
         await client.connect()
         try:
@@ -286,6 +291,16 @@ def simulate(
     mqtt_host: Annotated[str | None, typer.Option("--mqtt-host", help="Broker host [EDGELOOP_MQTT_HOST].")] = None,
     mqtt_port: Annotated[int | None, typer.Option("--mqtt-port", help="Broker port [EDGELOOP_MQTT_PORT].")] = None,
     qos: Annotated[int, typer.Option("--qos", min=0, max=1, help="MQTT QoS of the image messages.")] = 1,
+    username: Annotated[
+        str | None, typer.Option("--username", help="The device's MQTT username [EDGELOOP_MQTT_USERNAME].")
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option("--password", help="Its password [EDGELOOP_MQTT_PASSWORD]; prefer the variable to the option."),
+    ] = None,
+    tls_ca_file: Annotated[
+        Path | None, typer.Option("--tls-ca-file", help="CA of the broker's TLS listener [EDGELOOP_MQTT_TLS_CA_FILE].")
+    ] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for results after the last image.")
     ] = 30.0,
@@ -295,6 +310,15 @@ def simulate(
         if not _is_id(value):
             raise typer.BadParameter(f"{value!r} is not a valid {name} id (letters, digits, '_', '.', '-')")
     common = CommonSettings()
+    auth = common.mqtt_auth()
+    auth = MqttAuth(
+        username=username or auth.username,
+        password=password or auth.password,
+        tls=auth.tls or tls_ca_file is not None,
+        ca_file=tls_ca_file or auth.ca_file,
+        cert_file=auth.cert_file,
+        key_file=auth.key_file,
+    )
     config = SimulatorConfig(
         images_dir=images,
         site=site,
@@ -304,6 +328,7 @@ def simulate(
         loop=loop,
         mqtt_host=mqtt_host or common.mqtt_host,
         mqtt_port=mqtt_port or common.mqtt_port,
+        auth=auth,
         qos=qos,
         timeout_s=timeout,
     )

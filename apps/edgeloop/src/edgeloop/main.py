@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from edgeloop import demo, device, infra, kube, services, train
+from edgeloop import demo, device, device_identity, infra, kube, services, train
 
 app = typer.Typer(
     name="edgeloop",
@@ -19,7 +19,10 @@ app = typer.Typer(
 )
 app.add_typer(infra.app, name="infra", help="Local Kafka, Mosquitto and PostgreSQL: up, down, status.")
 app.add_typer(kube.app, name="kube", help="A local Kubernetes control plane with simulated KubeEdge edge nodes.")
-app.add_typer(device.app, name="device", help="Simulated edge devices (a Pi camera over MQTT).")
+device_identity.register(device.app)
+app.add_typer(
+    device.app, name="device", help="Edge devices: a simulated Pi camera over MQTT; identities on a secured broker."
+)
 app.command("train", help=train.HELP)(train.train)
 app.command("demo", help=demo.HELP)(demo.demo)
 services.register(app)

@@ -41,6 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeloop_common.mqtt_auth import MqttAuth
+
 log = logging.getLogger(__name__)
 
 MqttProtocol = Literal["3.1.1", "5"]
@@ -79,6 +81,15 @@ class MqttUnavailableError(Exception):
     """The broker could not be reached, or did not acknowledge in time."""
 
 
+class MqttRefusedError(MqttUnavailableError):
+    """The broker answered, and said no: a CONNACK, PUBACK (MQTT 5) or SUBACK with a failure reason code, such as
+    "Not authorized" from a secured broker (docs/security.md). ``reason`` is that code's name."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class AsyncMqttClient:
     """One MQTT connection, driven by the running asyncio loop.
 
@@ -93,7 +104,14 @@ class AsyncMqttClient:
     * ``manual_ack``: no PUBACK until ``ReceivedMessage.ack()`` (needs ``on_receive``);
     * ``read_burst``: packets read per readiness callback while each delivers a message, so a backlog of
       messages is taken in one go before the loop runs other work;
-    * ``on_connection_change(connected)``: called on the loop thread on every CONNACK and every lost connection.
+    * ``on_connection_change(connected)``: called on the loop thread on every CONNACK and every lost connection;
+    * ``auth``: username/password and TLS (:class:`~edgeloop_common.mqtt_auth.MqttAuth`; default anonymous,
+      plain text).
+
+    What the broker refused is counted (``connect_refusals``, ``publish_refusals``, ``subscribe_refusals``) and
+    raised as :class:`MqttRefusedError`: by ``connect`` for a refused CONNACK (no retrying then), by a publish's
+    future for a PUBACK failure (MQTT 5 only: a 3.1.1 broker acknowledges a denied publish like any other), by
+    ``subscribe`` for a refused SUBACK.
     """
 
     def __init__(
@@ -114,6 +132,7 @@ class AsyncMqttClient:
         connect_timeout_s: float = 5.0,
         read_burst: int = 1,
         on_connection_change: ConnectionCallback | None = None,
+        auth: MqttAuth | None = None,
     ) -> None:
         if manual_ack and on_receive is None:
             raise ValueError("manual_ack needs on_receive: nothing could acknowledge the messages")
@@ -130,6 +149,12 @@ class AsyncMqttClient:
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
         self.read_burst = read_burst
+        self.auth = auth or MqttAuth()
+        self.connect_refusals = 0
+        self.publish_refusals = 0
+        self.subscribe_refusals = 0
+        self._refused = asyncio.Event()
+        self._refusal_reason = ""
         self._client = self._make_client(max_inflight, connect_timeout_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -159,6 +184,14 @@ class AsyncMqttClient:
                 clean_session=self.session_expiry_s is None,
                 manual_ack=self.manual_ack,
             )
+        if self.auth.username is not None:
+            client.username_pw_set(self.auth.username, self.auth.password)
+        if self.auth.uses_tls:
+            client.tls_set(
+                ca_certs=_path_or_none(self.auth.ca_file),
+                certfile=_path_or_none(self.auth.cert_file),
+                keyfile=_path_or_none(self.auth.key_file),
+            )
         client.max_inflight_messages_set(max_inflight)
         client.connect_timeout = connect_timeout_s
         client.on_connect = self._on_connect
@@ -186,15 +219,24 @@ class AsyncMqttClient:
         return self._messages_received
 
     async def connect(self, timeout_s: float = 10.0) -> None:
-        """Connect and wait for the broker's CONNACK; :class:`MqttUnavailableError` if it does not come."""
+        """Connect and wait for the broker's CONNACK; :class:`MqttUnavailableError` if it does not come,
+        :class:`MqttRefusedError` if it refuses the connection (unknown client, wrong password: not retried)."""
         self._bind_to_running_loop()
+        self._refused.clear()
         try:
             async with asyncio.timeout(timeout_s):
                 await self._attempt_connection()
-                await self._connected.wait()
+                await _first_of(self._connected, self._refused)
         except (OSError, TimeoutError) as exc:
             self._client_socket_close()
             raise MqttUnavailableError(f"MQTT broker {self.host}:{self.port} unreachable: {exc or 'timeout'}") from exc
+        if not self.connected:  # refused: no background reconnect to a broker that said no
+            self._closing = True
+            self._client_socket_close()
+            raise MqttRefusedError(
+                f"MQTT broker {self.host}:{self.port} refused the connection: {self._refusal_reason}",
+                self._refusal_reason,
+            )
         self._ensure_misc_loop()
 
     def connect_in_background(self) -> None:
@@ -221,6 +263,8 @@ class AsyncMqttClient:
             self._subscriptions[each] = qos
         result, mid = self._client.subscribe([(each, qos) for each in topics])
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            for each in topics:
+                self._subscriptions.pop(each, None)
             raise MqttUnavailableError(f"subscribe to {', '.join(topics)} failed: {mqtt.error_string(result)}")
         done = self._future()
         self._pending_subscribes[mid] = done
@@ -229,6 +273,10 @@ class AsyncMqttClient:
                 await done
         except TimeoutError as exc:
             raise MqttUnavailableError(f"no SUBACK for {', '.join(topics)} within {timeout_s}s") from exc
+        except MqttRefusedError:
+            for each in topics:  # not renewed after a reconnect either
+                self._subscriptions.pop(each, None)
+            raise
 
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> asyncio.Future[None]:
         """Queue a publish; the future resolves on the PUBACK (QoS 1) or once written (QoS 0).
@@ -282,6 +330,9 @@ class AsyncMqttClient:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             log.error("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            self.connect_refusals += 1
+            self._refusal_reason = str(reason_code)
+            self._refused.set()
             return
         self._connection_number += 1
         self._session_present = bool(flags.session_present)
@@ -307,11 +358,19 @@ class AsyncMqttClient:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         done = self._pending_publishes.pop(mid, None)
+        if reason_code.is_failure:  # MQTT 5 only, e.g. "Not authorized" from the broker's ACL
+            self.publish_refusals += 1
+            log.warning("MQTT broker %s:%d refused a publish: %s", self.host, self.port, reason_code)
+            if done is not None and not done.done():
+                done.set_exception(MqttRefusedError(f"publish refused: {reason_code}", str(reason_code)))
+            return
         if done is not None and not done.done():
             done.set_result(None)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         failures = [code for code in reason_codes if code.is_failure]
+        if failures:
+            self.subscribe_refusals += 1
         done = self._pending_subscribes.pop(mid, None)
         if done is None:  # a renewal after a reconnect: nobody waits for it
             if failures:
@@ -320,7 +379,8 @@ class AsyncMqttClient:
         if done.done():
             return
         if failures:
-            done.set_exception(MqttUnavailableError(f"subscription refused: {failures}"))
+            reason = ", ".join(str(code) for code in failures)
+            done.set_exception(MqttRefusedError(f"subscription refused: {reason}", reason))
         else:
             done.set_result(None)
 
@@ -462,6 +522,20 @@ class AsyncMqttClient:
             callback()
         else:
             self._require_loop().call_soon_threadsafe(callback)
+
+
+def _path_or_none(path: object) -> str | None:
+    return None if path is None else str(path)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until one of the events is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _retrieve_exception(attempt: asyncio.Task[None]) -> None:

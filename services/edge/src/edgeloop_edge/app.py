@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                 on_receive=agent.on_message,
                 read_burst=64,
                 on_connection_change=lambda up: metrics.mqtt_connected.set(1 if up else 0),
+                auth=settings.resolved_mqtt_auth(),
             )
             await agent.start()
             stack.push_async_callback(agent.stop)

@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from edgeloop_common.mqtt_auth import MqttAuth
 from edgeloop_common.settings import CommonSettings
 from edgeloop_common.topics import ID_PATTERN
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 UplinkPolicy = Literal["hard+sample", "all", "hard"]
@@ -27,6 +28,10 @@ class Settings(BaseSettings):
     mqtt_port: int = Field(0, ge=0, description="The site broker's port; 0: EDGELOOP_MQTT_PORT.")
     mqtt_client_id: str = Field("", description="MQTT client id of the persistent session; empty: edgeloop-edge-SITE.")
     mqtt_protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version of the site broker.")
+    # The agent's identity on a secured site broker (docs/security.md: `edgeloop device add-service edge --site`).
+    mqtt_username: str = Field("", description="Username on the site broker; empty: EDGELOOP_MQTT_USERNAME.")
+    mqtt_password: SecretStr = Field(SecretStr(""), description="Password on the site broker (with the username).")
+    mqtt_tls_ca_file: Path | None = Field(None, description="CA of the site broker's TLS listener; TLS when set.")
     mqtt_session_expiry_s: int = Field(7 * 24 * 3600, ge=0, description="How long the broker keeps the session.")
     mqtt_receive_maximum: int = Field(256, ge=1, description="Most unacknowledged pictures the broker sends at once.")
 
@@ -83,6 +88,19 @@ class Settings(BaseSettings):
 
     def resolved_mqtt(self) -> tuple[str, int]:
         return (self.mqtt_host or self.common.mqtt_host, self.mqtt_port or self.common.mqtt_port)
+
+    def resolved_mqtt_auth(self) -> MqttAuth:
+        """The site broker's credentials and TLS: the agent's own when set, else the shared EDGELOOP_MQTT_*."""
+        common = self.common.mqtt_auth()
+        if not self.mqtt_username and self.mqtt_tls_ca_file is None:
+            return common
+        ca_file = self.mqtt_tls_ca_file or common.ca_file
+        return MqttAuth(
+            username=self.mqtt_username or common.username,
+            password=self.mqtt_password.get_secret_value() if self.mqtt_username else common.password,
+            tls=common.tls or ca_file is not None,
+            ca_file=ca_file,
+        )
 
     def resolved_client_id(self) -> str:
         return self.mqtt_client_id or f"edgeloop-edge-{self.site}"

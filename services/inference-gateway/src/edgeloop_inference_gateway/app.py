@@ -214,6 +214,7 @@ async def _start_mqtt(settings: Settings, metrics: GatewayMetrics, stack: AsyncE
         qos=settings.mqtt_qos,
         ack_timeout_s=settings.mqtt_ack_timeout_s,
         metrics=metrics,
+        auth=settings.common.mqtt_auth(),
     )
     await publisher.start()
     stack.push_async_callback(publisher.close)

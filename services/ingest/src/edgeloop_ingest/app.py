@@ -110,6 +110,7 @@ def mqtt_config(settings: Settings) -> MqttConfig:
         session_expiry_s=settings.mqtt_session_expiry_s,
         keepalive_s=settings.mqtt_keepalive_s,
         protocol=settings.mqtt_protocol,
+        auth=settings.common.mqtt_auth(),
     )
 
 

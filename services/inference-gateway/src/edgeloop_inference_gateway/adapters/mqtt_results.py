@@ -16,6 +16,7 @@ import logging
 
 from edgeloop_common import topics
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
+from edgeloop_common.mqtt_auth import MqttAuth
 
 from edgeloop_inference_gateway.metrics import GatewayMetrics
 
@@ -36,11 +37,12 @@ class MqttResultPublisher:
         ack_timeout_s: float = 5.0,
         metrics: GatewayMetrics | None = None,
         client_id: str | None = None,
+        auth: MqttAuth | None = None,
     ) -> None:
         self.qos = qos
         self.ack_timeout_s = ack_timeout_s
         self.metrics = metrics or GatewayMetrics()
-        self.client = AsyncMqttClient(host, port, client_id=client_id)
+        self.client = AsyncMqttClient(host, port, client_id=client_id, auth=auth)
 
     async def start(self, connect_timeout_s: float = 10.0) -> None:
         """Connect; if the broker is not there yet, keep trying in the background (``/readyz`` shows it)."""

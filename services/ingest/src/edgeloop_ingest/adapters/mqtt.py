@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttProtocol, MqttUnavailableError, ReceivedMessage
+from edgeloop_common.mqtt_auth import MqttAuth
 
 from edgeloop_ingest import metrics
 
@@ -42,6 +43,7 @@ class MqttConfig:
     # "5" (default: session expiry and Receive Maximum) or "3.1.1" for brokers without MQTT 5, such as the
     # embedded broker of standalone mode; there the session is kept with clean_session=False instead.
     protocol: MqttProtocol = "5"
+    auth: MqttAuth | None = None  # credentials and TLS on a secured broker (docs/security.md)
 
 
 OnMessage = Callable[[ReceivedMessage], None]
@@ -64,6 +66,7 @@ class AsyncioMqttSubscriber:
             read_burst=READ_BURST,
             reconnect_max_delay_s=RECONNECT_MAX_DELAY_S,
             on_connection_change=self._on_connection_change,
+            auth=config.auth,
         )
         self._subscribed = asyncio.Event()
         self._subscribing: asyncio.Task[None] | None = None
