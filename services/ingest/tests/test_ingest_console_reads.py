@@ -195,5 +195,10 @@ def test_the_http_api_shows_served_by_counts_the_queue_and_the_activity(
     assert [(b["labeled"], b["correct"], b["accuracy"]) for b in buckets if b["labeled"]] == [(1, 1, 1.0)]
     too_many = http.get("/v1/stats/activity", params={"bucket_s": 60, "since": "2026-01-01T00:00:00Z"})
     assert too_many.status_code == 422 and "the limit is 500" in too_many.json()["detail"]
+    # a window of twenty centuries in one-minute buckets: refused from the count, at once (never listed)
+    started = time.perf_counter()
+    centuries = http.get("/v1/stats/activity", params={"bucket_s": 60, "since": "0001-01-02T00:00:00Z"})
+    assert centuries.status_code == 422 and "the limit is 500" in centuries.json()["detail"]
+    assert time.perf_counter() - started < 2.0
     no_room = http.get("/v1/stats/activity", params={"until": "0001-01-01T00:00:00Z"})
     assert no_room.status_code == 422 and "give since" in no_room.json()["detail"]

@@ -209,7 +209,8 @@ class ActivityQuery:
         since, until = as_utc(self.since), as_utc(self.until)
         if since >= until:
             raise InvalidQueryError(f"since ({since.isoformat()}) is not before until ({until.isoformat()})")
-        buckets = len(self.bucket_starts(since, until))
+        low, high = self._bucket_range(since, until)
+        buckets = high - low + 1  # counted, not listed: a window of centuries is refused at once
         if buckets > MAX_BUCKETS:
             raise InvalidQueryError(
                 f"{buckets} buckets of {self.bucket_s} s between since and until; the limit is {MAX_BUCKETS} "
@@ -219,10 +220,14 @@ class ActivityQuery:
 
     def bucket_starts(self, since: datetime | None = None, until: datetime | None = None) -> list[int]:
         """The buckets of the window, as their indexes: bucket ``i`` starts at ``i * bucket_s`` seconds."""
-        low = int(as_utc(since or self.since).timestamp()) // self.bucket_s
-        end = as_utc(until or self.until).timestamp()
-        high = int(end // self.bucket_s) - (1 if end % self.bucket_s == 0 else 0)
+        low, high = self._bucket_range(since or self.since, until or self.until)
         return list(range(low, high + 1))
+
+    def _bucket_range(self, since: datetime, until: datetime) -> tuple[int, int]:
+        low = int(as_utc(since).timestamp()) // self.bucket_s
+        end = as_utc(until).timestamp()
+        high = int(end // self.bucket_s) - (1 if end % self.bucket_s == 0 else 0)
+        return low, high
 
 
 @dataclass(frozen=True)
