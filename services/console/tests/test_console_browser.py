@@ -62,20 +62,6 @@ CHROMIUM_FLAGS = (
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    mqtt_broker: tuple[str, int],
-    trained_model_base: Path,
-    trained_model_name: str,
-) -> Iterator[ConsoleStack]:
-    model = trained_model_base / trained_model_name / "1"
-    running = ConsoleStack(tmp_path_factory.mktemp("console-browser"), mqtt_broker, model).start()
-    running.register_versions()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     for program in (CHROMIUM, CHROMEDRIVER):
         if not program.exists():

@@ -16,20 +16,6 @@ from console_testing import ADMIN_TOKEN, MODEL, ConsoleStack, photos, signed_in
 pytestmark = [pytest.mark.mqtt, pytest.mark.tf]
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    mqtt_broker: tuple[str, int],
-    trained_model_base: Path,
-    trained_model_name: str,
-) -> Iterator[ConsoleStack]:
-    model = trained_model_base / trained_model_name / "1"
-    running = ConsoleStack(tmp_path_factory.mktemp("console"), mqtt_broker, model).start()
-    running.register_versions()
-    yield running
-    running.stop()
-
-
 @pytest.fixture
 def site() -> str:
     return f"site-{uuid.uuid4().hex[:6]}"

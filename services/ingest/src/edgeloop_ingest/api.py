@@ -202,6 +202,7 @@ BridgeDep = Annotated[Bridge, Depends(get_bridge)]
 ServiceDep = Annotated[IngestService, Depends(get_service)]
 LabelingDep = Annotated[LabelingService, Depends(get_labeling)]
 UplinkDep = Annotated[UplinkService, Depends(get_uplink)]
+DeadLettersDep = Annotated[DeadLetterRepository, Depends(get_dead_letters)]
 
 router = APIRouter(prefix="/v1/samples", tags=["samples"])
 labels_router = APIRouter(prefix="/v1/labels", tags=["labels"])
@@ -697,11 +698,10 @@ class DeadLettersOut(BaseModel):
     summary="The newest dead letters of every service (what could not be handled, and why), newest first",
 )
 async def list_dead_letters(
-    request: Request,
+    dead_letters: DeadLettersDep,
     site_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
 ) -> DeadLettersOut:
-    dead_letters = get_dead_letters(request)
     kept = await asyncio.to_thread(dead_letters.newest, site_id=site_id, limit=limit)
     count = await asyncio.to_thread(dead_letters.count, site_id=site_id)
     return DeadLettersOut(count=count, dead_letters=[DeadLetterOut(**vars(letter)) for letter in kept])

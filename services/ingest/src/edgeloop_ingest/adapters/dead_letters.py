@@ -52,15 +52,15 @@ class SqlDeadLetterRepository:
         self.kept = kept
 
     def add(self, letter: KeptDeadLetter) -> bool:
-        row = {
+        row = {  # text clipped to its column: a dead letter is about bad input, and is kept whatever it holds
             "event_id": letter.event_id,
             "service": letter.service[:128],
             "reason": letter.reason,
             "error_type": letter.error_type[:128],
             "original_topic": letter.original_topic[:256],
-            "site_id": (letter.site_id or None) and letter.site_id[:64],
-            "device_id": (letter.device_id or None) and letter.device_id[:64],
-            "mqtt_topic": (letter.mqtt_topic or None) and letter.mqtt_topic[:256],
+            "site_id": _clipped(letter.site_id, 64),
+            "device_id": _clipped(letter.device_id, 64),
+            "mqtt_topic": _clipped(letter.mqtt_topic, 256),
             "attempts": letter.attempts,
             "size_bytes": letter.size_bytes,
             "failed_at": as_utc(letter.failed_at),
@@ -115,3 +115,7 @@ def _insert_unless_kept(connection: Connection, row: dict[str, object]) -> bool:
         .returning(dead_letters.c.position)
     )
     return connection.execute(statement).first() is not None
+
+
+def _clipped(text: str | None, length: int) -> str | None:
+    return text[:length] if text else None
