@@ -14,10 +14,12 @@ from edgeloop_common.events import (
     Event,
     ImageReceived,
     InferenceCompleted,
+    MaintenanceAlert,
     ModelPromoted,
     ModelRegistered,
     SampleLabeled,
     TelemetryReceived,
+    TelemetryScored,
     TrainingRequested,
 )
 
@@ -49,12 +51,39 @@ def telemetry_received(device_id: str = "cam-1", *, seq: int = 0) -> TelemetryRe
         measured_at=AT,
         readings={"seq": seq, "temperature_c": 21.5, "door_open": False, "firmware": "1.2.0"},
         mqtt_topic=f"dt/edgeloop/site-a/{device_id}/telemetry",
+        machine_event="maintenance" if seq == 7 else None,
     )
 
 
 SAMPLE_EVENTS: dict[type[Event], Event] = {
     ImageReceived: image_received(),
     TelemetryReceived: telemetry_received(),
+    TelemetryScored: TelemetryScored(
+        device_id="pump-1",
+        site_id="site-a",
+        measured_at=AT,
+        scored_at=AT,
+        model_name="machine-failure",
+        model_version=2,
+        served_by="edge",
+        failure_probability=0.83,
+        threshold=0.4,
+        alert=True,
+        window_readings=30,
+        features={"temperature_c_mean": 71.5, "vibration_mm_s_slope": 0.04},
+    ),
+    MaintenanceAlert: MaintenanceAlert(
+        device_id="pump-1",
+        site_id="site-a",
+        measured_at=AT,
+        raised_at=AT,
+        model_name="machine-failure",
+        model_version=2,
+        served_by="cloud",
+        failure_probability=0.83,
+        threshold=0.4,
+        horizon_readings=60,
+    ),
     InferenceCompleted: InferenceCompleted(
         sample_id="s-0001",
         device_id="cam-1",

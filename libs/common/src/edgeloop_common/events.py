@@ -75,6 +75,9 @@ class ImageReceived(Event):
     mqtt_topic: str | None = None
 
 
+MachineEvent = Literal["failure", "maintenance"]
+
+
 class TelemetryReceived(Event):
     event_type: ClassVar[str] = "io.edgeloop.telemetry.received.v1"
     topic: ClassVar[str] = topics.TELEMETRY_RECEIVED
@@ -85,9 +88,54 @@ class TelemetryReceived(Event):
     measured_at: datetime | None = None
     readings: dict[str, JsonScalar]
     mqtt_topic: str | None = None
+    # What happened to the machine the sensor watches, reported with this reading (the label of the failure
+    # model): "failure" — it broke down; "maintenance" — it was repaired or serviced (its wear starts again).
+    machine_event: MachineEvent | None = None
 
 
 ServedBy = Literal["edge", "cloud"]
+
+
+class TelemetryScored(Event):
+    """A device's latest window of readings, scored by a failure model (docs/telemetry.md).
+
+    ``features`` are the window's features (``edgeloop_common.telemetry.features.FEATURE_NAMES``): what the drift
+    service compares with the version's reference. No raw reading travels here.
+    """
+
+    event_type: ClassVar[str] = "io.edgeloop.telemetry.scored.v1"
+    topic: ClassVar[str] = topics.TELEMETRY_SCORED
+
+    device_id: str
+    site_id: str
+    measured_at: datetime
+    scored_at: datetime = Field(default_factory=utc_now)
+    model_name: str
+    model_version: int
+    served_by: ServedBy
+    failure_probability: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0)
+    alert: bool
+    window_readings: int = Field(gt=0)
+    features: dict[str, float]
+
+
+class MaintenanceAlert(Event):
+    """A machine predicted to fail within ``horizon_readings`` readings: for the operator and the device."""
+
+    event_type: ClassVar[str] = "io.edgeloop.maintenance.alert.v1"
+    topic: ClassVar[str] = topics.MAINTENANCE_ALERTS
+
+    device_id: str
+    site_id: str
+    measured_at: datetime
+    raised_at: datetime = Field(default_factory=utc_now)
+    model_name: str
+    model_version: int
+    served_by: ServedBy
+    failure_probability: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0)
+    horizon_readings: int = Field(gt=0)
 # Whether a picture shows anything to classify (edgeloop_common.images.assess_quality): "too_dark" (a camera at
 # night), "too_bright" (blown out), "blank" (featureless). The model still answers; such a picture is never a
 # hard example.
@@ -272,6 +320,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ModelPromoted,
     DeploymentUpdated,
     DeadLetter,
+    TelemetryScored,
+    MaintenanceAlert,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type: cls for cls in ALL_EVENTS}

@@ -20,6 +20,9 @@ MODELS_REGISTERED = "edgeloop.models.registered.v1"
 MODELS_PROMOTED = "edgeloop.models.promoted.v1"
 DEPLOYMENTS_UPDATED = "edgeloop.deployments.updated.v1"
 DEAD_LETTER = "edgeloop.deadletter.v1"
+# Sensor telemetry scored by a failure model, and the alerts it raised (docs/telemetry.md).
+TELEMETRY_SCORED = "edgeloop.telemetry.scored.v1"
+MAINTENANCE_ALERTS = "edgeloop.maintenance.alerts.v1"
 
 ALL_KAFKA_TOPICS: tuple[str, ...] = (
     IMAGES_RECEIVED,
@@ -32,6 +35,8 @@ ALL_KAFKA_TOPICS: tuple[str, ...] = (
     MODELS_PROMOTED,
     DEPLOYMENTS_UPDATED,
     DEAD_LETTER,
+    TELEMETRY_SCORED,
+    MAINTENANCE_ALERTS,
 )
 
 # Topic configs other than the broker's defaults, applied where topics are created (the bus, `edgeloop infra up`).
@@ -46,6 +51,8 @@ MQTT_IMAGE = "dt/edgeloop/{site}/{device}/image"
 MQTT_TELEMETRY = "dt/edgeloop/{site}/{device}/telemetry"
 MQTT_RESULT = "dt/edgeloop/{site}/{device}/result"
 MQTT_CAPTURE = "cmd/edgeloop/{site}/{device}/capture"
+# A maintenance alert for a sensor device (the machine it watches is predicted to fail within the horizon).
+MQTT_ALERT = "dt/edgeloop/{site}/{device}/alert"
 
 # Subscriptions of the ingest bridge.
 MQTT_IMAGE_SUBSCRIPTION = "dt/edgeloop/+/+/image"
