@@ -2,7 +2,7 @@
 
 Paths are matched with TF Serving's own expressions, so the same URLs work
 and the same ones fail: ``GET /v1/models/{m}[/versions/{v}|/labels/{l}][/metadata]``
-and ``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict``. Errors are
+and ``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict|:classify|:regress``. Errors are
 ``{"error": "..."}`` with TF Serving's HTTP status for the error code.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from edgeloop_model_server import protocol, tensors
+from edgeloop_model_server import examples, protocol, tensors
 from edgeloop_model_server.errors import Code, ServingError, invalid_argument
 from edgeloop_model_server.metrics import ServerMetrics
 from edgeloop_model_server.service import ModelService
@@ -46,6 +46,18 @@ def rest_router(service: ModelService, metrics: ServerMetrics) -> APIRouter:
             outputs = await service.run(lease, signature_name, inputs)
         return _json(tensors.response_body(outputs, request_format))
 
+    async def classify_or_regress(
+        kind: str, name: str, version: int | None, label: str | None, body: bytes
+    ) -> Response:
+        document = tensors.parse_body(body)
+        signature_name = tensors.signature_name(document)
+        serialized = examples.examples_from_json(document)
+        if kind == "classify":
+            _, classified = await examples.classify(service, name, version, label, signature_name, serialized)
+            return _json(examples.classification_json(classified))
+        _, regressed = await examples.regress(service, name, version, label, signature_name, serialized)
+        return _json(examples.regression_json(regressed))
+
     def status(name: str, version: int | None, label: str | None) -> Response:
         if not name:
             raise invalid_argument("Missing model name in request.")
@@ -65,9 +77,7 @@ def rest_router(service: ModelService, metrics: ServerMetrics) -> APIRouter:
                 name, version, label, verb = match.group(1), _version(match.group(2)), match.group(3), match.group(4)
                 kind = verb.lower()
                 if kind != "predict":
-                    raise ServingError(
-                        Code.UNIMPLEMENTED, f"{kind} is not served by EdgeLoop's model server; use :predict"
-                    )
+                    return await classify_or_regress(kind, name, version, label, await request.body())
                 return await predict(name, version, label, await request.body())
             if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
                 name, version, label = match.group(1) or "", _version(match.group(2)), match.group(3)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _readiness_checks(service: ModelService) -> dict[str, ReadinessCheck]:
+    """One check per configured model, read at each /readyz: a reloaded config changes the models."""
     async def has_available_version(name: str) -> bool:
         return service.is_ready(name)
 
@@ -74,6 +75,6 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> FastAPI:
         return JSONResponse({"error": f"Internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     app.include_router(rest_router(service, metrics))
-    app.include_router(health_router(_readiness_checks(service), registry=metrics.registry))
+    app.include_router(health_router(partial(_readiness_checks, service), registry=metrics.registry))
     instrument_http(app, metrics.registry)
     return app

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from edgeloop_model_server.settings import Settings
 
@@ -120,12 +120,17 @@ def read_model_config_file(path: Path) -> list[ModelConfig]:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
         raise ConfigError(f"model config file {path}: {exc}") from exc
+    return configs_from_proto(config, f"model config file {path}")
+
+
+def configs_from_proto(config: Any, where: str) -> list[ModelConfig]:
+    """The models of a ``ModelServerConfig`` (a config file's, or a HandleReloadConfigRequest's)."""
     if not config.HasField("model_config_list") or not config.model_config_list.config:
-        raise ConfigError(f"model config file {path} has no model_config_list entries")
+        raise ConfigError(f"{where} has no model_config_list entries")
     models = [_model_from_proto(entry) for entry in config.model_config_list.config]
     names = [model.name for model in models]
     if len(set(names)) != len(names):
-        raise ConfigError(f"model config file {path} names a model twice: {names}")
+        raise ConfigError(f"{where} names a model twice: {names}")
     return models
 
 

@@ -1,8 +1,9 @@
 """TF Serving's gRPC API (``tensorflow.serving.PredictionService`` and ``ModelService``) on the serving core.
 
 Uses the service definitions of the ``tensorflow-serving-api`` package, so the
-official client stubs talk to it unchanged. Classify, Regress,
-MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
+official client stubs talk to it unchanged: Predict, Classify, Regress and
+GetModelMetadata; GetModelStatus and HandleReloadConfigRequest. MultiInference
+answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
-from edgeloop_model_server import protocol
+from edgeloop_model_server import examples, protocol
+from edgeloop_model_server.config import ConfigError, configs_from_proto
 from edgeloop_model_server.errors import Code, ServingError, invalid_argument
 from edgeloop_model_server.metrics import ServerMetrics
 from edgeloop_model_server.savedmodel import DEFAULT_SIGNATURE
@@ -108,6 +113,34 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
         return response
 
+    @_answered("classify")
+    async def Classify(  # the gRPC method name
+        self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        spec = request.model_spec
+        version, label = _version_choice(spec)
+        serialized = examples.examples_from_proto(request.input)
+        answered, result = await examples.classify(
+            self.service, spec.name, version, label, spec.signature_name, serialized
+        )
+        return classification_pb2.ClassificationResponse(
+            model_spec=protocol.model_spec(spec.name, answered, spec.signature_name or DEFAULT_SIGNATURE), result=result
+        )
+
+    @_answered("regress")
+    async def Regress(  # the gRPC method name
+        self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        spec = request.model_spec
+        version, label = _version_choice(spec)
+        serialized = examples.examples_from_proto(request.input)
+        answered, result = await examples.regress(
+            self.service, spec.name, version, label, spec.signature_name, serialized
+        )
+        return regression_pb2.RegressionResponse(
+            model_spec=protocol.model_spec(spec.name, answered, spec.signature_name or DEFAULT_SIGNATURE), result=result
+        )
+
     @_answered("metadata")
     async def GetModelMetadata(  # the gRPC method name
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -137,6 +170,25 @@ class ModelStatusService(model_service_pb2_grpc.ModelServiceServicer):  # type: 
             raise invalid_argument("Missing ModelSpec")
         version, label = _version_choice(request.model_spec)
         return protocol.status_response(self.service.status(request.model_spec.name, version, label))
+
+    @_answered("reload_config")
+    async def HandleReloadConfigRequest(  # the gRPC method name
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Serve the request's model list from now on. Like TF Serving, the outcome is in the response's status
+        (INVALID_ARGUMENT with the reason for a config it refuses), the call itself succeeds."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            configs = configs_from_proto(request.config, "the reload request's config")
+            await self.service.reconfigure(configs)
+        except (ConfigError, ServingError) as exc:
+            response.status.error_code = Code.INVALID_ARGUMENT.value
+            response.status.error_message = getattr(exc, "message", None) or str(exc)
+            log.warning("reload config refused: %s", response.status.error_message)
+            return response
+        response.status.error_code = Code.OK.value
+        log.info("reloaded config: serving %s", ", ".join(config.name for config in configs))
+        return response
 
 
 async def start_grpc_server(

@@ -146,7 +146,12 @@ _EAGER_NOISE = ("Graph execution error", "Detected at node", "<stack traces unav
 
 def op_error_message(exc: tf.errors.OpError) -> str:
     """The model's own error, without eager execution's preamble (what TF Serving would report)."""
-    lines = [line for line in exc.message.splitlines() if line.strip() and not line.startswith(_EAGER_NOISE)]
+    lines = [
+        line
+        for line in exc.message.splitlines()
+        # A TF1 graph's op error carries the Python stack where the op was built: not the caller's business.
+        if line.strip() and not line.startswith(_EAGER_NOISE) and not line.lstrip().startswith('File "')
+    ]
     return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", "\n".join(lines)) or exc.message
 
 

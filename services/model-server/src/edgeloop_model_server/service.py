@@ -190,9 +190,51 @@ class ModelService:
 
     async def refresh(self) -> None:
         """One scan of every model's folder and the loads and unloads it calls for."""
-        for model in self._models.values():
+        for model in list(self._models.values()):
             async with model.lock:
                 await self._reconcile(model)
+
+    async def reconfigure(self, configs: Sequence[ModelConfig]) -> None:
+        """Serve exactly ``configs`` from now on (TF Serving's HandleReloadConfigRequest).
+
+        A model no longer listed is unloaded; a new one is loaded; a listed one keeps serving what it serves
+        while its new policy and labels are applied (a new base path: its versions are those found there).
+        The whole list is checked before anything changes.
+        """
+        names = [config.name for config in configs]
+        if len(set(names)) != len(names):
+            raise invalid_argument(f"the model config names a model twice: {names}")
+        for config in configs:
+            for label, version in config.labels.items():
+                if version < 1:
+                    raise invalid_argument(f"model {config.name}: label {label} names version {version}")
+        wanted = {config.name: config for config in configs}
+        for name in [name for name in self._models if name not in wanted]:
+            model = self._models.pop(name)
+            async with model.lock:
+                for version in sorted(model.serving):
+                    await self._unload(model, version)
+            self._metrics.available_versions.labels(name).set(0)
+            log.info("model %s: no longer configured, unloaded", name)
+        for name, config in wanted.items():
+            model = self._models.get(name)
+            if model is None:
+                model = self._models[name] = _Model(config)
+                log.info("model %s: now configured, served from %s", name, config.base_path)
+            elif model.config != config:
+                async with model.lock:
+                    if model.config.base_path != config.base_path:
+                        for version in sorted(model.serving):
+                            await self._unload(model, version)
+                        model.seen, model.failed = {}, {}
+                    model.config = config
+                log.info(
+                    "model %s: configuration changed (%s, policy %s)", name, config.base_path, config.policy.describe()
+                )
+        # Two scans a short moment apart, as at start: a version folder must be stable over two scans to load.
+        await self.refresh()
+        await asyncio.sleep(min(self._poll_interval_s, 0.5))
+        await self.refresh()
 
     # ---- version management ------------------------------------------------------------------------
 
@@ -271,7 +313,8 @@ class ModelService:
         return list(self._models)
 
     def is_ready(self, name: str) -> bool:
-        return bool(self._models[name].serving)
+        model = self._models.get(name)
+        return model is not None and bool(model.serving)
 
     def _model(self, name: str, *, for_status: bool = False) -> _Model:
         model = self._models.get(name)
