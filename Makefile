@@ -13,6 +13,9 @@ $(STAMP): Makefile constraints.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
+	# flwr pins protobuf<7, typer<0.21, fastapi 0.138 (we run protobuf 7, typer 0.29, fastapi 0.165): installed
+	# without its pins; the parts of it EdgeLoop runs work with ours (docs/telemetry.md, "Federated learning").
+	$(BIN)/pip install -q --no-deps -c constraints.txt flwr
 	touch $(STAMP)
 
 # Standalone: in-process bus, SQLite, local folders, embedded or local MQTT broker.
@@ -21,7 +24,7 @@ demo: install
 
 # Distributed path against real Kafka, Mosquitto and PostgreSQL, started here.
 test: install
-	$(BIN)/edgeloop infra up
+	$(BIN)/edgeloop infra up --secure
 	$(BIN)/python -m pytest
 
 test-unit: install

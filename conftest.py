@@ -62,6 +62,24 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def s3_environment() -> dict[str, str]:
+    """The EDGELOOP_* settings of the S3 blob store: the environment's when EDGELOOP_S3_ENDPOINT_URL is set, else
+    those `edgeloop infra up` wrote for its SeaweedFS (.edgeloop/seaweedfs/s3.env)."""
+    names = ("BLOB_STORE", "S3_ENDPOINT_URL", "S3_BUCKET", "S3_REGION", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")
+    if os.environ.get("EDGELOOP_S3_ENDPOINT_URL"):
+        found = {f"EDGELOOP_{name}": os.environ.get(f"EDGELOOP_{name}", "") for name in names}
+        found["EDGELOOP_BLOB_STORE"] = "s3"
+    else:
+        env_file = REPO_ROOT / ".edgeloop" / "seaweedfs" / "s3.env"
+        if not env_file.is_file():
+            pytest.fail(f"no S3 settings: {env_file} is written by `edgeloop infra up` (SeaweedFS)", pytrace=False)
+        pairs = (line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        found = {name: value for name, value in pairs}
+    _require_listening("The S3 blob store", *_host_port(found["EDGELOOP_S3_ENDPOINT_URL"].split("://")[-1], 443))
+    return found
+
+
 @pytest.fixture
 def topic_prefix() -> str:
     """A fresh Kafka topic namespace per test (the bus prefixes every topic with it)."""

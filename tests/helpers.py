@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from edgeloop_common.kafka_auth import PLAINTEXT, KafkaAuth
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 if TYPE_CHECKING:
@@ -68,12 +69,18 @@ async def read_topic_records(
     timeout_s: float = 30.0,
     where: Callable[[RawRecord], bool] | None = None,
     allow_fewer: bool = False,
+    auth: KafkaAuth = PLAINTEXT,
 ) -> list[RawRecord]:
     """Records of ``topic``, read from the beginning without a consumer group until ``count`` of them match
     ``where`` (all when None), in (partition, offset) order. Fewer than ``count`` after ``timeout_s`` fail the
     test, unless ``allow_fewer`` (for a test that checks that no more arrived)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        **auth.client_options(),  # a secured listener (docs/security.md)
     )
     await consumer.start()
     matching: list[RawRecord] = []
@@ -89,9 +96,9 @@ async def read_topic_records(
     return sorted(matching, key=lambda record: (record.partition, record.offset))
 
 
-async def delete_topics(bootstrap: str, prefix: str) -> None:
+async def delete_topics(bootstrap: str, prefix: str, *, auth: KafkaAuth = PLAINTEXT) -> None:
     """Delete every topic whose name starts with ``prefix`` (a test's own), so the shared broker does not fill up."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **auth.client_options())
     await admin.start()
     try:
         names = [name for name in await admin.list_topics() if name.startswith(prefix)]

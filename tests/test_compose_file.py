@@ -1,18 +1,14 @@
 """docker-compose.yml read the way Compose reads it and checked against the repository and the services' own
 settings: no Docker engine runs here, so what would break `docker compose up` is found by reading it —
 a file it mounts that does not exist, a Dockerfile that copies what the build context leaves out, an
-EDGELOOP_* variable no service reads (a misspelled one is silently ignored), a URL naming no service —
-and the broker's config is started with the real Mosquitto."""
+EDGELOOP_* variable no service reads (a misspelled one is silently ignored), a URL naming no service.
+(The broker's config runs on the real Mosquitto in test_compose_mqtt_identity.py.)"""
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
 import re
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +16,17 @@ import pytest
 import yaml
 from edgeloop_common.settings import CommonSettings
 
-from tests.helpers import free_port
-
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 # Made by the operator before the first start (the compose file's header says how).
 OPERATOR_MADE = {"./models", "./seed"}
-PACKAGES = {name: "edgeloop_" + name.replace("-", "_") for name in SERVICES if "build" in SERVICES[name]}
+# The services built from their own Dockerfile (the api-tokens job runs the all-in-one image's `edgeloop` command).
+PACKAGES = {
+    name: "edgeloop_" + name.replace("-", "_")
+    for name in SERVICES
+    if "build" in SERVICES[name] and SERVICES[name]["build"]["dockerfile"] != "Dockerfile"
+}
 
 
 def _bind_sources(service: dict[str, Any]) -> list[str]:
@@ -84,26 +83,23 @@ def test_the_urls_between_services_name_services_of_the_file() -> None:
                 assert host in SERVICES, f"{name}: {variable}={value} names {host}, not a service of the file"
 
 
-@pytest.mark.mqtt
-def test_the_brokers_config_starts_the_real_mosquitto(tmp_path: Path) -> None:
-    mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
-    assert mosquitto, "mosquitto is installed by `edgeloop infra up`"
-    port = free_port()
-    config = (REPO / "infra/mosquitto/compose.conf").read_text()
-    config = config.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
-    config = config.replace("/mosquitto/data/", f"{tmp_path}/")
-    (tmp_path / "mosquitto.conf").write_text(config)
-    broker = subprocess.Popen([mosquitto, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert broker.poll() is None, broker.stderr.read().decode() if broker.stderr else "exited"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.1)
-    finally:
-        broker.terminate()
-        broker.wait(10)
+# The broker's config (secured: identities and TLS) runs on the real Mosquitto with the mqtt-identities job's files
+# in tests/test_compose_mqtt_identity.py.
+
+
+def test_api_tokens_are_required_and_each_service_has_its_own() -> None:
+    """Auth on by default (docs/security.md): every service with an HTTP API requires API tokens and presents its
+    own (made by the api-tokens job before it starts); no token or password of ours is written in the file."""
+    bootstrap = SERVICES["api-tokens"]
+    made = set(bootstrap["command"][bootstrap["command"].index("--services") + 1].split(","))
+    for name in PACKAGES:
+        service = SERVICES[name]
+        env = service["environment"]
+        assert env["EDGELOOP_API_TOKENS_FILE"] == "/run/edgeloop-auth/tokens.json", name
+        assert env["EDGELOOP_API_TOKEN_FILE"] == f"/run/edgeloop-auth/{name}.token", name
+        assert name in made, f"{name}: api-tokens makes no token for it"
+        assert "api-tokens:/run/edgeloop-auth:ro" in service["volumes"], name
+        assert service["depends_on"]["api-tokens"] == {"condition": "service_completed_successfully"}, name
+        if name != "console":  # the console signs people in; the services refuse requests without a token
+            assert env["EDGELOOP_API_AUTH"] == "required", name
+    assert "elt_" not in (REPO / "docker-compose.yml").read_text()

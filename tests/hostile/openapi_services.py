@@ -40,7 +40,7 @@ class HashScoringModel:
 
 
 class NoResults:
-    async def send(self, site_id: str, device_id: str, payload: bytes) -> None:
+    async def send(self, site_id: str, device_id: str, payload: bytes, *, traceparent: str | None = None) -> None:
         return None
 
     async def ready(self) -> bool:

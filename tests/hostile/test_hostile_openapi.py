@@ -6,6 +6,9 @@ bounded for ``make test``: ``EDGELOOP_API_SWEEP_EXAMPLES`` examples per operatio
 derandomized (the same examples on every run, so a failure is reproducible), no example database. Run it longer
 with, e.g., ``EDGELOOP_API_SWEEP_EXAMPLES=500 EDGELOOP_API_SWEEP_SEED=1 .venv/bin/python -m pytest
 tests/hostile/test_hostile_openapi.py`` (a seed makes it draw new examples; docs/hostile-input.md).
+
+API tokens are on, as deployed (``EDGELOOP_API_AUTH=required``): every call carries an admin's token, so every
+operation is reached and its answers, the 401/403 the document now states included, are held to the document.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from edgeloop_common.api_auth import add_token
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from openapi_services import SERVICES, SweptService
@@ -44,11 +48,31 @@ def no_crash_and_no_undocumented_5xx(ctx: Any, response: Any, case: schemathesis
     return None
 
 
+SWEEP_TOKEN_ID = "sweep-admin"
+ANSWERED_WITH_TOKEN: list[int] = []  # statuses of the calls that carried the admin's token (the sweep reached them)
+
+
+@schemathesis.check
+def the_token_decides(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """The admin's token is never refused (else the sweep would no longer reach the operation); a request the
+    negative mode sent without it, or with a token of its own making, gets 401."""
+    sent = response.request.headers.get("Authorization") or response.request.headers.get("authorization") or ""
+    ours = sent.startswith(f"Bearer elt_{SWEEP_TOKEN_ID}_")
+    if ours and response.status_code in (401, 403):
+        raise AssertionError(f"the admin's token was refused ({response.status_code}): {response.text[:200]}")
+    if ours:
+        ANSWERED_WITH_TOKEN.append(response.status_code)
+    if not ours and response.status_code != 401:
+        raise AssertionError(f"answered {response.status_code} to a request without a valid token ({sent[:40]!r})")
+    return None
+
+
 # What every answer is held to: no 500 and no undocumented 5xx; a status the operation documents; the documented
 # media type; a body that fits the documented schema. The answers every route shares (400 for a body that cannot be
 # parsed, 422 in both of its shapes, 503) are documented on every route by edgeloop_common.http_errors.
 CHECKS = [
     no_crash_and_no_undocumented_5xx,
+    the_token_decides,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
@@ -62,7 +86,17 @@ def lifespans() -> Iterator[None]:
     asgi.shutdown_lifespans()
 
 
-def _sweep(schema: Any, mode: GenerationMode) -> list[str]:
+@pytest.fixture
+def admin_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Auth required in every app built in the test (read from the environment), and an admin's token."""
+    store = tmp_path / "api-tokens.json"
+    _, token = add_token(store, "api sweep", "admin", token_id=SWEEP_TOKEN_ID)
+    monkeypatch.setenv("EDGELOOP_API_AUTH", "required")
+    monkeypatch.setenv("EDGELOOP_API_TOKENS_FILE", str(store))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _sweep(schema: Any, mode: GenerationMode, headers: dict[str, str]) -> list[str]:
     failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -77,7 +111,7 @@ def _sweep(schema: Any, mode: GenerationMode) -> list[str]:
             print_blob=False,
         )
         def call(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=CHECKS)
+            case.call_and_validate(headers=headers, checks=CHECKS)
 
         if SEED is not None:
             call = seed(int(SEED))(call)
@@ -96,7 +130,11 @@ def _marks(service: SweptService) -> list[pytest.MarkDecorator]:
 
 @pytest.mark.parametrize("service", [pytest.param(s, id=s.name, marks=_marks(s)) for s in SERVICES])
 def test_no_operation_answers_5xx_or_off_its_document(
-    service: SweptService, tmp_path: Path, request: pytest.FixtureRequest, lifespans: None
+    service: SweptService,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    lifespans: None,
+    admin_headers: dict[str, str],
 ) -> None:
     extras: dict[str, Any] = {}
     if "mqtt_broker" in service.needs:
@@ -106,5 +144,9 @@ def test_no_operation_answers_5xx_or_off_its_document(
         extras["model_name"] = request.getfixturevalue("trained_model_name")
     app = service.build(tmp_path / "data", **extras)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    failures = _sweep(schema, GenerationMode.POSITIVE) + _sweep(schema, GenerationMode.NEGATIVE)
+    ANSWERED_WITH_TOKEN.clear()
+    failures = _sweep(schema, GenerationMode.POSITIVE, admin_headers) + _sweep(
+        schema, GenerationMode.NEGATIVE, admin_headers
+    )
+    assert len(ANSWERED_WITH_TOKEN) >= len(list(schema.get_all_operations())), "the sweep did not carry the token"
     assert not failures, f"{service.name}: {len(failures)} operation(s) failed\n\n" + "\n\n".join(failures)

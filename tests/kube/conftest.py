@@ -36,7 +36,8 @@ def kube_cluster() -> Iterator[KubeCluster]:
         pytest.fail("`edgeloop kube up` recorded no binaries directory", pytrace=False)
     groups: dict[str, list[str]] = {}
     for node in status.nodes:
-        groups.setdefault(node.group, []).append(node.name)
+        if node.simulated:  # a real node (`up --real-node`, tests/kube/test_kube_real_node.py) is not counted
+            groups.setdefault(node.group, []).append(node.name)
     # helm and kubectl on the PATH of the tests, pointed at this cluster.
     patch = pytest.MonkeyPatch()
     patch.setenv("KUBECONFIG", str(kubeconfig_path()))

@@ -218,7 +218,10 @@ def test_the_gateway_reaches_the_releases_model_server_and_reads_ingests_blob_cl
     ingest_mount = {m["name"]: m["mountPath"] for m in ingest["containers"][0]["volumeMounts"]}["data"]
     gateway_mount = {m["name"]: m for m in gateway["containers"][0]["volumeMounts"]}["blobs"]
     assert gateway_mount["mountPath"] == ingest_mount and gateway_mount["readOnly"]
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in gateway["volumes"]}
+    # (volumes beside the claims, such as the api-tokens Secret, are not in question here)
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in gateway["volumes"] if "persistentVolumeClaim" in v
+    }
     assert (
         claims == {"blobs": "blobs"}
         and {v["name"]: v for v in ingest["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "blobs"
@@ -235,3 +238,235 @@ def test_values_the_chart_cannot_run_with_are_refused_with_the_reason(kube_clust
     ):
         rendered = _helm(kube_cluster, "template", "loop", str(CHART), "--set", wrong)
         assert rendered.returncode != 0 and reason in rendered.stderr, (wrong, rendered.stderr)
+
+
+def test_every_object_carries_the_recommended_labels_and_operators_get_traces_metrics_and_a_dashboard(
+    kube_cluster: KubeCluster,
+) -> None:
+    plain = _render(kube_cluster)
+    for (kind, name), document in plain.items():
+        labels = document["metadata"].get("labels", {})
+        for label in ("app.kubernetes.io/part-of", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by"):
+            assert label in labels, f"{kind} {name} has no {label}"
+    assert not [key for key in plain if key[0] in {"ServiceMonitor", "ConfigMap"}], "observability is opt-in"
+    assert not any(
+        var["name"] == "EDGELOOP_OTLP_ENDPOINT"
+        for (kind, _), document in plain.items()
+        if kind == "Deployment"
+        for var in _container_env(document)
+    )
+
+    watched = _render(
+        kube_cluster,
+        "--set", "observability.otlpEndpoint=http://otel-collector:4318",
+        "--set", "observability.serviceMonitor.enabled=true",
+        "--set", "observability.serviceMonitor.labels.release=prometheus",
+        "--set", "observability.grafanaDashboard.enabled=true",
+    )  # fmt: skip
+    deployments = {name: document for (kind, name), document in watched.items() if kind == "Deployment"}
+    for name, document in deployments.items():
+        env = {var["name"]: var.get("value") for var in _container_env(document)}
+        assert env.get("EDGELOOP_OTLP_ENDPOINT") == "http://otel-collector:4318", f"{name} exports no spans"
+    monitor = watched[("ServiceMonitor", "loop-edgeloop")]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    endpoints = monitor["spec"]["endpoints"]
+    assert endpoints == [{"port": port, "path": "/metrics", "interval": "30s"} for port in ("http", "rest")]
+    services = [document for (kind, _), document in watched.items() if kind == "Service"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for service in services:  # the monitor selects every service, and each names the port it scrapes
+        assert selector.items() <= service["metadata"]["labels"].items(), service["metadata"]["name"]
+        names = {port.get("name") for port in service["spec"]["ports"]}
+        assert names & {"http", "rest"}, service["metadata"]["name"]
+    dashboard = json.loads(watched[("ConfigMap", "loop-edgeloop-dashboard")]["data"]["edgeloop.json"])
+    queried = " ".join(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+    for metric in ("edgeloop_http_requests_total", "edgeloop_bridge_messages_total", "process_cpu_seconds_total"):
+        assert metric in queried
+
+    refused = _helm(kube_cluster, "template", "loop", str(CHART), "--set", "observability.otlpEndpoint=otel:4318")
+    assert refused.returncode != 0 and "otlpEndpoint" in refused.stderr
+
+
+def _api_tokens(secret_data: dict[str, str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(token by id, the store's entries) of the chart's API token Secret (stringData or base64 data)."""
+    import base64
+
+    def text(value: str) -> str:
+        return value if value.startswith(("elt_", "{")) else base64.b64decode(value).decode()
+
+    tokens = {key.removesuffix(".token"): text(value) for key, value in secret_data.items() if key.endswith(".token")}
+    return tokens, json.loads(text(secret_data["tokens.json"]))["tokens"]
+
+
+def test_api_tokens_are_required_by_default_each_service_with_its_own_and_none_in_the_values(
+    kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    from edgeloop_common.api_auth import TokenStore
+
+    rendered = _render(kube_cluster)
+    secret = rendered[("Secret", "loop-api-tokens")]
+    tokens, store = _api_tokens(secret["stringData"])
+    services = {"ingest", "inference-gateway", "registry", "trainer", "drift", "deployer", "model-server"}
+    assert services | {"edge-site-a", "edge-site-b", "admin"} == set(tokens)
+    assert {entry["id"]: entry["role"] for entry in store}["admin"] == "admin"
+    assert all(token not in secret["stringData"]["tokens.json"] for token in tokens.values())  # hashes only
+    (tmp_path / "tokens.json").write_text(secret["stringData"]["tokens.json"])
+    checked = TokenStore([tmp_path / "tokens.json"])
+    for token_id, token in tokens.items():
+        assert checked.authenticate(token).token_id == token_id
+    deployments = {name: doc for (kind, name), doc in rendered.items() if kind == "Deployment"}
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        env = {var["name"]: var for var in _container_env(deployment)}
+        service = name.removeprefix("loop-")
+        assert env["EDGELOOP_API_AUTH"]["value"] == "required", name
+        assert env["EDGELOOP_API_TOKENS_FILE"]["value"] == "/etc/edgeloop/api-tokens/tokens.json", name
+        assert env["EDGELOOP_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "loop-api-tokens",
+            "key": f"{service}.token",
+        }, name
+        volume = next(v for v in pod["volumes"] if v["name"] == "api-tokens")
+        assert volume["secret"]["items"] == [{"key": "tokens.json", "path": "tokens.json"}], name  # no other token
+    assert (
+        deployments["loop-model-server"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"][
+            "path"
+        ]
+        == "/readyz"
+    )
+    assert "elt_" not in (CHART / "values.yaml").read_text()
+
+    off = _render(kube_cluster, "--set", "apiAuth.mode=off")
+    assert ("Secret", "loop-api-tokens") not in off
+    for (kind, name), doc in off.items():
+        if kind == "Deployment":
+            env = {var["name"]: var.get("value") for var in _container_env(doc)}
+            assert env["EDGELOOP_API_AUTH"] == "off" and "EDGELOOP_API_TOKEN" not in env, name
+    mine = _render(kube_cluster, "--set", "apiAuth.existingSecret=my-tokens,apiAuth.extraTokensSecret=people")
+    assert ("Secret", "loop-api-tokens") not in mine
+    ingest = mine[("Deployment", "loop-ingest")]
+    files = {var["name"]: var.get("value") for var in _container_env(ingest)}["EDGELOOP_API_TOKENS_FILE"]
+    assert files == "/etc/edgeloop/api-tokens/tokens.json,/etc/edgeloop/api-tokens-extra/tokens.json"
+
+
+def test_the_api_tokens_survive_an_upgrade(
+    kube_cluster: KubeCluster, kube_api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    install = _helm(kube_cluster, "install", "kept", str(CHART), "-n", namespace)
+    assert install.returncode == 0, install.stdout + install.stderr
+    first, _ = _api_tokens(core.read_namespaced_secret("kept-api-tokens", namespace).data)
+    upgrade = _helm(kube_cluster, "upgrade", "kept", str(CHART), "-n", namespace, "--set", "registry.replicas=2")
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    second, store = _api_tokens(core.read_namespaced_secret("kept-api-tokens", namespace).data)
+    assert first == second and len(store) == len(first)
+
+
+# -- MQTT identities and TLS (docs/security.md, "Device identity on MQTT") -----------------------------------------
+
+MQTT_USERS = {"loop-ingest": "ingest", "loop-inference-gateway": "inference-gateway"}
+
+
+def _template(*settings: str) -> subprocess.CompletedProcess[str]:
+    """`helm template loop CHART --set ...` with the pinned helm (`edgeloop kube up` built it; no cluster needed)."""
+    from edgeloop.kube.cluster import helm_path
+
+    helm = helm_path()
+    assert helm.is_file(), f"{helm} missing: `edgeloop kube up` builds the pinned helm"
+    arguments = [str(helm), "template", "loop", str(CHART)]
+    for setting in settings:
+        arguments += ["--set", setting]
+    return subprocess.run(arguments, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _rendered(*settings: str) -> dict[tuple[str, str], dict[str, Any]]:
+    done = _template(*settings)
+    assert done.returncode == 0, done.stderr
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(done.stdout) if doc}
+
+
+def _mqtt_clients(rendered: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{deployment: its env by name} of the pods that talk MQTT: ingest, the gateway, each site's edge agent."""
+    return {
+        name: {var["name"]: var for var in _container_env(doc)}
+        for (kind, name), doc in rendered.items()
+        if kind == "Deployment" and (name in MQTT_USERS or name.startswith("loop-edge-"))
+    }
+
+
+def test_every_mqtt_service_has_its_own_identity_and_tls_by_default_and_no_password_is_in_the_values() -> None:
+    rendered = _rendered()
+    secret = rendered[("Secret", "loop-mqtt-credentials")]
+    passwords = secret["stringData"]
+    expected = {"ingest", "inference-gateway", "edge-site-a", "edge-site-b"}
+    assert set(passwords) == {f"{name}.password" for name in expected}
+    assert len(set(passwords.values())) == len(expected) and all(len(p) >= 32 for p in passwords.values())
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    clients = _mqtt_clients(rendered)
+    assert set(clients) == {"loop-ingest", "loop-inference-gateway", "loop-edge-site-a", "loop-edge-site-b"}
+    for name, env in clients.items():
+        identity = MQTT_USERS.get(name) or name.removeprefix("loop-")
+        assert env["EDGELOOP_MQTT_USERNAME"]["value"] == identity, name
+        assert env["EDGELOOP_MQTT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "loop-mqtt-credentials",
+            "key": f"{identity}.password",
+        }, name
+        assert env["EDGELOOP_MQTT_TLS"]["value"] == "true", name
+        assert env["EDGELOOP_MQTT_TLS_CA_FILE"]["value"] == "/etc/edgeloop/mqtt-ca/ca.crt", name
+        pod = rendered[("Deployment", name)]["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "mqtt-ca")
+        assert volume["secret"] == {"secretName": "edgeloop-tls-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["mqtt-ca"] == "/etc/edgeloop/mqtt-ca", name
+        port = env.get("EDGELOOP_MQTT_PORT") or env["EDGELOOP_EDGE_MQTT_PORT"]
+        assert port["value"] == "8883", name
+    # The services that never talk MQTT get no identity (least privilege); no Job without an admin Secret.
+    for (kind, name), doc in rendered.items():
+        if kind == "Deployment" and name not in clients:
+            assert "EDGELOOP_MQTT_PASSWORD" not in {var["name"] for var in _container_env(doc)}, name
+    assert not [key for key in rendered if key[0] == "Job"]
+    values = (CHART / "values.yaml").read_text()
+    assert not any(password in values for password in passwords.values())
+    assert "password" not in yaml.safe_dump(yaml.safe_load(values)["global"]["mqtt"]).lower()
+
+    own = _rendered("global.mqtt.credentialsSecret=my-mqtt", "global.mqtt.caSecret=broker-ca")
+    assert ("Secret", "loop-mqtt-credentials") not in own
+    for name, env in _mqtt_clients(own).items():
+        assert env["EDGELOOP_MQTT_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "my-mqtt", name
+        pod = own[("Deployment", name)]["spec"]["template"]["spec"]
+        assert next(v for v in pod["volumes"] if v["name"] == "mqtt-ca")["secret"]["secretName"] == "broker-ca"
+
+
+def test_rendering_refuses_mqtt_tls_without_a_ca_secret_and_plain_text_is_a_choice() -> None:
+    refused = _template("global.mqtt.caSecret=", "global.tlsCaSecret=")
+    assert refused.returncode != 0 and "global.mqtt.caSecret" in refused.stderr, refused.stderr
+    plain = _rendered("global.mqtt.tls=false", "global.mqttPort=1883")
+    for name, env in _mqtt_clients(plain).items():
+        assert "EDGELOOP_MQTT_TLS_CA_FILE" not in env and "EDGELOOP_MQTT_TLS" not in env, name
+        assert env["EDGELOOP_MQTT_USERNAME"]["value"], name  # still its own identity
+        pod = plain[("Deployment", name)]["spec"]["template"]["spec"]
+        assert "mqtt-ca" not in {v["name"] for v in pod["volumes"]}, name
+    wrong = _template("global.mqtt.tls=maybe")
+    assert wrong.returncode != 0 and "/global/mqtt/tls" in wrong.stderr, wrong.stderr
+
+
+def test_with_the_brokers_admin_secret_a_job_creates_every_identity_after_install_and_upgrade() -> None:
+    rendered = _rendered("global.mqtt.adminSecret=mqtt-admin", "edgeAgents.mqttHost=site-broker")
+    job = rendered[("Job", "loop-mqtt-identities")]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    script = container["args"][0]
+    for identity in ("ingest", "inference-gateway"):
+        line = (
+            f"edgeloop device add-service {identity} --password-file /etc/edgeloop/mqtt-credentials/{identity}.password"
+        )
+        assert line in script
+    for site in ("site-a", "site-b"):  # the edge agents' identities go to their site broker
+        assert (
+            f'EDGELOOP_MQTT_HOST="site-broker" EDGELOOP_MQTT_PORT="8883" edgeloop device add-service edge '
+            f'--site "{site}" --password-file /etc/edgeloop/mqtt-credentials/edge-{site}.password'
+        ) in script
+    env = {var["name"]: var for var in container["env"]}
+    assert env["EDGELOOP_MQTT_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mqtt-admin", "key": "password"}
+    assert env["EDGELOOP_MQTT_TLS_CA_FILE"]["value"] == "/etc/edgeloop/mqtt-ca/ca.crt"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["mqtt-credentials"]["secret"]["secretName"] == "loop-mqtt-credentials"

@@ -19,7 +19,10 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 def test_edge_nodes_are_ready_labelled_and_tainted_like_kubeedge_nodes(
     kubectl: Kubectl, edge_groups: list[str]
 ) -> None:
-    result = kubectl("get", "nodes", "-l", EDGE_ROLE_LABEL, "-o", "json")
+    # The simulated nodes (a real node of `up --real-node` has its own test: test_kube_real_node.py).
+    result = kubectl(
+        "get", "nodes", "-l", f"{EDGE_ROLE_LABEL},app.kubernetes.io/managed-by=edgeloop-kube", "-o", "json"
+    )
     assert result.returncode == 0, result.stderr
     nodes = json.loads(result.stdout)["items"]
 

@@ -6,6 +6,7 @@ import re
 
 import httpx
 import pytest
+from edgeloop_common.settings import CommonSettings
 from edgeloop_console.app import MissingAdminTokenError, create_app
 from edgeloop_console.auth import Signer, safe_next, same_origin
 from edgeloop_console.settings import Settings
@@ -13,20 +14,28 @@ from edgeloop_console.settings import Settings
 TOKEN = "a-long-enough-admin-token"
 
 
-def test_a_session_cookie_is_signed_and_expires() -> None:
-    signer = Signer(TOKEN, max_age_s=60)
+def test_a_session_cookie_is_sealed_and_expires() -> None:
+    signer = Signer(TOKEN, max_age_s=60, admin_token=TOKEN)
     cookie, session = signer.new_session(now=1000.0)
     assert signer.session(cookie, now=1059.0) == session
     assert signer.session(cookie, now=1061.0) is None  # expired
-    session_id, expires, signature = cookie.split(".")
-    assert signer.session(f"{session_id}.{int(expires) + 3600}.{signature}", now=1000.0) is None  # stretched
-    assert signer.session(f"other.{expires}.{signature}", now=1000.0) is None
+    assert signer.session(cookie[:-8] + "AAAAAAA=", now=1000.0) is None  # tampered
     assert signer.session("garbage", now=1000.0) is None
-    assert Signer(TOKEN + "-rotated", max_age_s=60).session(cookie, now=1000.0) is None  # a new token: all out
+    assert Signer(TOKEN + "-rotated", max_age_s=60).session(cookie, now=1000.0) is None  # another secret: all out
+    # The same secret, another admin token: the admin token's sessions are out.
+    assert Signer(TOKEN, max_age_s=60, admin_token=TOKEN + "-new").session(cookie, now=1000.0) is None
+
+
+def test_the_users_api_token_in_the_cookie_cannot_be_read() -> None:
+    signer = Signer("a-session-secret-of-enough-length", max_age_s=60)
+    api_token = "elt_abc123_" + "s" * 43
+    cookie, session = signer.new_session(role="viewer", name="vic", token_id="abc123", api_token=api_token)
+    assert "s" * 20 not in cookie and "vic" not in cookie
+    assert signer.session(cookie) == session and session.api_token == api_token and not session.can_act
 
 
 def test_the_csrf_token_belongs_to_its_session() -> None:
-    signer = Signer(TOKEN, max_age_s=60)
+    signer = Signer(TOKEN, max_age_s=60, admin_token=TOKEN)
     _, one = signer.new_session()
     _, other = signer.new_session()
     assert signer.csrf_ok(one, one.csrf_token)
@@ -65,9 +74,9 @@ def test_same_origin() -> None:
     assert not same_origin("null", "console:8080")
 
 
-def test_the_console_does_not_start_without_an_admin_token() -> None:
-    with pytest.raises(MissingAdminTokenError, match="EDGELOOP_CONSOLE_ADMIN_TOKEN"):
-        create_app(Settings(admin_token=""))
+def test_the_console_does_not_start_when_no_one_could_sign_in() -> None:
+    with pytest.raises(MissingAdminTokenError, match=r"EDGELOOP_API_TOKENS_FILE.*EDGELOOP_CONSOLE_ADMIN_TOKEN"):
+        create_app(Settings(admin_token="", common=CommonSettings(api_tokens_file="")))
     with pytest.raises(MissingAdminTokenError):
         create_app(Settings(admin_token="short"))
 

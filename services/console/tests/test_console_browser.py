@@ -128,7 +128,7 @@ def test_the_console_in_a_browser(stack: ConsoleStack, browser: WebDriver, catdo
     browser.get(f"{url}/models")
     assert "/signin" in browser.current_url
     token = browser.find_element(By.ID, "token")
-    assert browser.find_element(By.CSS_SELECTOR, "label[for=token]").text == "Admin token"
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=token]").text == "API token"
     token.send_keys(ADMIN_TOKEN)
     shoot(browser, "01-signin")
     browser.find_element(By.ID, "signin").click()

@@ -26,12 +26,15 @@ class ScriptedTarget:
     looks_until_ready: int = 2
     name: str = "scripted"
     rolls_back: bool = True
+    supports_canary: bool = True
+    canary_outcomes: dict[int, Outcome] = field(default_factory=dict)  # a canary's, where it differs
     applied: list[WorkloadPlan] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
+    canaries_deleted: list[tuple[str, str]] = field(default_factory=list)
     _looks: dict[tuple[str, str, int], int] = field(default_factory=dict)
 
     async def apply(self, plan: WorkloadPlan) -> None:
-        if self.outcomes.get(plan.version) == "refused":
+        if self._outcome(plan) == "refused":
             raise TargetError(f"version {plan.version} refused by the scripted target")
         self.applied.append(plan)
         self._looks[(plan.model_name, plan.node_group, plan.version)] = 0
@@ -39,7 +42,7 @@ class ScriptedTarget:
     async def observe(self, plan: WorkloadPlan) -> RolloutObservation:
         key = (plan.model_name, plan.node_group, plan.version)
         self._looks[key] = self._looks.get(key, 0) + 1
-        outcome = self.outcomes.get(plan.version, "ready")
+        outcome = self._outcome(plan)
         if outcome == "failed":
             return RolloutObservation("failed", "ProgressDeadlineExceeded (scripted)")
         if outcome == "ready" and self._looks[key] >= self.looks_until_ready:
@@ -53,6 +56,18 @@ class ScriptedTarget:
     def endpoint(self, model_name: str, node_group: str) -> str:
         return f"http://{node_group}.scripted.test:8501"
 
+    async def delete_canary(self, model_name: str, node_group: str) -> bool:
+        self.canaries_deleted.append((model_name, node_group))
+        return True
+
+    def canary_endpoint(self, model_name: str, node_group: str) -> str:
+        return f"http://{node_group}-canary.scripted.test:8501"
+
+    def _outcome(self, plan: WorkloadPlan) -> Outcome:
+        if plan.canary and plan.version in self.canary_outcomes:
+            return self.canary_outcomes[plan.version]
+        return self.outcomes.get(plan.version, "ready")
+
     async def ready(self) -> bool:
         return True
 
@@ -60,7 +75,10 @@ class ScriptedTarget:
         return None
 
     def versions_applied(self, node_group: str = "site-a") -> list[int]:
-        return [plan.version for plan in self.applied if plan.node_group == node_group]
+        return [plan.version for plan in self.applied if plan.node_group == node_group and not plan.canary]
+
+    def canaries_applied(self, node_group: str = "site-a") -> list[int]:
+        return [plan.version for plan in self.applied if plan.node_group == node_group and plan.canary]
 
 
 def standalone_settings(data_dir: Path, **overrides: object) -> Settings:

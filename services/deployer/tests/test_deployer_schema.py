@@ -29,8 +29,8 @@ from sqlalchemy import (
 
 from tests.helpers import assert_at_base, assert_at_head, recorded_revisions, start_replicas_together
 
-HEAD = "0001"
-DEPLOYER_TABLES = {"deployer_deployments", "deployer_rollouts"}
+HEAD = "0002"
+DEPLOYER_TABLES = {"deployer_deployments", "deployer_rollouts", "deployer_canaries", "deployer_canary_samples"}
 STARTED = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
 FINISHED = datetime(2026, 3, 1, 12, 1, 40, tzinfo=UTC)
 # A row of the pre-Alembic deployer_rollouts, as the store reads it back after the adoption.

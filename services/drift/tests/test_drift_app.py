@@ -14,7 +14,14 @@ import pytest
 from drift_samples import REGISTRY, inference_events, labeled_event, reference_stats, registry_client
 from edgeloop_common.bus import BusUnavailableError
 from edgeloop_common.bus.inprocess import InProcessBus
-from edgeloop_common.events import DriftDetected, Event, InferenceCompleted, SampleLabeled, TrainingRequested
+from edgeloop_common.events import (
+    DriftDetected,
+    Event,
+    InferenceCompleted,
+    SampleLabeled,
+    TelemetryScored,
+    TrainingRequested,
+)
 from edgeloop_common.settings import CommonSettings
 from edgeloop_drift.adapters.registry import RegistryReferences
 from edgeloop_drift.app import create_app
@@ -155,4 +162,5 @@ async def test_the_app_subscribes_its_table_in_its_consumer_group_once_running(
     async with app.router.lifespan_context(app):
         subscribed = [(s.event_cls, s.group) for s in bus.subscriptions]
 
-    assert subscribed == [(InferenceCompleted, group), (SampleLabeled, group)]
+    # The telemetry group keeps its name: the setting renames the table's first group (the image events').
+    assert subscribed == [(InferenceCompleted, group), (SampleLabeled, group), (TelemetryScored, "drift-telemetry")]

@@ -93,7 +93,7 @@ def model_server_down() -> ModelServerUnavailableError:
 class FakeResults:
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)
 
-    async def send(self, site_id: str, device_id: str, payload: bytes) -> None:
+    async def send(self, site_id: str, device_id: str, payload: bytes, *, traceparent: str | None = None) -> None:
         self.sent.append((site_id, device_id, payload))
 
     async def ready(self) -> bool:

@@ -309,6 +309,22 @@ async def test_telemetry_is_published(rig: Rig) -> None:
     assert event.measured_at == datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
 
 
+async def test_telemetry_machine_event_is_carried_and_a_bad_one_dead_lettered(rig: Rig) -> None:
+    rig.send(
+        "dt/edgeloop/site-b/pump-3/telemetry",
+        b'{"readings": {"vibration_mm_s": 7.9}, "machine_event": "failure"}',
+        tag="failure",
+    )
+    rig.send("dt/edgeloop/site-b/pump-3/telemetry", b'{"readings": {"rpm": 1}, "machine_event": "boom"}', tag="bad")
+    await rig.wait_acked(2)
+    [event] = rig.bus.events_of(TelemetryReceived)
+    assert isinstance(event, TelemetryReceived)
+    assert event.machine_event == "failure"
+    assert event.readings == {"vibration_mm_s": 7.9}
+    [letter] = rig.bus.dead_letters
+    assert "'machine_event' must be one of" in letter.reason
+
+
 class FlakyBlobStore(LocalBlobStore):
     """A blob store whose disk fails the first ``failures`` writes (full disk, unmounted volume)."""
 

@@ -132,6 +132,20 @@ def test_flat_telemetry_object_is_readings() -> None:
     assert telemetry.measured_at is None
 
 
+@pytest.mark.parametrize("machine_event", ["failure", "maintenance"])
+def test_telemetry_carries_a_machine_event(machine_event: str) -> None:
+    nested = parse_telemetry(
+        b'{"readings": {"rpm": 1480}, "machine_event": "%s"}' % machine_event.encode(), max_bytes=65536
+    )
+    flat = parse_telemetry(b'{"rpm": 1480, "machine_event": "%s"}' % machine_event.encode(), max_bytes=65536)
+    assert nested.machine_event == flat.machine_event == machine_event
+    assert nested.readings == flat.readings == {"rpm": 1480}  # the label is not a reading
+
+
+def test_telemetry_without_machine_event_has_none() -> None:
+    assert parse_telemetry(b'{"readings": {"rpm": 1480}}', max_bytes=65536).machine_event is None
+
+
 @pytest.mark.parametrize(
     ("payload", "words"),
     [
@@ -146,6 +160,9 @@ def test_flat_telemetry_object_is_readings() -> None:
         # Under the size limit, nested past the JSON parser's recursion limit: a RecursionError escaped (tests/hostile).
         (b'{"readings": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "nested too deeply"),
         (b'{"readings": {"t": "\xff\xfe"}}', "not JSON"),
+        (b'{"readings": {"t": 1}, "machine_event": "exploded"}', "'machine_event' must be one of 'failure'"),
+        (b'{"t": 1, "machine_event": 1}', "'machine_event' must be one of"),
+        (b'{"readings": {"t": 1}, "machine_event": ["failure"]}', "'machine_event' must be one of"),
     ],
 )
 def test_bad_telemetry_is_refused_with_reason(payload: bytes, words: str) -> None:

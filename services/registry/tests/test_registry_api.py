@@ -196,6 +196,38 @@ async def test_promotion_policy_through_the_api(client: httpx.AsyncClient, bus: 
     assert promoted[2].promoted_by == "alice" and promoted[2].alias == "production"  # type: ignore[attr-defined]
 
 
+async def test_a_failure_model_is_promoted_on_pr_auc(client: httpx.AsyncClient) -> None:
+    async def failure_model(pr_auc: float, accuracy: float) -> int:
+        body = version_body(accuracy, model="machine-failure")
+        body["metrics"].update({"policy_metric": "pr_auc", "pr_auc": pr_auc, "precision": 0.7, "recall": 0.8})
+        body["signature"] = {"kind": "tabular", "inputs": {"features": "DT_FLOAT"}}
+        response = await client.post("/v1/models/machine-failure/versions", json=body)
+        assert response.status_code == 201, response.text
+        return int(response.json()["version"])
+
+    async def promote_failure_model(number: int) -> dict[str, Any]:
+        body = {"version": number, "reason": "evaluated", "actor": "trainer"}
+        response = await client.post("/v1/models/machine-failure/promotions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    first = await failure_model(0.60, accuracy=0.90)
+    higher_accuracy_lower_pr_auc = await failure_model(0.55, accuracy=0.99)
+    better = await failure_model(0.72, accuracy=0.80)
+    assert (await promote_failure_model(first))["promoted"]
+    refused = await promote_failure_model(higher_accuracy_lower_pr_auc)
+    assert not refused["promoted"] and "pr_auc 0.5500" in refused["decision"]
+    assert (await promote_failure_model(better))["promoted"]
+    assert (await client.get("/v1/models/machine-failure")).json()["production_version"] == better
+    # A retraining on new data: another evaluation set, production measured on it by the trainer (pr_auc only).
+    body = version_body(None, model="machine-failure", evaluation_set_id="evalset-after-drift")
+    body["metrics"].update({"policy_metric": "pr_auc", "pr_auc": 0.66, "baseline": {"version": better, "pr_auc": 0.41}})
+    response = await client.post("/v1/models/machine-failure/versions", json=body)
+    assert response.status_code == 201, response.text
+    retrained = await promote_failure_model(response.json()["version"])
+    assert retrained["promoted"] and "0.4100" in retrained["decision"]
+
+
 async def test_margin_from_settings(tmp_path: Path, bus: InProcessBus) -> None:
     app = registry_app(tmp_path, bus, margin=0.05)
     async with (

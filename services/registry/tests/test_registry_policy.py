@@ -93,3 +93,54 @@ def test_a_baseline_of_another_version_is_not_used() -> None:
 def test_a_candidate_without_accuracy_is_refused() -> None:
     decision = decide_promotion(version(2, None), version(1, 0.70), margin=0.0)
     assert not decision.promote and "no metrics.accuracy" in decision.reason
+
+
+# -- a failure model: the gate compares metrics[policy_metric] (docs/telemetry.md) -----------------------------------
+
+
+def failure_model(number: int, pr_auc: float | None, accuracy: float, **extra: Any) -> ModelVersion:
+    figures: dict[str, Any] = {"policy_metric": "pr_auc", **extra}
+    if pr_auc is not None:
+        figures["pr_auc"] = pr_auc
+    return version(number, accuracy, **figures)
+
+
+def test_pr_auc_is_compared_not_accuracy() -> None:
+    # Accuracy says the candidate is better (it flags fewer machines, which on rare failures looks accurate); the
+    # policy metric says it is worse, and the policy metric decides.
+    worse = decide_promotion(failure_model(2, 0.61, accuracy=0.97), failure_model(1, 0.80, accuracy=0.90), margin=0)
+    assert not worse.promote
+    assert "pr_auc 0.6100" in worse.reason and "0.8000" in worse.reason
+    better = decide_promotion(failure_model(2, 0.85, accuracy=0.80), failure_model(1, 0.80, accuracy=0.90), margin=0)
+    assert better.promote and "pr_auc 0.8500" in better.reason
+
+
+def test_pr_auc_margin_and_baseline() -> None:
+    production = failure_model(1, 0.90, accuracy=0.9, evaluation_set_id="evalset-a")
+    # Measured on another set, but the trainer measured production on the candidate's set: the baseline counts.
+    candidate = failure_model(
+        2, 0.74, accuracy=0.9, evaluation_set_id="evalset-b", baseline={"version": 1, "pr_auc": 0.70, "accuracy": 0.99}
+    )
+    assert decide_promotion(candidate, production, margin=0.04).promote
+    assert not decide_promotion(candidate, production, margin=0.05).promote
+    # A baseline with accuracy only is no pr_auc baseline.
+    accuracy_only = failure_model(
+        2, 0.99, accuracy=0.9, evaluation_set_id="evalset-b", baseline={"version": 1, "accuracy": 0.5}
+    )
+    refused = decide_promotion(accuracy_only, production, margin=0.0)
+    assert not refused.promote and "metrics.baseline.pr_auc" in refused.reason
+
+
+def test_a_failure_model_without_its_figure_is_refused_with_the_reason() -> None:
+    decision = decide_promotion(failure_model(2, None, accuracy=0.99), failure_model(1, 0.5, accuracy=0.5), margin=0)
+    assert not decision.promote and "no metrics.pr_auc" in decision.reason
+    # Production measured only accuracy on the same set: nothing to compare pr_auc with.
+    production = version(1, 0.5)
+    decision = decide_promotion(failure_model(2, 0.9, accuracy=0.9), production, margin=0)
+    assert not decision.promote and "production version 1 has no metrics.pr_auc" in decision.reason
+
+
+def test_image_models_still_compare_accuracy() -> None:
+    # No policy_metric: accuracy, even if a pr_auc figure is there too.
+    decision = decide_promotion(version(2, 0.80, pr_auc=0.1), version(1, 0.70, pr_auc=0.9), margin=0)
+    assert decision.promote and "accuracy 0.8000" in decision.reason

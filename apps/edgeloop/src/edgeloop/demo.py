@@ -360,6 +360,7 @@ async def _classify_captures(
             # the embedded broker speaks MQTT 3.1.1 only
             settings={
                 "ingest": {"mqtt_protocol": "5" if broker.kind == "mosquitto" else "3.1.1"},
+                "inference-gateway": {"mqtt_protocol": "5" if broker.kind == "mosquitto" else "3.1.1"},
                 CONSOLE: {"admin_token": options.console_token or ""},
             },
         )

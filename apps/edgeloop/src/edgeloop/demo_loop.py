@@ -558,6 +558,7 @@ class _LoopServices:
                 settings={
                     "registry": {"promotion_margin": scenario.promotion_margin},
                     "ingest": {"mqtt_session_expiry_s": 60, "mqtt_protocol": protocol},
+                    "inference-gateway": {"mqtt_protocol": protocol},
                     "drift": {
                         "window_size": scenario.drift_window,
                         "check_every": scenario.drift_check_every,

@@ -10,6 +10,11 @@ benchmarks): give it a :class:`SimulatorConfig`, ``await run()``, read the
 :class:`SimulationSummary`. A result is matched to the image it answers by
 the image's SHA-256 (``image_sha256`` in the result), so results may arrive in
 any order.
+
+``--kind sensor`` simulates machines with sensors instead (docs/telemetry.md, "The simulated sensors"): many
+devices from one process, each publishing a reading per step with QoS 1 to ``dt/edgeloop/{site}/{device}/telemetry``
+(the values from :class:`edgeloop.sensors.SensorFleet`), while it listens on each device's ``.../alert`` topic and
+prints and counts the maintenance alerts. :class:`SensorSimulator` is the same for programs.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +39,9 @@ from edgeloop_common import topics
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
 from edgeloop_common.mqtt_auth import MqttAuth
 from edgeloop_common.settings import CommonSettings
+from edgeloop_common.tracing import new_traceparent, trace_id
+
+from edgeloop import sensors
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -56,6 +65,8 @@ class SimulatorConfig:
     qos: int = 1
     timeout_s: float = 30.0
     """How long to wait for outstanding results after the last image was sent."""
+    trace: bool = False
+    """MQTT 5, each picture starting a trace (a ``traceparent`` user property; docs/observability.md)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class DeviceResult:
     model_version: int | None
     latency_ms: float
     payload: dict[str, Any]
+    trace_id: str | None = None  # the trace the picture started (``--trace``)
 
 
 @dataclass
@@ -111,6 +123,7 @@ def image_files(directory: Path) -> list[Path]:
 class _Sent:
     image_name: str
     published_at: float
+    trace_id: str | None = None
 
 
 class DeviceSimulator:
@@ -151,7 +164,11 @@ class DeviceSimulator:
 
     async def run(self) -> SimulationSummary:
         client = AsyncMqttClient(
-            self.config.mqtt_host, self.config.mqtt_port, on_message=self._on_message, auth=self.config.auth
+            self.config.mqtt_host,
+            self.config.mqtt_port,
+            on_message=self._on_message,
+            auth=self.config.auth,
+            protocol="5" if self.config.trace else "3.1.1",
         )
         self._client = client
         await client.connect()
@@ -204,8 +221,10 @@ class DeviceSimulator:
 
     def _publish(self, client: AsyncMqttClient, path: Path) -> None:
         data, sha256 = self._payload(path)
-        self._awaiting.setdefault(sha256, deque()).append(_Sent(path.name, time.perf_counter()))
-        acked = client.publish(self.image_topic, data, qos=self.config.qos)
+        traceparent = new_traceparent() if self.config.trace else None
+        self._awaiting.setdefault(sha256, deque()).append(_Sent(path.name, time.perf_counter(), trace_id(traceparent)))
+        properties = {"traceparent": traceparent} if traceparent else None
+        acked = client.publish(self.image_topic, data, qos=self.config.qos, user_properties=properties)
         acked.add_done_callback(self._count_ack)
         self.summary.sent += 1
 
@@ -251,6 +270,7 @@ class DeviceSimulator:
                     model_version=result.get("model_version"),
                     latency_ms=latency_ms,
                     payload=result,
+                    trace_id=sent.trace_id,
                 )
             )
         if self.summary.results >= self.summary.sent and (self.target is None or self.summary.sent >= self.target):
@@ -268,6 +288,174 @@ class DeviceSimulator:
         return oldest.popleft() if oldest else None
 
 
+@dataclass(frozen=True)
+class SensorSimulatorConfig:
+    site: str
+    device: str
+    """The device id, or with several devices their prefix: ``{device}-000``, ``{device}-001``, ..."""
+    devices: int = 1
+    rate: float = 1.0
+    """Readings per second of each device; 0: as fast as the broker acknowledges."""
+    count: int | None = None
+    """Steps (one reading of every running machine each); None: until stopped."""
+    seed: int = 0
+    profile: str = "temperate"
+    change: str | None = None
+    change_at: int | None = None
+    """The change applies from this step on."""
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    auth: MqttAuth | None = None
+    qos: int = 1
+    timeout_s: float = 30.0
+    """How long to wait for the broker's acknowledgements after the last reading."""
+    linger_s: float = 1.0
+    """How long to keep listening for alerts after the last acknowledgement."""
+
+
+@dataclass(frozen=True)
+class SensorAlert:
+    device: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class SensorSummary:
+    sent: int = 0
+    acked: int = 0
+    failures: int = 0
+    maintenances: int = 0
+    alerts: int = 0
+    alerts_by_device: dict[str, int] = field(default_factory=dict)
+    timed_out: bool = False
+
+    def describe(self) -> str:
+        return (
+            f"sent {self.sent} readings, acked {self.acked}; {self.failures} failures, {self.maintenances} "
+            f"maintenances; {self.alerts} alerts from {len(self.alerts_by_device)} devices"
+        )
+
+
+class SensorSimulator:
+    """Machines with sensors over MQTT: readings out, maintenance alerts in."""
+
+    def __init__(self, config: SensorSimulatorConfig, *, on_alert: Callable[[SensorAlert], None] | None = None):
+        self.config = config
+        self.on_alert = on_alert
+        self.summary = SensorSummary()
+        names = [config.device] if config.devices == 1 else [f"{config.device}-{i:03d}" for i in range(config.devices)]
+        self.fleet = sensors.SensorFleet(
+            config.site,
+            names,
+            seed=config.seed,
+            profile=config.profile,
+            change=config.change,
+            change_at=config.change_at,
+        )
+        self.telemetry_topics = {
+            name: topics.mqtt_topic(topics.MQTT_TELEMETRY, site=config.site, device=name) for name in names
+        }
+        self.alert_topics = {
+            topics.mqtt_topic(topics.MQTT_ALERT, site=config.site, device=name): name for name in names
+        }
+        self._stop = asyncio.Event()
+        self._unacked = 0
+        self._acks_done = asyncio.Event()
+
+    @property
+    def devices(self) -> list[str]:
+        return self.fleet.names
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> SensorSummary:
+        config = self.config
+        client = AsyncMqttClient(config.mqtt_host, config.mqtt_port, on_message=self._on_message, auth=config.auth)
+        await client.connect()
+        try:
+            await client.subscribe(list(self.alert_topics), qos=1)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            step = 0
+            while (config.count is None or step < config.count) and not self._stop.is_set():
+                if config.rate > 0:
+                    delay = started + step / config.rate - loop.time()
+                    if delay > 0:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(delay):
+                                await self._stop.wait()
+                        if self._stop.is_set():
+                            break
+                elif self._unacked > 10_000:  # no pacing: let the broker's acknowledgements catch up
+                    await asyncio.sleep(0.001)
+                    continue
+                self._publish_step(client)
+                step += 1
+                if config.rate <= 0 and step % 50 == 0:
+                    await asyncio.sleep(0)  # let acknowledgements and alerts in
+            if self._unacked:
+                self._acks_done.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(config.timeout_s):
+                        await self._acks_done.wait()
+                self.summary.timed_out = self._unacked > 0
+            if config.linger_s > 0 and not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(config.linger_s):
+                        await self._stop.wait()
+        finally:
+            await client.close()
+        return self.summary
+
+    def _publish_step(self, client: AsyncMqttClient) -> None:
+        for record in self.fleet.step(datetime.now(UTC)):
+            message: dict[str, Any] = {"measured_at": record.measured_at.isoformat(), "readings": record.readings}
+            if record.machine_event is not None:
+                message["machine_event"] = record.machine_event
+                if record.machine_event == "failure":
+                    self.summary.failures += 1
+                else:
+                    self.summary.maintenances += 1
+            acked = client.publish(
+                self.telemetry_topics[record.device_id], json.dumps(message).encode(), qos=self.config.qos
+            )
+            self._unacked += 1
+            acked.add_done_callback(self._count_ack)
+            self.summary.sent += 1
+
+    def _count_ack(self, acked: asyncio.Future[None]) -> None:
+        self._unacked -= 1
+        if not acked.cancelled() and acked.exception() is None:
+            self.summary.acked += 1
+        if self._unacked == 0:
+            self._acks_done.set()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        device = self.alert_topics.get(topic)
+        if device is None:
+            return
+        try:
+            alert = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            alert = {"error": "alert is not JSON", "raw": payload[:200].decode("utf-8", errors="replace")}
+        if not isinstance(alert, dict):
+            alert = {"alert": alert}
+        self.summary.alerts += 1
+        self.summary.alerts_by_device[device] = self.summary.alerts_by_device.get(device, 0) + 1
+        if self.on_alert is not None:
+            self.on_alert(SensorAlert(device, alert))
+
+
+def format_alert(alert: SensorAlert) -> str:
+    probability = alert.payload.get("failure_probability")
+    threshold = alert.payload.get("threshold")
+    if isinstance(probability, int | float) and isinstance(threshold, int | float):
+        model = f"{alert.payload.get('model_name', '?')} v{alert.payload.get('model_version', '?')}"
+        return f"ALERT {alert.device}: failure probability {probability:.3f} >= {threshold:.3f} ({model})"
+    return f"ALERT {alert.device}: {json.dumps(alert.payload)[:200]}"
+
+
 def format_result(result: DeviceResult) -> str:
     if result.top_label is None:
         return f"{result.image_name} -> no label: {json.dumps(result.payload)[:200]}"
@@ -275,18 +463,49 @@ def format_result(result: DeviceResult) -> str:
     model = f"{result.model_name} v{result.model_version}" if result.model_name else "unknown model"
     quality = result.payload.get("quality", "ok")
     doubt = f"  [{quality}: nothing to classify]" if quality != "ok" else ""
-    return f"{result.image_name} -> {result.top_label} {confidence}{doubt}  ({model})  {result.latency_ms:.1f} ms"
+    traced = f"  trace {result.trace_id}" if result.trace_id else ""
+    return (
+        f"{result.image_name} -> {result.top_label} {confidence}{doubt}  ({model})  {result.latency_ms:.1f} ms{traced}"
+    )
 
 
 @app.command("simulate")
 def simulate(
-    images: Annotated[Path, typer.Option("--images", help="Folder of JPEG/PNG images, sent in name order.")],
     site: Annotated[str, typer.Option("--site", help="Site id (one MQTT topic level).")],
-    device: Annotated[str, typer.Option("--device", help="Device id (one MQTT topic level).")],
+    device: Annotated[
+        str, typer.Option("--device", help="Device id (one MQTT topic level); with --devices N, their prefix.")
+    ],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Folder of JPEG/PNG images, sent in name order (camera).")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="camera (pictures from --images) or sensor (machines with sensors).")
+    ] = "camera",
     rate: Annotated[
-        float, typer.Option("--rate", min=0.0, help="Images per second; 0: only on capture commands.")
+        float,
+        typer.Option(
+            "--rate",
+            min=0.0,
+            help="Images per second; 0: only on capture commands. Sensor: readings per second of each device; "
+            "0: as fast as the broker acknowledges.",
+        ),
     ] = 1.0,
-    count: Annotated[int | None, typer.Option("--count", min=1, help="Images to send; default: each once.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option("--count", min=1, help="Images to send; default: each once. Sensor: readings per device."),
+    ] = None,
+    devices: Annotated[int, typer.Option("--devices", min=1, help="Sensor: machines simulated by this process.")] = 1,
+    profile: Annotated[
+        str, typer.Option("--profile", help=f"Sensor: the site's profile ({', '.join(sensors.PROFILES)}).")
+    ] = "temperate",
+    change: Annotated[
+        str | None,
+        typer.Option("--change", help=f"Sensor: a change that drives drift ({', '.join(sensors.CHANGES)})."),
+    ] = None,
+    change_at: Annotated[
+        int, typer.Option("--change-at", min=0, help="Sensor: the change applies from this reading on.")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Sensor: seed of the machines' wear and noise.")] = 0,
     loop: Annotated[bool, typer.Option("--loop", help="Start over at the first image after the last.")] = False,
     mqtt_host: Annotated[str | None, typer.Option("--mqtt-host", help="Broker host [EDGELOOP_MQTT_HOST].")] = None,
     mqtt_port: Annotated[int | None, typer.Option("--mqtt-port", help="Broker port [EDGELOOP_MQTT_PORT].")] = None,
@@ -304,11 +523,27 @@ def simulate(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for results after the last image.")
     ] = 30.0,
+    trace: Annotated[
+        bool,
+        typer.Option(
+            "--trace",
+            help="Camera: MQTT 5, each picture starting a trace (a traceparent user property) that its result "
+            "continues; its trace id is printed with the result (docs/observability.md).",
+        ),
+    ] = False,
 ) -> None:
-    """Publish images like a Pi camera and print each result as it arrives."""
+    """Publish images like a Pi camera and print each result as it arrives; or (--kind sensor) sensor readings."""
     for name, value in (("site", site), ("device", device)):
         if not _is_id(value):
             raise typer.BadParameter(f"{value!r} is not a valid {name} id (letters, digits, '_', '.', '-')")
+    if kind not in ("camera", "sensor"):
+        raise typer.BadParameter(f"--kind must be camera or sensor, got {kind!r}")
+    if kind == "sensor" and profile not in sensors.PROFILES:
+        raise typer.BadParameter(f"--profile must be one of {', '.join(sensors.PROFILES)}, got {profile!r}")
+    if kind == "sensor" and change is not None and change not in sensors.CHANGES:
+        raise typer.BadParameter(f"--change must be one of {', '.join(sensors.CHANGES)}, got {change!r}")
+    if kind == "camera" and images is None:
+        raise typer.BadParameter("--images is needed for a camera (or --kind sensor)")
     common = CommonSettings()
     auth = common.mqtt_auth()
     auth = MqttAuth(
@@ -319,6 +554,33 @@ def simulate(
         cert_file=auth.cert_file,
         key_file=auth.key_file,
     )
+    if kind == "sensor":
+        sensor_config = SensorSimulatorConfig(
+            site=site,
+            device=device,
+            devices=devices,
+            rate=rate,
+            count=count,
+            seed=seed,
+            profile=profile,
+            change=change,
+            change_at=change_at if change is not None else None,
+            mqtt_host=mqtt_host or common.mqtt_host,
+            mqtt_port=mqtt_port or common.mqtt_port,
+            auth=auth,
+            qos=qos,
+            timeout_s=timeout,
+        )
+        try:
+            sensor_summary = asyncio.run(_simulate_sensors(sensor_config))
+        except MqttUnavailableError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(sensor_summary.describe())
+        if sensor_summary.timed_out or sensor_summary.acked < sensor_summary.sent:
+            raise typer.Exit(1)
+        return
+    assert images is not None
     config = SimulatorConfig(
         images_dir=images,
         site=site,
@@ -331,6 +593,7 @@ def simulate(
         auth=auth,
         qos=qos,
         timeout_s=timeout,
+        trace=trace,
     )
     try:
         summary = asyncio.run(_simulate(config))
@@ -356,6 +619,21 @@ async def _simulate(config: SimulatorConfig) -> SimulationSummary:
     )
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows, nor off the main thread
+        loop.add_signal_handler(signal.SIGINT, simulator.stop)
+    return await simulator.run()
+
+
+async def _simulate_sensors(config: SensorSimulatorConfig) -> SensorSummary:
+    simulator = SensorSimulator(config, on_alert=lambda alert: typer.echo(format_alert(alert)))
+    change = f", {config.change} from reading {config.change_at}" if config.change else ""
+    typer.echo(
+        f"site {config.site}: {len(simulator.devices)} machine(s) ({config.profile}{change}), "
+        f"{config.count if config.count is not None else 'endless'} reading(s) each at {config.rate}/s to "
+        f"mqtt://{config.mqtt_host}:{config.mqtt_port} (dt/edgeloop/{config.site}/<device>/telemetry); "
+        "alerts on .../alert; Ctrl-C stops"
+    )
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, simulator.stop)
     return await simulator.run()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -36,7 +37,15 @@ from edgeloop_common.settings import CommonSettings
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgeloop.secure_mqtt import CONTROL_TOPIC, count_refusals, generate_password
+from edgeloop.secure_mqtt import (
+    CONTROL_TOPIC,
+    DynsecClient,
+    count_refusals,
+    generate_password,
+    hash_password,
+    issue_server_certificate,
+    write_dynsec_config,
+)
 
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 SERVICE_KINDS = ("ingest", "inference-gateway", "edge")
@@ -47,12 +56,14 @@ class DeviceIdentityError(Exception):
 
 
 class MqttAdminSettings(BaseSettings):
-    """The admin identity: ``EDGELOOP_MQTT_ADMIN_USERNAME``, ``EDGELOOP_MQTT_ADMIN_PASSWORD``."""
+    """The admin identity: ``EDGELOOP_MQTT_ADMIN_USERNAME``, ``EDGELOOP_MQTT_ADMIN_PASSWORD`` (or
+    ``EDGELOOP_MQTT_ADMIN_PASSWORD_FILE``, a file holding it)."""
 
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_MQTT_ADMIN_", extra="ignore")
 
     username: str = "edgeloop-admin"
     password: SecretStr = SecretStr("")
+    password_file: Path | None = None
 
 
 def check_id(value: str, what: str) -> str:
@@ -228,12 +239,150 @@ class DynsecAdmin:
         return username
 
 
+# -- identities made before the broker starts (docker-compose.yml's mqtt-identities job) --
+
+
+def service_kind(username: str) -> tuple[str, str | None]:
+    """``ingest`` -> ("ingest", None); ``edge-site-a`` -> ("edge", "site-a")."""
+    if username.startswith("edge-"):
+        site = username.removeprefix("edge-")
+        service_username("edge", site)
+        return "edge", site
+    service_username(username)
+    return username, None
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    made: tuple[str, ...]
+    """Identities whose password was made now (the others were kept)."""
+    dynsec_written: bool
+    broker_certificate_made: bool
+
+
+def bootstrap_identities(
+    *,
+    dynsec_file: Path,
+    passwords_dir: Path,
+    admin_password_file: Path,
+    services: tuple[str, ...],
+    admin_username: str = "edgeloop-admin",
+    tls_dir: Path | None = None,
+    broker_hosts: tuple[str, ...] = (),
+    owner: int | None = None,
+    broker_uid: int | None = None,
+) -> BootstrapResult:
+    """The broker's first identities, before it starts: the admin's password (``admin_password_file``), a password
+    per service (``passwords_dir/<username>.password``, 0600, given to ``owner``), the plugin's file holding them
+    all hashed (given to ``broker_uid``, who rewrites it), and with ``tls_dir`` the broker's certificate
+    (``mosquitto.pem``/``mosquitto.key``) signed by the CA there (``ca.pem``, ``ca.key``). What exists is kept: a
+    second run adds only what is missing (a new service), so the devices added since stay."""
+    for username in services:
+        service_kind(username)  # an unknown service: DeviceIdentityError before anything is written
+    passwords_dir.mkdir(parents=True, exist_ok=True)
+    admin_password_file.parent.mkdir(parents=True, exist_ok=True)
+    admin_password_file.parent.chmod(0o700)  # the admin's password is for the operator, never a service
+    admin_new = not admin_password_file.exists()
+    admin_password = _kept_or_new(admin_password_file)
+    made = []
+    passwords = {}
+    for username in services:
+        path = passwords_dir / f"{username}.password"
+        if not path.exists():
+            made.append(username)
+        passwords[username] = _kept_or_new(path)
+    renewed = {name for name in made} | ({admin_username} if admin_new else set())
+    clients = tuple(
+        DynsecClient(
+            username=name,
+            password=passwords[name],
+            rolename=f"service/{name}",
+            acls=tuple(service_acls(*service_kind(name))),
+            text_name=f"EdgeLoop {name} service",
+        )
+        for name in services
+    )
+    written = _write_dynsec(dynsec_file, admin_username, admin_password, clients, renewed)
+    certificate_made = False
+    if tls_dir is not None:
+        cert_file, key_file = tls_dir / "mosquitto.pem", tls_dir / "mosquitto.key"
+        if not (cert_file.exists() and key_file.exists()):
+            ca_key = tls_dir / "ca.key"
+            if not ca_key.exists():
+                raise DeviceIdentityError(
+                    f"{tls_dir} holds no ca.key to sign the broker's certificate: put mosquitto.pem and "
+                    "mosquitto.key (a certificate for the broker's host name, signed by ca.pem) there"
+                )
+            issue_server_certificate(tls_dir / "ca.pem", ca_key, broker_hosts or ("mosquitto",), cert_file, key_file)
+            cert_file.chmod(0o644)
+            certificate_made = True
+        if broker_uid is not None:
+            os.chown(key_file, broker_uid, broker_uid)  # the broker reads its key; nobody else
+    if owner is not None:
+        for path in [passwords_dir, *passwords_dir.iterdir()]:
+            os.chown(path, owner, owner)
+    if broker_uid is not None:  # the plugin rewrites its file (write, rename): the folder is the broker's too
+        for path in [dynsec_file.parent, dynsec_file]:
+            os.chown(path, broker_uid, broker_uid)
+    return BootstrapResult(tuple(made), written, certificate_made)
+
+
+def _kept_or_new(path: Path) -> str:
+    if path.exists():
+        password = path.read_text().strip()
+        if not password:
+            raise DeviceIdentityError(f"{path} is empty: remove it to have a new password made")
+        return password
+    password = generate_password()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+def _write_dynsec(
+    path: Path, admin_username: str, admin_password: str, clients: tuple[DynsecClient, ...], renewed: set[str]
+) -> bool:
+    """Write the plugin's file, or add to the one there what it lacks: a listed client it does not hold, and the
+    new password of one whose password file was made now. False when nothing changed."""
+    if not path.exists():
+        write_dynsec_config(path, admin_username, admin_password, clients)
+        return True
+    config = json.loads(path.read_text())
+    by_name = {client.get("username"): client for client in config.setdefault("clients", [])}
+    roles = {role.get("rolename") for role in config.setdefault("roles", [])}
+    changed = False
+    if admin_username in renewed and admin_username in by_name:
+        by_name[admin_username].update(hash_password(admin_password))
+        changed = True
+    for client in clients:
+        if client.rolename not in roles:
+            config["roles"].append({"rolename": client.rolename, "acls": list(client.acls)})
+            changed = True
+        if client.username not in by_name:
+            config["clients"].append(
+                {"username": client.username, "textName": client.text_name, "roles": [{"rolename": client.rolename}]}
+                | hash_password(client.password)
+            )
+            changed = True
+        elif client.username in renewed:
+            by_name[client.username].update(hash_password(client.password))
+            changed = True
+    if changed:  # replaced whole (write, rename), as the plugin itself does
+        fresh = path.with_name(path.name + ".new")
+        fresh.write_text(json.dumps(config, indent=2))
+        fresh.chmod(0o600)
+        fresh.replace(path)
+    return changed
+
+
 # -- the commands (registered under `edgeloop device` by edgeloop.main) --
 
 
 def _admin_connection(admin_password_file: Path | None) -> tuple[str, int, MqttAuth]:
     common, admin = CommonSettings(), MqttAdminSettings()
-    password = admin_password_file.read_text().strip() if admin_password_file else admin.password.get_secret_value()
+    password_file = admin_password_file or (admin.password_file if not admin.password.get_secret_value() else None)
+    password = password_file.read_text().strip() if password_file else admin.password.get_secret_value()
     if not password:
         raise DeviceIdentityError(
             "the broker's admin password is needed: EDGELOOP_MQTT_ADMIN_PASSWORD or --admin-password-file"
@@ -335,8 +484,57 @@ def refusals(log: Annotated[Path, typer.Option("--log", help="The secured broker
     typer.echo(f"connections refused: {counts.connections}\npublishes denied: {counts.publishes}")
 
 
+def bootstrap(
+    passwords_dir: Annotated[Path, typer.Argument(help="Where each service's <username>.password goes.")],
+    services: Annotated[
+        str, typer.Option("--services", help="Comma-separated: ingest, inference-gateway, edge-SITE.")
+    ] = "ingest,inference-gateway",
+    dynsec_file: Annotated[
+        Path, typer.Option("--dynsec-file", help="The dynamic-security plugin's file (plugin_opt_config_file).")
+    ] = Path("/mosquitto/data/dynamic-security.json"),
+    admin_password_file: Annotated[
+        Path, typer.Option("--admin-password-file", help="Where the admin's password is kept (not for services).")
+    ] = Path("/run/edgeloop-mqtt-admin/admin.password"),
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option("--tls-dir", help="Folder with ca.pem and ca.key: the broker's mosquitto.pem/.key made there."),
+    ] = None,
+    broker_hosts: Annotated[
+        str, typer.Option("--broker-hosts", help="Comma-separated names of the broker's certificate.")
+    ] = "mosquitto,localhost,127.0.0.1",
+    owner: Annotated[int, typer.Option("--owner", help="Give the password files to this uid, e.g. 10001.")] = -1,
+    broker_uid: Annotated[
+        int, typer.Option("--broker-uid", help="Give the plugin's file and the broker's key to this uid (1883).")
+    ] = -1,
+) -> None:
+    """The secured broker's first identities, before it starts (docker-compose.yml's mqtt-identities job): the
+    admin, a password per service, the plugin's file, the broker's TLS certificate. Kept across runs."""
+    try:
+        result = bootstrap_identities(
+            dynsec_file=dynsec_file,
+            passwords_dir=passwords_dir,
+            admin_password_file=admin_password_file,
+            services=tuple(name.strip() for name in services.split(",") if name.strip()),
+            tls_dir=tls_dir,
+            broker_hosts=tuple(host.strip() for host in broker_hosts.split(",") if host.strip()),
+            owner=owner if owner >= 0 else None,
+            broker_uid=broker_uid if broker_uid >= 0 else None,
+        )
+    except (DeviceIdentityError, OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    made = ", ".join(result.made) or "none (all kept)"
+    typer.echo(
+        f"mqtt identities: passwords made for {made}; the broker's file {dynsec_file} "
+        f"{'written' if result.dynsec_written else 'kept'}"
+    )
+    if result.broker_certificate_made:
+        typer.echo(f"mqtt: the broker's certificate made in {tls_dir} (mosquitto.pem, mosquitto.key)")
+
+
 def register(app: typer.Typer) -> None:
     """Add the identity commands to ``edgeloop device``."""
+    app.command("bootstrap")(bootstrap)
     app.command("add")(add)
     app.command("remove")(remove)
     app.command("list")(list_)

@@ -74,9 +74,23 @@ def hash_password(
     }
 
 
-def write_dynsec_config(path: Path, admin_username: str, admin_password: str) -> None:
-    """The plugin's initial file: the admin, allowed only the plugin's control topics, and default access denied
-    for everything a role does not grant (publishing, subscribing)."""
+@dataclass(frozen=True)
+class DynsecClient:
+    """A client the plugin's first file holds besides the admin (a service identity made before the broker starts:
+    docker-compose.yml's mqtt-identities job), with a role of its own granting ``acls``."""
+
+    username: str
+    password: str
+    rolename: str
+    acls: tuple[dict[str, object], ...]
+    text_name: str = ""
+
+
+def write_dynsec_config(
+    path: Path, admin_username: str, admin_password: str, clients: tuple[DynsecClient, ...] = ()
+) -> None:
+    """The plugin's initial file: the admin, allowed only the plugin's control topics, ``clients`` with their roles,
+    and default access denied for everything a role does not grant (publishing, subscribing)."""
     admin_acls = [
         {"acltype": acltype, "topic": "$CONTROL/dynamic-security/#", "allow": True}
         for acltype in ("publishClientSend", "publishClientReceive", "subscribePattern")
@@ -89,8 +103,14 @@ def write_dynsec_config(path: Path, admin_username: str, admin_password: str) ->
                 "roles": [{"rolename": ADMIN_ROLE}],
             }
             | hash_password(admin_password)
+        ]
+        + [
+            {"username": c.username, "textName": c.text_name, "roles": [{"rolename": c.rolename}]}
+            | hash_password(c.password)
+            for c in clients
         ],
-        "roles": [{"rolename": ADMIN_ROLE, "acls": admin_acls}],
+        "roles": [{"rolename": ADMIN_ROLE, "acls": admin_acls}]
+        + [{"rolename": c.rolename, "acls": list(c.acls)} for c in clients],
         "groups": [],
         # A client receives what it subscribed to; a role must grant every publish and subscription.
         "defaultACLAccess": {
@@ -113,9 +133,15 @@ class TlsMaterial:
     ca_key_file: Path | None = None  # kept to issue client certificates (issue_client_certificate)
 
 
-def make_tls_material(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TlsMaterial:
+def make_tls_material(
+    directory: Path,
+    *,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    ca_name: str = "EdgeLoop local MQTT CA",
+) -> TlsMaterial:
     """A CA (``ca.pem``) and a server certificate for ``hosts`` signed by it (``server.pem``, ``server.key``),
-    valid for a year. Clients verify the broker with ``ca.pem``."""
+    valid for a year. Clients verify the broker with ``ca.pem``. (``edgeloop infra up --secure`` makes the CA of
+    the local Kafka and PostgreSQL here too, named by ``ca_name``.)"""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -124,11 +150,11 @@ def make_tls_material(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "EdgeLoop local MQTT CA")])
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
+        .subject_name(ca_subject)
+        .issuer_name(ca_subject)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -149,7 +175,7 @@ def make_tls_material(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -177,6 +203,50 @@ def make_tls_material(directory: Path, *, hosts: tuple[str, ...] = ("127.0.0.1",
     )
     material.ca_key_file.chmod(0o600)
     return material
+
+
+def issue_server_certificate(
+    ca_file: Path, ca_key_file: Path, hosts: tuple[str, ...], cert_file: Path, key_file: Path
+) -> None:
+    """A server certificate for ``hosts`` (DNS names or IP addresses) signed by an existing CA, valid for a year:
+    the broker's in docker-compose.yml, signed by the CA the tls-certs job made for Kafka and PostgreSQL."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if not hosts:
+        raise SecureBrokerError("a server certificate needs at least one host name")
+    ca_cert = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise SecureBrokerError(f"{ca_key_file}: an EC key was expected (as make_tls_material writes)")
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_file.unlink(missing_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def issue_client_certificate(material: TlsMaterial, common_name: str, directory: Path) -> tuple[Path, Path]:

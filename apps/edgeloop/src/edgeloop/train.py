@@ -19,12 +19,18 @@ if TYPE_CHECKING:
 
 HELP = (
     "Train an image classifier from DIR/<class>/<images> and export it as MODEL_BASE/NAME/VERSION "
-    "(a SavedModel for TF Serving and `edgeloop model-server`); or, with --trainer, ask the trainer service."
+    "(a SavedModel for TF Serving and `edgeloop model-server`); or, with --trainer, ask the trainer service; "
+    "or, with --telemetry --history SITE.db ..., train the failure model on sites' sensor histories."
 )
 
 
 def train(
-    model: Annotated[str, typer.Option("--model", help="Model name: folder under MODEL_BASE, name in URLs.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Model name: folder under MODEL_BASE, name in URLs (--telemetry: machine-failure)."
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Folder of class sub-folders of JPEG/PNG images (class = folder name)."),
@@ -52,8 +58,14 @@ def train(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per training step.")] = 32,
     eval_fraction: Annotated[
-        float, typer.Option("--eval-fraction", min=0.01, max=0.9, help="Share of each class held out for evaluation.")
-    ] = 0.2,
+        float | None,
+        typer.Option(
+            "--eval-fraction",
+            min=0.01,
+            max=0.9,
+            help="Share of each class held out for evaluation (--telemetry: share of machines; default 0.2, 0.25).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed: evaluation split, weights, augmentation.")] = 42,
     version: Annotated[
         int | None, typer.Option("--version", min=1, help="Version to write (default: highest present + 1).")
@@ -64,8 +76,12 @@ def train(
         typer.Option("--register", metavar="URL", help="Register the version in the registry at URL (e.g. :8083)."),
     ] = None,
     promote: Annotated[
-        bool, typer.Option("--promote/--no-promote", help="With --register: ask the registry to promote it.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--promote/--no-promote",
+            help="With --register: ask the registry to promote it (default: no; with --telemetry: yes).",
+        ),
+    ] = None,
     trainer: Annotated[
         str | None,
         typer.Option(
@@ -73,10 +89,40 @@ def train(
         ),
     ] = None,
     requested_by: Annotated[str, typer.Option("--requested-by", help="With --trainer: who asks.")] = "edgeloop-cli",
+    telemetry: Annotated[
+        bool, typer.Option("--telemetry", help="Train the failure model on sensor histories (--history) instead.")
+    ] = False,
+    histories: Annotated[
+        list[Path] | None,
+        typer.Option("--history", help="With --telemetry: a site's SiteHistory file (SQLite); repeat for more sites."),
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="With --telemetry: logistic (logistic regression) or mlp (a small MLP).")
+    ] = "logistic",
 ) -> None:
     from rich.console import Console
 
     console = Console()
+    if telemetry:
+        _train_telemetry(
+            model or "machine-failure",
+            histories or [],
+            out,
+            kind=kind,
+            epochs=epochs or 20,
+            eval_fraction=eval_fraction or 0.25,
+            seed=seed,
+            version=version,
+            register=register,
+            promote=promote is not False,
+            console=console,
+        )
+        return
+    if model is None:
+        console.print("[red]error:[/] --model NAME is needed")
+        raise typer.Exit(code=2)
+    if eval_fraction is None:
+        eval_fraction = 0.2
     if trainer is not None:
         _follow_remote(trainer, model, requested_by, console)
         return
@@ -118,7 +164,7 @@ def train(
                 register,
                 result,
                 data,
-                promote=promote,
+                promote=bool(promote),
                 eval_fraction=eval_fraction,
                 seed=seed,
                 batch_size=batch_size,
@@ -130,6 +176,51 @@ def train(
         if decision is not None:
             verdict = "promoted" if decision["promoted"] else "not promoted"
             console.print(f"{verdict}: {decision['decision']}")
+
+
+def _train_telemetry(
+    model: str,
+    histories: list[Path],
+    out: Path | None,
+    *,
+    kind: str,
+    epochs: int,
+    eval_fraction: float,
+    seed: int,
+    version: int | None,
+    register: str | None,
+    promote: bool,
+    console: Console,
+) -> None:
+    if not histories or out is None:
+        console.print("[red]error:[/] --telemetry needs --history SITE.db (one or more) and --out MODEL_BASE")
+        raise typer.Exit(code=2)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgeloop_trainer.export import VersionExistsError
+    from edgeloop_trainer.registration import RegistrationError
+
+    from edgeloop.train_telemetry import train_centralised
+
+    try:
+        train_centralised(
+            histories,
+            out,
+            model_name=model,
+            kind=kind,
+            epochs=epochs,
+            eval_fraction=eval_fraction,
+            seed=seed,
+            version=version,
+            register_url=register,
+            promote=promote,
+            log=console.print,
+        )
+    except (FileNotFoundError, VersionExistsError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    except RegistrationError as exc:
+        console.print(f"[red]not registered:[/] {exc}")
+        raise typer.Exit(code=1) from exc
 
 
 def _follow_remote(trainer: str, model: str, requested_by: str, console: Console) -> None:

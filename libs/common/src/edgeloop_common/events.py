@@ -11,6 +11,7 @@ hands them to handlers in an :class:`EventContext`.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -136,6 +137,8 @@ class MaintenanceAlert(Event):
     failure_probability: float = Field(ge=0.0, le=1.0)
     threshold: float = Field(ge=0.0, le=1.0)
     horizon_readings: int = Field(gt=0)
+
+
 # Whether a picture shows anything to classify (edgeloop_common.images.assess_quality): "too_dark" (a camera at
 # night), "too_bright" (blown out), "blank" (featureless). The model still answers; such a picture is never a
 # hard example.
@@ -264,7 +267,21 @@ class ModelPromoted(Event):
     promoted_at: datetime = Field(default_factory=utc_now)
 
 
-DeploymentPhase = Literal["pending", "progressing", "ready", "failed", "rolled_back", "deleted"]
+DeploymentPhase = Literal["pending", "progressing", "ready", "failed", "rolled_back", "deleted", "canary"]
+# A canary's stage (docs/deployer.md, "Canary rollouts"): its server coming up (no traffic yet), taking its share of
+# the group's traffic while the deployer compares it with the stable version, passed (rolling out to the group)
+# or failed (removed; the stable version keeps serving).
+CanaryStatus = Literal["deploying", "watching", "passed", "failed"]
+
+
+def in_canary_share(sample_id: str, weight: float) -> bool:
+    """Whether a sample goes to the canary: the first 8 bytes of sha256(sample_id) as a fraction of 2**64, below
+    ``weight``. Stable (a redelivery or a retry of a sample goes the same way), and the same in the gateway, the edge
+    agents and the deployer, which attributes a sample served by the stable version to a failed canary answer."""
+    if weight <= 0.0:
+        return False
+    share = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") / 2**64
+    return share < weight
 
 
 class DeploymentUpdated(Event):
@@ -280,6 +297,12 @@ class DeploymentUpdated(Event):
     # TF Serving REST base URL of the node group's model server (its Service), where the site's edge agent, or the
     # gateway for a cloud-first site, asks for ``actual_version``; None where the target does not say.
     endpoint: str | None = None
+    # Phase ``canary`` (and the ready / rolled_back that ends a canary): the candidate version, the share of the
+    # group's traffic it takes while ``canary_status`` is ``watching``, and its own model server.
+    canary_version: int | None = None
+    canary_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    canary_endpoint: str | None = None
+    canary_status: CanaryStatus | None = None
     updated_at: datetime = Field(default_factory=utc_now)
 
     def partition_key(self) -> str:

@@ -32,8 +32,8 @@ import logging
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
@@ -63,6 +63,9 @@ class ReceivedMessage:
     # payload it tells a resent message from a new one with the same bytes (packet ids are reused only after
     # their message was acknowledged).
     packet_id: int = 0
+    # MQTT 5 user properties (name: value; a repeated name keeps its last value); empty under MQTT 3.1.1. The
+    # trace context travels here (``traceparent``, docs/observability.md).
+    user_properties: Mapping[str, str] = field(default_factory=dict)
 
 
 MessageCallback = Callable[[str, bytes], None]
@@ -88,6 +91,11 @@ class MqttRefusedError(MqttUnavailableError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
+    pairs = getattr(getattr(message, "properties", None), "UserProperty", None) or []
+    return {str(name): str(value) for name, value in pairs}
 
 
 class AsyncMqttClient:
@@ -278,13 +286,26 @@ class AsyncMqttClient:
                 self._subscriptions.pop(each, None)
             raise
 
-    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> asyncio.Future[None]:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: Mapping[str, str] | None = None,
+    ) -> asyncio.Future[None]:
         """Queue a publish; the future resolves on the PUBACK (QoS 1) or once written (QoS 0).
 
         While disconnected paho keeps QoS 1 messages and sends them after the
-        reconnect, so the future simply resolves later.
+        reconnect, so the future simply resolves later. ``user_properties`` go with
+        the message under MQTT 5 and are left out under 3.1.1 (which has none).
         """
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        properties = None
+        if user_properties and self.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = list(user_properties.items())
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         done = self._future()
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             done.set_exception(MqttUnavailableError(f"publish to {topic} refused: {mqtt.error_string(info.rc)}"))
@@ -405,7 +426,13 @@ class AsyncMqttClient:
         except UnicodeDecodeError:
             topic = repr(message._topic)
         return ReceivedMessage(
-            topic=topic, payload=bytes(message.payload), dup=bool(message.dup), qos=qos, ack=ack, packet_id=mid
+            topic=topic,
+            payload=bytes(message.payload),
+            dup=bool(message.dup),
+            qos=qos,
+            ack=ack,
+            packet_id=mid,
+            user_properties=_user_properties(message),
         )
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -47,22 +47,46 @@ def score_feature(class_name: str) -> str:
     return f"{SCORE_PREFIX}{class_name}"
 
 
+class SiteReference(BaseModel):
+    """One site's own reference samples (a telemetry model's ``reference_stats.sites``: sites differ)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    n: int = Field(ge=0)
+    features: dict[str, list[float]]
+
+    @field_validator("features")
+    @classmethod
+    def _finite_samples(cls, features: dict[str, list[float]]) -> dict[str, list[float]]:
+        return _finite(features)
+
+
 class ReferenceStats(BaseModel):
-    """Validated ``reference_stats``: raw samples per feature, and the predicted-class frequencies."""
+    """Validated ``reference_stats``: raw samples per feature, and the predicted-class frequencies.
+
+    A telemetry model's (``kind: "telemetry_features"``, docs/telemetry.md "Drift on readings") may also carry
+    ``sites``: each site's own samples, which the drift service prefers for that site's window.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     n: int = Field(ge=0)
     features: dict[str, list[float]]
     class_frequencies: dict[str, float] = Field(default_factory=dict)
+    kind: str = "image"
+    sites: dict[str, SiteReference] = Field(default_factory=dict)
 
     @field_validator("features")
     @classmethod
     def _finite_samples(cls, features: dict[str, list[float]]) -> dict[str, list[float]]:
-        for name, values in features.items():
-            if not all(math.isfinite(value) for value in values):
-                raise ValueError(f"feature {name!r} has a value that is not a finite number")
-        return features
+        return _finite(features)
+
+
+def _finite(features: dict[str, list[float]]) -> dict[str, list[float]]:
+    for name, values in features.items():
+        if not all(math.isfinite(value) for value in values):
+            raise ValueError(f"feature {name!r} has a value that is not a finite number")
+    return features
 
 
 def sample_features(

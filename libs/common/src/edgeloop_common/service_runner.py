@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edgeloop_common.otel import configure_tracing, shutdown_tracing
 from edgeloop_common.settings import CommonSettings, ConfigurationError
 
 
@@ -54,16 +55,20 @@ def run_service(
         logging.basicConfig(
             level=service_settings.common.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        configure_tracing(package.removeprefix("edgeloop_").replace("_", "-"), service_settings.common.otlp_endpoint)
         app = app_module.create_app(service_settings)
     except (ValidationError, ConfigurationError) as exc:  # the operator's to fix: the reason, not a traceback
         print(f"{package.replace('_', '-')}: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    uvicorn.run(
-        freeze_after_startup(app),
-        host=host or service_settings.http_host,
-        port=port or service_settings.http_port,
-        log_level=service_settings.common.log_level.lower(),
-    )
+    try:
+        uvicorn.run(
+            freeze_after_startup(app),
+            host=host or service_settings.http_host,
+            port=port or service_settings.http_port,
+            log_level=service_settings.common.log_level.lower(),
+        )
+    finally:
+        shutdown_tracing()  # the spans still buffered go out
 
 
 def service_main(package: str, summary: str, argv: Sequence[str] | None = None, *, flags: Sequence[str] = ()) -> None:

@@ -31,6 +31,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from opentelemetry.trace import SpanKind
+
+from edgeloop_common import otel
 from edgeloop_common.bus.base import EventBus, EventContext, Handler
 from edgeloop_common.events import Event
 
@@ -83,7 +86,7 @@ def subscribed(bus: EventBus, groups: Iterable[ConsumerGroup[Owner]], owner: Own
     attachment = _Attachment(owner)
     for group in groups:
         for event_cls, handler in group.handlers.items():
-            bus.subscribe(event_cls, attachment.bind(handler), group=group.name, broadcast=group.broadcast)
+            bus.subscribe(event_cls, attachment.bind(handler, group.name), group=group.name, broadcast=group.broadcast)
     try:
         yield
     finally:
@@ -94,13 +97,25 @@ class _Attachment(Generic[Owner]):
     def __init__(self, owner: Owner) -> None:
         self._owner: Owner | None = owner
 
-    def bind(self, handler: OwnedHandler[Owner]) -> Handler:
+    def bind(self, handler: OwnedHandler[Owner], group: str) -> Handler:
         async def handle(event: Any, context: EventContext) -> None:
             owner = self._owner
             if owner is None:
                 name = getattr(handler, "__qualname__", repr(handler))
                 raise SubscriberStoppedError(f"{name}: the service has stopped")
-            await handler(owner, event, context)
+            # One consumer span per delivery, continuing the trace the event carries; what the handler publishes
+            # with ``context.traceparent`` then continues this span (docs/observability.md).
+            attributes = {"messaging.destination.name": context.topic, "messaging.message.id": context.event_id}
+            with otel.continued_span(
+                f"{context.topic} process",
+                context.traceparent,
+                service=group,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            ) as span:
+                if span.is_recording():
+                    context = dataclasses.replace(context, traceparent=otel.current_traceparent(context.traceparent))
+                await handler(owner, event, context)
 
         return handle
 

@@ -23,7 +23,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeloop_common.events import ImageFormat, ImageQuality, JointInference, ServedBy
+from edgeloop_common.events import (
+    ImageFormat,
+    ImageQuality,
+    JointInference,
+    MaintenanceAlert,
+    ServedBy,
+    TelemetryScored,
+)
 from edgeloop_common.topics import ID_PATTERN
 
 UPLINK_PATH = "/v1/uplink"
@@ -83,6 +90,30 @@ class UplinkRecord(BaseModel):
     height: int = Field(gt=0)
     image_included: bool = Field(description="whether the request carries the picture (the site's uplink policy)")
     inference: EdgeInference
+
+
+# Scored telemetry (docs/telemetry.md, "Scoring at the edge"): an edge agent scores its site's readings and sends
+# the cloud only the scores and alerts, never a raw reading, a batch per record, through the same POST /v1/uplink
+# (part "record" only). Ingest publishes each with an id from uplink_event_id(record_id, f"{kind}/{index}").
+SCORED_TELEMETRY_KIND: Literal["telemetry_scored"] = "telemetry_scored"
+# The device_id under which ingest records the arrival of a scored-telemetry record (not a valid device id, so
+# it never mixes with a device's picture sequence).
+SCORED_TELEMETRY_ARRIVAL_DEVICE = "~telemetry"
+MAX_SCORED_PER_RECORD = 1000
+
+
+class ScoredTelemetryRecord(BaseModel):
+    """A batch of an edge agent's telemetry scores and alerts, as forwarded to the cloud: no raw reading."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["telemetry_scored"] = SCORED_TELEMETRY_KIND
+    record_id: str = Field(description="made at the edge when the batch was scored (a UUID); the same on resends")
+    site_id: str = Field(pattern=rf"^{ID_PATTERN}$")
+    sequence: int = Field(ge=1, description="per site, from 1, in the order the agent scored its batches")
+    created_at: datetime
+    scored: list[TelemetryScored] = Field(max_length=MAX_SCORED_PER_RECORD)
+    alerts: list[MaintenanceAlert] = Field(default_factory=list, max_length=MAX_SCORED_PER_RECORD)
 
 
 class UplinkAnswer(BaseModel):

@@ -1,7 +1,9 @@
 """The console's pages and actions: server-rendered HTML, each page a plain link, each action a POST form.
 
-Every route but sign-in needs a session; every POST needs the session's CSRF token. A page reads the services it
-shows when it is asked for; a service that does not answer becomes a notice on the page, not an error page.
+Every route but sign-in needs a session; every POST needs the session's CSRF token, and every action (a POST
+but sign-out) a role that may act (operator, admin): a viewer sees no action and is refused if it posts anyway.
+A page reads the services it shows when it is asked for, as the signed-in user (its API token); a service that
+does not answer becomes a notice on the page, not an error page.
 Actions redirect (303) to the page they belong to with a flash message: the service's answer, or its refusal.
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlencode
 
+from edgeloop_common.api_auth import TokenRefusedError, TokenStore, own_token
 from edgeloop_common.http_errors import StatusForError
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -27,6 +31,7 @@ from edgeloop_console.auth import (
     CSRF_HEADER,
     FLASH_COOKIE,
     SESSION_COOKIE,
+    SIGN_IN_ROLES,
     Session,
     Signer,
     safe_next,
@@ -67,6 +72,11 @@ class CsrfRefusedError(Exception):
     pass
 
 
+class RoleRefusedError(Exception):
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+
 # -- dependencies ---------------------------------------------------------------------------------------------
 
 
@@ -80,18 +90,35 @@ def get_signer(request: Request) -> Signer:
     return signer
 
 
-def get_clients(request: Request) -> ServiceClients:
-    clients: ServiceClients = request.app.state.clients
-    return clients
-
-
 def require_session(request: Request, signer: Annotated[Signer, Depends(get_signer)]) -> Session:
     session = signer.session(request.cookies.get(SESSION_COOKIE))
+    if session is not None and session.token_id:
+        session = _still_valid(request.app.state.token_store, session)
     if session is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInRequiredError(target)
     request.state.session = session
     return session
+
+
+def _still_valid(store: TokenStore | None, session: Session) -> Session | None:
+    """The session with its token's current role, or None once the token is removed (signed out at once)."""
+    if store is None:
+        return None
+    try:
+        principal = store.authenticate(session.api_token)
+    except TokenRefusedError as refused:
+        log.info("console session of token %s ended: %s", session.token_id, refused.reason)
+        return None
+    if principal.role not in SIGN_IN_ROLES:
+        return None
+    return replace(session, role=principal.role, name=principal.name)
+
+
+def get_clients(request: Request, session: Annotated[Session, Depends(require_session)]) -> ServiceClients:
+    """The service clients, calling as the signed-in user (its token: the services enforce its role)."""
+    clients: ServiceClients = request.app.state.clients
+    return clients.as_user(session.api_token)
 
 
 async def require_csrf(
@@ -112,11 +139,19 @@ async def require_csrf(
     return session
 
 
+async def require_action(session: Annotated[Session, Depends(require_csrf)]) -> Session:
+    """An action (label, capture, promote, deploy, roll back): a CSRF-checked POST by a role that may act."""
+    if not session.can_act:
+        raise RoleRefusedError(session.role)
+    return session
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SignerDep = Annotated[Signer, Depends(get_signer)]
 Clients = Annotated[ServiceClients, Depends(get_clients)]
 SessionDep = Annotated[Session, Depends(require_session)]
-PostDep = Annotated[Session, Depends(require_csrf)]
+CsrfDep = Annotated[Session, Depends(require_csrf)]
+PostDep = Annotated[Session, Depends(require_action)]
 
 
 def install_page_handlers(app: FastAPI) -> None:
@@ -128,6 +163,15 @@ def install_page_handlers(app: FastAPI) -> None:
         if request.url.path.endswith("/image"):
             return Response("sign in first", status_code=401, media_type="text/plain")
         return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(RoleRefusedError)
+    async def role_refused(request: Request, exc: RoleRefusedError) -> Response:
+        log.warning("POST %s refused: the %s role may not act", request.url.path, exc.role)
+        return HTMLResponse(
+            f"<!doctype html><title>Refused</title><p>Your role ({exc.role}) may look, not act: "
+            'ask for an operator\'s token. <a href="/">Back to the console</a></p>',
+            status_code=403,
+        )
 
     @app.exception_handler(CsrfRefusedError)
     async def csrf_refused(request: Request, exc: CsrfRefusedError) -> Response:
@@ -153,6 +197,8 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
             "nav": NAV,
             "path": request.url.path,
             "csrf_token": session.csrf_token if session else "",
+            "role": session.role if session else "",
+            "can_act": bool(session and session.can_act),
             "flash": flash,
             **context,
         },
@@ -202,12 +248,15 @@ async def signin(
     token: Annotated[str, Form(max_length=4096)] = "",
     next: Annotated[str, Form(max_length=2048)] = "/",
 ) -> Response:
-    if not same_origin(request.headers.get("origin"), request.headers.get("host")) or not signer.token_matches(token):
+    who = _signing_in(request, signer, settings, token)
+    if who is None or not same_origin(request.headers.get("origin"), request.headers.get("host")):
         await asyncio.sleep(0.5)  # slows guessing down
         log.warning("console sign-in refused from %s", request.client.host if request.client else "?")
-        context = {"next": safe_next(next), "error": "That is not the admin token."}
+        context = {"next": safe_next(next), "error": "That token does not sign in here."}
         return render(request, "signin.html", context, status_code=401)
-    cookie, _ = signer.new_session()
+    cookie, session = signer.new_session(
+        role=who["role"], name=who["name"], token_id=who.get("token_id", ""), api_token=who["api_token"]
+    )
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -218,12 +267,30 @@ async def signin(
         samesite="strict",
         secure=settings.secure_cookies,
     )
-    log.info("console sign-in")
+    log.info("console sign-in: %s (%s, token %s)", session.name, session.role, session.token_id or "admin token")
     return response
 
 
+def _signing_in(request: Request, signer: Signer, settings: Settings, token: str) -> dict[str, str] | None:
+    """Who the token signs in (role, name, token id, the token the services get), or None."""
+    if signer.token_matches(token):
+        return {"role": "admin", "name": "admin token", "api_token": own_token(settings.common)}
+    store: TokenStore | None = request.app.state.token_store
+    if store is None or not token:
+        return None
+    try:
+        principal = store.authenticate(token)
+    except TokenRefusedError as refused:
+        log.warning("console sign-in with token %s refused: %s", refused.token_id or "-", refused.reason)
+        return None
+    if principal.role not in SIGN_IN_ROLES:
+        log.warning("console sign-in with token %s refused: a %s token", principal.token_id, principal.role)
+        return None
+    return {"role": principal.role, "name": principal.name, "token_id": principal.token_id, "api_token": token}
+
+
 @router.post("/signout")
-async def signout(_: PostDep) -> Response:
+async def signout(_: CsrfDep) -> Response:
     response = RedirectResponse("/signin", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -7,12 +7,14 @@ to every service) and not used. The lifespan opens one HTTP client per service a
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from edgeloop_common.api_auth import TokenStore, token_files
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.http_metrics import instrument_http
@@ -41,7 +43,8 @@ SECURITY_HEADERS = {
 
 
 class MissingAdminTokenError(ConfigurationError):
-    """No admin token, or one too short to be a secret: the console does not start."""
+    """No way to sign in (no token store, no admin token), or an admin token too short to be a secret: the console
+    does not start."""
 
 
 def create_app(
@@ -50,10 +53,18 @@ def create_app(
     """The console. ``transport`` replaces the network under the service clients (tests)."""
     settings = settings or Settings()
     token = settings.admin_token.get_secret_value()
-    if len(token) < MIN_TOKEN_CHARS:
+    stores = token_files(settings.common)
+    if token and len(token) < MIN_TOKEN_CHARS:
+        raise MissingAdminTokenError(f"EDGELOOP_CONSOLE_ADMIN_TOKEN is too short (at least {MIN_TOKEN_CHARS} chars)")
+    if not token and not stores:
         raise MissingAdminTokenError(
-            f"EDGELOOP_CONSOLE_ADMIN_TOKEN must be set to a secret of at least {MIN_TOKEN_CHARS} characters"
+            "no one could sign in: set EDGELOOP_API_TOKENS_FILE (API tokens: `edgeloop token add NAME --role ...`) "
+            f"or EDGELOOP_CONSOLE_ADMIN_TOKEN (a secret of at least {MIN_TOKEN_CHARS} characters)"
         )
+    secret = settings.session_secret.get_secret_value() or token
+    if not secret:
+        log.warning("no EDGELOOP_CONSOLE_SESSION_SECRET: sessions end when this process stops, and replicas differ")
+        secret = secrets.token_urlsafe(32)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,7 +86,8 @@ def create_app(
         title="EdgeLoop console", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.settings = settings
-    app.state.signer = Signer(token, max_age_s=settings.session_max_age_s)
+    app.state.signer = Signer(secret, max_age_s=settings.session_max_age_s, admin_token=token)
+    app.state.token_store = TokenStore(stores) if stores else None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api.router)
     registry = CollectorRegistry()

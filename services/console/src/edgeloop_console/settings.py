@@ -21,8 +21,14 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr = Field(
         SecretStr(""),
-        description=f"The one admin token that signs in (at least {MIN_TOKEN_CHARS} characters; the console does "
-        "not start without it). Changing it signs every session out.",
+        description=f"Optional: a token (at least {MIN_TOKEN_CHARS} characters) that signs in as admin besides the "
+        "API tokens of EDGELOOP_API_TOKENS_FILE; its calls to the services carry EDGELOOP_API_TOKEN. Changing it "
+        "signs its sessions out.",
+    )
+    session_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Encrypts and signs the session cookies (every replica needs the same). Empty: derived from the "
+        "admin token, else a random one per process (sessions end with a restart).",
     )
     session_max_age_s: int = Field(8 * 3600, ge=60, description="A session lasts this long after sign-in.")
     secure_cookies: bool = Field(

@@ -14,11 +14,14 @@ from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError, 
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgeloop_deployer.canary import ArmStats, Canary, CanaryPolicy, CanaryStats
 from edgeloop_deployer.service import (
+    CanaryNotFoundError,
     DeployerError,
     DeploymentNotFoundError,
     DeploymentState,
     InvalidRequestError,
+    NoCanaryError,
     NothingToRollBackError,
     RolloutRecord,
     RolloutService,
@@ -32,6 +35,8 @@ STATUS_FOR_ERROR: StatusForError = {
     UnknownNodeGroupError: status.HTTP_404_NOT_FOUND,
     DeploymentNotFoundError: status.HTTP_404_NOT_FOUND,
     NothingToRollBackError: status.HTTP_409_CONFLICT,
+    CanaryNotFoundError: status.HTTP_404_NOT_FOUND,
+    NoCanaryError: status.HTTP_409_CONFLICT,
     InvalidRequestError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     DeployerError: status.HTTP_502_BAD_GATEWAY,  # the target failed (e.g. the API refused a deletion)
 }
@@ -40,6 +45,8 @@ STATUS_FOR_ERROR: StatusForError = {
 UNKNOWN = error_answers({404: "Unknown node group, or no deployment of the model there."})
 TARGET_FAILED = error_answers({502: "The deployment target refused or failed."})
 NOTHING_TO_ROLL_BACK = error_answers({409: "No earlier version to roll back to."})
+NO_CANARY = error_answers({404: "Unknown node group, or no canary of the model ever ran there."})
+NOT_DECIDABLE = error_answers({409: "No canary of the model runs there that can be decided so (or none ran)."})
 
 # A Kubernetes annotation key: an optional DNS-subdomain prefix and a name of at most 63 characters.
 _ANNOTATION_KEY = re.compile(
@@ -67,6 +74,13 @@ class DeployRequest(BaseModel):
     pod_annotations: dict[str, str] = Field(
         default_factory=dict, description="Extra pod-template annotations for this rollout (tests, debugging)."
     )
+    canary_weight: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the group's traffic for a canary of this version first; 0: at once; "
+        "absent: EDGELOOP_DEPLOYER_CANARY_WEIGHT.",
+    )
 
     @field_validator("pod_annotations")
     @classmethod
@@ -81,6 +95,90 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field("", max_length=1000)
+
+
+class CanaryDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=1000)
+
+
+class ArmOut(BaseModel):
+    version: int
+    answers: int
+    errors: int = Field(description="The canary's: answers of its share that the stable version had to give.")
+    error_rate: float
+    mean_confidence: float | None
+    p95_latency_ms: float | None
+
+    @classmethod
+    def of(cls, version: int, arm: ArmStats) -> ArmOut:
+        return cls(
+            version=version,
+            answers=arm.answers,
+            errors=arm.errors,
+            error_rate=arm.error_rate,
+            mean_confidence=arm.mean_confidence,
+            p95_latency_ms=arm.p95_latency_ms,
+        )
+
+
+class CanaryPolicyOut(BaseModel):
+    window_s: float
+    settle_s: float
+    min_samples: int
+    max_error_rate: float
+    max_latency_ratio: float
+    max_confidence_drop: float
+    max_wait_s: float
+
+
+class CanaryOut(BaseModel):
+    model_name: str
+    node_group: str
+    version: int
+    stable_version: int
+    weight: float
+    status: str = Field(description="deploying, watching, promoting, completed, rolled_back or superseded.")
+    reason: str
+    endpoint: str | None = Field(description="The canary's model server while it exists.")
+    started_at: datetime
+    watch_from: datetime | None
+    window_ends_at: datetime | None
+    finished_at: datetime | None
+    canary: ArmOut | None = Field(description="What the canary's answers show so far (while it runs).")
+    stable: ArmOut | None = Field(description="The same of the stable version's answers.")
+    policy: CanaryPolicyOut
+
+    @classmethod
+    def of(cls, canary: Canary, stats: CanaryStats | None, service: RolloutService) -> CanaryOut:
+        policy: CanaryPolicy = service.config.canary
+        running = canary.status in ("deploying", "watching", "promoting")
+        return cls(
+            model_name=canary.model_name,
+            node_group=canary.node_group,
+            version=canary.version,
+            stable_version=canary.stable_version,
+            weight=canary.weight,
+            status=canary.status,
+            reason=canary.reason,
+            endpoint=service.target.canary_endpoint(canary.model_name, canary.node_group) if running else None,
+            started_at=canary.started_at,
+            watch_from=canary.watch_from,
+            window_ends_at=canary.window_ends_at,
+            finished_at=canary.finished_at,
+            canary=ArmOut.of(canary.version, stats.canary) if stats else None,
+            stable=ArmOut.of(canary.stable_version, stats.stable) if stats else None,
+            policy=CanaryPolicyOut(
+                window_s=policy.window_s,
+                settle_s=policy.settle_s,
+                min_samples=policy.min_samples,
+                max_error_rate=policy.max_error_rate,
+                max_latency_ratio=policy.max_latency_ratio,
+                max_confidence_drop=policy.max_confidence_drop,
+                max_wait_s=policy.max_wait_s,
+            ),
+        )
 
 
 class RolloutOut(BaseModel):
@@ -168,6 +266,7 @@ async def deploy(body: DeployRequest, service: Service) -> StartedRollout:
         trigger="http",
         reason=body.reason or "deployed on request",
         pod_annotations=body.pod_annotations,
+        canary_weight=body.canary_weight,
     )
     return _started(record)
 
@@ -205,3 +304,39 @@ async def rollback(
     """Deploy the version that served before the current one."""
     reason = body.reason if body is not None else ""
     return _started(await service.rollback(model_name, node_group, reason=reason))
+
+
+@router.get("/{model_name}/{node_group}/canary", responses=NO_CANARY)
+async def get_canary(model_name: str, node_group: str, service: Service) -> CanaryOut:
+    """The newest canary of the model in the group: its stage, and while it runs, its answers against the stable
+    version's."""
+    canary, stats = await service.canary(model_name, node_group)
+    return CanaryOut.of(canary, stats, service)
+
+
+@router.post(
+    "/{model_name}/{node_group}/canary/abort",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**UNKNOWN, **NOT_DECIDABLE},
+)
+async def abort_canary(
+    model_name: str, node_group: str, service: Service, body: CanaryDecision | None = None
+) -> CanaryOut:
+    """Stop the canary (deploying or watching): it is removed, the stable version keeps serving."""
+    reason = body.reason if body is not None else ""
+    canary = await service.abort_canary(model_name, node_group, reason=reason)
+    return CanaryOut.of(canary, None, service)
+
+
+@router.post(
+    "/{model_name}/{node_group}/canary/complete",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**UNKNOWN, **NOT_DECIDABLE},
+)
+async def complete_canary(
+    model_name: str, node_group: str, service: Service, body: CanaryDecision | None = None
+) -> CanaryOut:
+    """Pass the watched canary now: the candidate rolls out to the group."""
+    reason = body.reason if body is not None else ""
+    canary = await service.complete_canary(model_name, node_group, reason=reason)
+    return CanaryOut.of(canary, None, service)

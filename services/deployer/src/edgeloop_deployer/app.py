@@ -1,8 +1,8 @@
 """``create_app(settings, *, bus=None)``: the deployer as a FastAPI app.
 
 The lifespan builds the store, the target and the service, subscribes the handlers of
-:data:`~edgeloop_deployer.handlers.SUBSCRIPTIONS` (ModelPromoted), starts the bus if the app
-owns it, and resumes the rollouts a previous run left unfinished.
+:data:`~edgeloop_deployer.handlers.SUBSCRIPTIONS` (ModelPromoted; InferenceCompleted for canaries), starts the bus
+if the app owns it, and resumes the rollouts (and canaries) a previous run left unfinished.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from edgeloop_common.api_auth import install_api_auth, service_auth
 from edgeloop_common.bus import EventBus
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
@@ -24,6 +25,7 @@ from fastapi import FastAPI
 from edgeloop_deployer import api
 from edgeloop_deployer.adapters.manifests import ServingSpec
 from edgeloop_deployer.adapters.store import SqlDeploymentStore, create_sql_engine
+from edgeloop_deployer.canary import CanaryPolicy
 from edgeloop_deployer.handlers import SUBSCRIPTIONS, DeployerHandlers
 from edgeloop_deployer.metrics import DeployerMetrics
 from edgeloop_deployer.service import SERVICE_NAME, DeploymentTarget, RolloutConfig, RolloutService
@@ -60,8 +62,11 @@ def target_from_settings(settings: Settings) -> DeploymentTarget:
                 servers,
                 models_root=settings.resolved_local_models_root(),
                 model_base=settings.resolved_local_model_base(),
+                auth=service_auth(settings.common),
+                canary_servers=settings.canary_servers(),
+                canary_models_root=settings.resolved_local_canary_models_root(),
             )
-        return LocalModelServerTarget(settings.model_server_url)
+        return LocalModelServerTarget(settings.model_server_url, auth=service_auth(settings.common))
     from edgeloop_deployer.adapters.kubernetes import KubernetesTarget, api_client_from
 
     return KubernetesTarget(
@@ -80,6 +85,17 @@ def rollout_config(settings: Settings) -> RolloutConfig:
         poll_interval_s=settings.poll_interval_s,
         promotion_alias=settings.promotion_alias,
         annotations_for=settings.pod_annotations_for,
+        canary=CanaryPolicy(
+            weight=settings.canary_weight,
+            window_s=settings.canary_window_s,
+            settle_s=settings.canary_settle_s,
+            min_samples=settings.canary_min_samples,
+            max_error_rate=settings.canary_max_error_rate,
+            max_latency_ratio=settings.canary_max_latency_ratio,
+            max_confidence_drop=settings.canary_max_confidence_drop,
+            max_wait_s=settings.canary_max_wait_s,
+            check_interval_s=settings.canary_check_interval_s,
+        ),
     )
 
 
@@ -114,6 +130,7 @@ def create_app(
             app.state.store = store
             app.state.target = chosen
             stack.push_async_callback(service.close)
+            await service.load_canaries()  # before answers are delivered: those of a watched canary are recorded
             stack.enter_context(
                 subscribed(event_bus, with_consumer_group_setting(SUBSCRIPTIONS, settings), DeployerHandlers(service))
             )
@@ -132,6 +149,7 @@ def create_app(
     app = FastAPI(title="EdgeLoop deployer", version="1", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(health_router(lambda: _checks(app, event_bus), registry=metrics.registry))
+    install_api_auth(app, settings.common, metrics.registry)
     instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.bus = event_bus

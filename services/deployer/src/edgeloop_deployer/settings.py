@@ -110,6 +110,45 @@ class Settings(BaseSettings):
         "default <EDGELOOP_DATA_DIR>/models.",
     )
 
+    # --- canary rollouts (docs/deployer.md, "Canary rollouts") ---
+    canary_weight: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of a node group's traffic a promoted version takes as a canary beside the serving one "
+        "before it rolls out (0.1: 10 %). 0: no canary, a promotion rolls out at once.",
+    )
+    canary_window_s: float = Field(300.0, gt=0, description="How long a canary is watched before it can pass.")
+    canary_settle_s: float = Field(
+        5.0, ge=0, description="From the canary taking traffic to its window: the gateways take the split up."
+    )
+    canary_min_samples: int = Field(
+        50, ge=1, description="Answers needed of the canary (and of the stable version) before it is judged."
+    )
+    canary_max_error_rate: float = Field(
+        0.02, ge=0, le=1, description="Most of the canary's share that may fail (answered by the stable version)."
+    )
+    canary_max_latency_ratio: float = Field(
+        1.5, gt=0, description="Most the canary's p95 latency may be, as a multiple of the stable version's."
+    )
+    canary_max_confidence_drop: float = Field(
+        0.05, ge=0, le=1, description="Most the canary's mean confidence may be below the stable version's."
+    )
+    canary_max_wait_s: float = Field(
+        1800.0, ge=0, description="After the window, how long to wait for enough answers; then the canary fails."
+    )
+    canary_check_interval_s: float = Field(2.0, gt=0, description="How often a canary's answers are looked at.")
+    local_canary_servers: str = Field(
+        "",
+        description="Local target with LOCAL_NODE_GROUP_SERVERS: a canary model server per node group, "
+        "'site-a=http://127.0.0.1:8611,...', serving LOCAL_CANARY_MODELS_ROOT/<group>. Empty: no canaries there.",
+    )
+    local_canary_models_root: Path | None = Field(
+        None,
+        description="The canary servers' folders, <root>/<node_group>/<model>/<version>; default "
+        "<EDGELOOP_DATA_DIR>/node-groups-canary.",
+    )
+
     consumer_group: str = "deployer"
     common: CommonSettings = Field(default_factory=CommonSettings)
 
@@ -138,7 +177,7 @@ class Settings(BaseSettings):
         known = ", ".join(f"{{{name}}}" for name in ENDPOINT_PLACEHOLDERS)
         raise ValueError(f"endpoint template {value!r}: {problem} (placeholders: {known})")
 
-    @field_validator("local_node_group_servers")
+    @field_validator("local_node_group_servers", "local_canary_servers")
     @classmethod
     def _valid_servers(cls, value: str) -> str:
         _parse_servers(value)
@@ -151,6 +190,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"local_node_group_servers names the groups {', '.join(sorted(servers))} but the node groups are "
                 f"{', '.join(self.groups())}: give every node group one server, and no other group"
+            )
+        canaries = self.canary_servers()
+        if canaries and (not servers or not set(canaries) <= set(servers)):
+            raise ValueError(
+                f"local_canary_servers names the groups {', '.join(sorted(canaries))}: a canary server needs the "
+                "group's own server in local_node_group_servers"
             )
         return self
 
@@ -171,6 +216,13 @@ class Settings(BaseSettings):
     def node_group_servers(self) -> dict[str, str]:
         """Node group -> REST URL of its own model server (local target); empty: one server for all."""
         return _parse_servers(self.local_node_group_servers)
+
+    def canary_servers(self) -> dict[str, str]:
+        """Node group -> REST URL of its canary model server (local target)."""
+        return _parse_servers(self.local_canary_servers)
+
+    def resolved_local_canary_models_root(self) -> Path:
+        return (self.local_canary_models_root or self.common.data_dir / "node-groups-canary").resolve()
 
     def resolved_local_models_root(self) -> Path:
         return (self.local_models_root or self.common.data_dir / "node-groups").resolve()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
+from edgeloop_common.api_auth import install_api_auth, service_auth
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
@@ -26,7 +27,7 @@ from edgeloop_drift import api
 from edgeloop_drift.adapters.registry import NoReferences, RegistryReferences
 from edgeloop_drift.handlers import SUBSCRIPTIONS, DriftHandlers
 from edgeloop_drift.metrics import DriftMetrics
-from edgeloop_drift.service import SERVICE_NAME, DriftPolicy, DriftService, ReferenceLookup
+from edgeloop_drift.service import SERVICE_NAME, DriftPolicy, DriftService, ReferenceLookup, TelemetryDriftConfig
 from edgeloop_drift.settings import Settings
 from edgeloop_drift.windows import WindowConfig, parse_features
 
@@ -44,6 +45,24 @@ def window_config(settings: Settings) -> WindowConfig:
         psi_noise_alpha=settings.psi_noise_alpha,
         ks_alpha=settings.ks_alpha,
         features=parse_features(settings.features),
+    )
+
+
+def telemetry_drift_config(settings: Settings) -> TelemetryDriftConfig:
+    window = window_config(settings)
+    return TelemetryDriftConfig(
+        window=WindowConfig(
+            window_size=settings.telemetry_window_size,
+            check_every=settings.telemetry_check_every,
+            min_reference_samples=window.min_reference_samples,
+            psi_threshold=window.psi_threshold,
+            psi_bins=window.psi_bins,
+            psi_epsilon=window.psi_epsilon,
+            psi_noise_alpha=window.psi_noise_alpha,
+            ks_alpha=window.ks_alpha,
+            features=parse_features(settings.telemetry_features),
+        ),
+        sample_every=settings.telemetry_sample_every,
     )
 
 
@@ -83,13 +102,23 @@ def create_app(
             lookup = references
             if lookup is None:
                 client = (
-                    RegistryReferences(settings.registry_url, timeout_s=settings.registry_timeout_s)
+                    RegistryReferences(
+                        settings.registry_url,
+                        timeout_s=settings.registry_timeout_s,
+                        auth=service_auth(settings.common),
+                    )
                     if settings.registry_url
                     else NoReferences()
                 )
                 stack.push_async_callback(client.close)
                 lookup = client
-            service = DriftService(config, lookup, policy=drift_policy(settings), metrics=metrics)
+            service = DriftService(
+                config,
+                lookup,
+                policy=drift_policy(settings),
+                metrics=metrics,
+                telemetry=telemetry_drift_config(settings),
+            )
             app.state.drift = service
             stack.callback(_forget_service, app)  # after the bus stopped (callbacks run last-in, first-out)
             stack.enter_context(
@@ -122,6 +151,7 @@ def create_app(
 
     app.include_router(api.router)
     app.include_router(health_router({"bus": bus_ready, "started": started}, registry=metrics.registry))
+    install_api_auth(app, settings.common, metrics.registry)
     instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics

@@ -1,4 +1,5 @@
-"""Thin: InferenceCompleted / SampleLabeled in -> the drift service -> DriftDetected, TrainingRequested out.
+"""Thin: InferenceCompleted / SampleLabeled / TelemetryScored in -> the drift service -> DriftDetected,
+TrainingRequested out.
 
 :data:`SUBSCRIPTIONS` is the drift service's table: which consumer group handles which event with which handler.
 
@@ -15,7 +16,7 @@ import uuid
 from collections import OrderedDict
 
 from edgeloop_common.bus import EventBus, EventContext
-from edgeloop_common.events import InferenceCompleted, SampleLabeled
+from edgeloop_common.events import InferenceCompleted, SampleLabeled, TelemetryScored
 from edgeloop_common.subscriptions import ConsumerGroup
 from edgeloop_common.tracing import child_traceparent
 
@@ -42,6 +43,12 @@ class DriftHandlers:
             reaction = await self.service.observe_inference(event)
         await self._publish(reaction, context)
 
+    async def on_telemetry_scored(self, event: TelemetryScored, context: EventContext) -> None:
+        reaction = self._pending.get(context.event_id)
+        if reaction is None:
+            reaction = await self.service.observe_telemetry(event)
+        await self._publish(reaction, context)
+
     async def on_sample_labeled(self, event: SampleLabeled, context: EventContext) -> None:
         reaction = self._pending.get(context.event_id)
         if reaction is None:
@@ -64,7 +71,7 @@ class DriftHandlers:
         self._pending.pop(context.event_id, None)
 
 
-SUBSCRIPTIONS = (
+SUBSCRIPTIONS: tuple[ConsumerGroup[DriftHandlers], ...] = (
     ConsumerGroup(
         "drift",
         {
@@ -72,4 +79,7 @@ SUBSCRIPTIONS = (
             SampleLabeled: DriftHandlers.on_sample_labeled,
         },
     ),
+    # Sensor features (docs/telemetry.md, "Drift on readings"): a group of its own, so that thousands of scored
+    # readings a second never hold up the image model's events.
+    ConsumerGroup("drift-telemetry", {TelemetryScored: DriftHandlers.on_telemetry_scored}),
 )

@@ -56,7 +56,7 @@ class DriftMetrics:
         )
         self.samples = Counter(
             "edgeloop_drift_samples_total",
-            "Events taken into account, by kind (inference, label).",
+            "Events taken into account, by kind (inference, label, telemetry).",
             ["kind"],
             registry=self.registry,
         )

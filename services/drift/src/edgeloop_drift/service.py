@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from edgeloop_common.events import DriftDetected, InferenceCompleted, SampleLabeled, TrainingRequested, utc_now
+from edgeloop_common.events import (
+    DriftDetected,
+    InferenceCompleted,
+    SampleLabeled,
+    TelemetryScored,
+    TrainingRequested,
+    utc_now,
+)
 from edgeloop_common.reference_stats import ReferenceStats, sample_features
 
 from edgeloop_drift.concept import AccuracyDrop, AccuracyMonitor
@@ -46,6 +54,15 @@ class DriftPolicy:
     alarm_history: int = 500
     max_streams: int = 1000
     prediction_memory: int = 100_000
+
+
+@dataclass(frozen=True)
+class TelemetryDriftConfig:
+    """Drift on sensor features: its own windows (docs/telemetry.md, "Drift on readings")."""
+
+    window: WindowConfig = field(default_factory=lambda: WindowConfig(window_size=200, check_every=25))
+    sample_every: int = 30  # WINDOW_READINGS: a device's windows that do not overlap
+    max_devices: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -130,8 +147,12 @@ class DriftService:
         policy: DriftPolicy | None = None,
         metrics: DriftMetrics | None = None,
         clock: Callable[[], datetime] = utc_now,
+        telemetry: TelemetryDriftConfig | None = None,
     ) -> None:
         self.config = config
+        self.telemetry = telemetry or TelemetryDriftConfig()
+        self._telemetry_references: dict[tuple[str, int, str], PreparedReference] = {}
+        self._telemetry_seen: dict[tuple[str, str, str], int] = {}
         self.references = references
         self.policy = policy or DriftPolicy()
         self.metrics = metrics or DriftMetrics()
@@ -147,6 +168,7 @@ class DriftService:
         self._last_training: dict[tuple[str, str], datetime] = {}
         self._inferences_counted = self.metrics.samples.labels("inference")
         self._labels_counted = self.metrics.samples.labels("label")
+        self._telemetry_counted = self.metrics.samples.labels("telemetry")
 
     # --- InferenceCompleted: feature windows -------------------------------------------------------------
 
@@ -201,7 +223,7 @@ class DriftService:
 
     def _adopt_first_window(self, stream: Stream) -> None:
         stream.reference = PreparedReference.build(
-            stream.window.snapshot(), self.config, source="first_window", size=stream.window.fill
+            stream.window.snapshot(), stream.window.config, source="first_window", size=stream.window.fill
         )
         stream.window.since_check = 0
         log.warning(
@@ -228,6 +250,62 @@ class DriftService:
             if comparison.drifted:
                 alarms.append(_alarm_of(stream.key, comparison, now))
         return alarms
+
+    # --- TelemetryScored: windows of sensor features (docs/telemetry.md, "Drift on readings") -------------------
+
+    async def observe_telemetry(self, event: TelemetryScored) -> Reaction:
+        """One scored window of a device's readings. Every ``sample_every``-th of a device enters the site's drift
+        window: consecutive windows of a device share all but one reading, so only windows that do not overlap
+        are (nearly) independent samples, which PSI and KS assume."""
+        self._telemetry_counted.inc()
+        device = (event.model_name, event.site_id, event.device_id)
+        seen = self._telemetry_seen.get(device, 0)
+        self._telemetry_seen[device] = seen + 1
+        if seen % self.telemetry.sample_every:
+            return Reaction()
+        while len(self._telemetry_seen) > self.telemetry.max_devices:
+            del self._telemetry_seen[next(iter(self._telemetry_seen))]
+        key = StreamKey(event.model_name, event.model_version, event.site_id)
+        stream = self.streams.get(key)
+        if stream is None or stream.window.config is not self.telemetry.window:
+            stream = self.streams[key] = Stream(key, StreamWindow(self.telemetry.window))
+            while len(self.streams) > self.policy.max_streams:
+                evicted, _ = self.streams.popitem(last=False)
+                log.info("dropping the idlest drift window %s (max_streams reached)", evicted)
+        self.streams.move_to_end(key)
+        await self._refresh_telemetry_reference(stream)
+        stream.window.add({name: value for name, value in event.features.items() if math.isfinite(value)})
+        if stream.reference is None and stream.window.full:
+            self._adopt_first_window(stream)
+        if stream.reference is None or not stream.window.check_due():
+            return Reaction()
+        return self._react(stream.key, self._check(stream))
+
+    async def _refresh_telemetry_reference(self, stream: Stream) -> None:
+        """The site's own reference of the version where the registry has one (``reference_stats.sites``), else
+        the version's pooled one, else (as for images) the site's first full window."""
+        if stream.reference is not None and stream.reference.source == "registry":
+            return
+        key = stream.key
+        version = (key.model_name, key.model_version)
+        cached = self._telemetry_references.get((*version, key.site_id))
+        if cached is None and self._lookup_due(version):
+            self._lookups[version] = self.clock()
+            stats = await self.references.reference_stats(*version)
+            if stats is not None:
+                for site, own in stats.sites.items():
+                    self._telemetry_references[(*version, site)] = PreparedReference.build(
+                        own.features, self.telemetry.window, source="registry", size=own.n
+                    )
+                self._telemetry_references[(*version, "")] = PreparedReference.build(
+                    stats.features, self.telemetry.window, source="registry", size=stats.n
+                )
+                log.info("telemetry reference of %s:%d: pooled, and own for sites %s", *version, sorted(stats.sites))
+            cached = self._telemetry_references.get((*version, key.site_id))
+        if cached is None:
+            cached = self._telemetry_references.get((*version, ""))
+        if cached is not None:
+            stream.reference = cached
 
     # --- SampleLabeled: ADWIN on correctness ---------------------------------------------------------------
 

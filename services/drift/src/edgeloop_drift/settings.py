@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         20, ge=0, description='Sites with their own Prometheus label value; later ones share site="other".'
     )
 
+    # Sensor features of the failure model (docs/telemetry.md, "Drift on readings").
+    telemetry_features: str = Field("*", description="Telemetry features compared, comma separated; patterns allowed.")
+    telemetry_window_size: int = Field(200, ge=10, description="Sampled scored windows per (model, version, site).")
+    telemetry_check_every: int = Field(25, ge=1, description="Compare the telemetry window every this many samples.")
+    telemetry_sample_every: int = Field(
+        30, ge=1, description="Take every this many scored windows of a device (30: windows that do not overlap)."
+    )
+
     consumer_group: str = Field("drift", description="Kafka consumer group.")
 
     common: CommonSettings = Field(default_factory=CommonSettings)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from edgeloop_common.api_auth import install_api_auth, service_auth
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.mining import create_miner
-from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
-from edgeloop_common.serving import ModelClient, ModelRoute, create_model_client
+from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError, ReceivedMessage
+from edgeloop_common.serving import ModelClient, ModelRoute, TfServingRestClient, create_model_client
 from edgeloop_common.settings import ConfigurationError
-from edgeloop_common.topics import MQTT_IMAGE, mqtt_topic
+from edgeloop_common.telemetry.history import SiteHistory
+from edgeloop_common.telemetry.scoring import NoThresholds, RegistryThresholds, ScoringConfig, TelemetryScorer
+from edgeloop_common.topics import MQTT_IMAGE, MQTT_TELEMETRY, mqtt_topic
 from fastapi import FastAPI
 
 from edgeloop_edge import api
@@ -28,6 +31,7 @@ from edgeloop_edge.metrics import EdgeMetrics
 from edgeloop_edge.service import AgentConfig, EdgeAgent
 from edgeloop_edge.settings import Settings
 from edgeloop_edge.store import EdgeStore
+from edgeloop_edge.telemetry import EdgeTelemetry, ScoredOutbox, ScoredTelemetryForwarder
 from edgeloop_edge.uplink import UplinkForwarder
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                 grpc_target=settings.model_server_grpc_target,
                 timeout_s=settings.model_timeout_s,
                 metadata_ttl_s=settings.metadata_refresh_s,
+                auth=service_auth(settings.common),
             )
             stack.push_async_callback(client.close)
             cloud = None
@@ -87,6 +92,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                     settings.cloud_url,
                     budget_s=settings.joint_budget_ms / 1000.0,
                     link_retry_s=settings.link_retry_s,
+                    auth=service_auth(settings.common),
                 )
                 stack.push_async_callback(cloud.close)
             forwarder = None
@@ -98,6 +104,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                     metrics=metrics,
                     timeout_s=settings.uplink_timeout_s,
                     retry_max_s=settings.uplink_retry_max_s,
+                    auth=service_auth(settings.common),
                 )
                 stack.push_async_callback(forwarder.stop)
             host, port = settings.resolved_mqtt()
@@ -120,6 +127,9 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                 cloud=cloud,
                 on_answered=forwarder.wake if forwarder else None,
             )
+            telemetry = None
+            if settings.telemetry_scoring:
+                telemetry = await _start_telemetry(settings, store, metrics, send_result, stack)
             mqtt = AsyncMqttClient(
                 host,
                 port,
@@ -128,7 +138,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                 session_expiry_s=settings.mqtt_session_expiry_s,
                 receive_maximum=settings.mqtt_receive_maximum,
                 manual_ack=True,
-                on_receive=agent.on_message,
+                on_receive=agent.on_message if telemetry is None else _by_kind(agent.on_message, telemetry.on_message),
                 read_burst=64,
                 on_connection_change=lambda up: metrics.mqtt_connected.set(1 if up else 0),
                 auth=settings.resolved_mqtt_auth(),
@@ -137,7 +147,10 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
             stack.push_async_callback(agent.stop)
             mqtt.connect_in_background()
             stack.push_async_callback(mqtt.close)
-            subscription = mqtt_topic(MQTT_IMAGE, site=settings.site, device="+")
+            pictures = mqtt_topic(MQTT_IMAGE, site=settings.site, device="+")
+            subscription: str | list[str] = pictures
+            if telemetry is not None:
+                subscription = [pictures, mqtt_topic(MQTT_TELEMETRY, site=settings.site, device="+")]
             subscribing = asyncio.create_task(_subscribe(mqtt, subscription), name="edge-subscribe")
             stack.callback(subscribing.cancel)
             if forwarder is not None:
@@ -178,13 +191,97 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
     app.include_router(
         health_router({"site broker": mqtt_ready, "model server": model_ready}, registry=metrics.registry)
     )
+    install_api_auth(app, settings.common, metrics.registry)
     instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
     return app
 
 
-async def _subscribe(mqtt: AsyncMqttClient, subscription: str) -> None:
+def _by_kind(
+    pictures: Callable[[ReceivedMessage], None], telemetry: Callable[[ReceivedMessage], None]
+) -> Callable[[ReceivedMessage], None]:
+    """One MQTT session, two intakes: telemetry topics to the telemetry, everything else to the pictures."""
+
+    def receive(message: ReceivedMessage) -> None:
+        (telemetry if message.topic.endswith("/telemetry") else pictures)(message)
+
+    return receive
+
+
+async def _start_telemetry(
+    settings: Settings,
+    store: EdgeStore,
+    metrics: EdgeMetrics,
+    send_alert: Callable[[str, bytes], Awaitable[None]],
+    stack: AsyncExitStack,
+) -> EdgeTelemetry:
+    """The site history, the scorer on the node group's model server, the outbox and its forwarder."""
+    history = SiteHistory(settings.resolved_history_file())
+    stack.callback(history.close)
+    outbox = ScoredOutbox(
+        settings.resolved_data_dir() / "scored-telemetry.sqlite3", max_records=settings.telemetry_outbox_max_records
+    )
+    stack.callback(outbox.close)
+    forwarder = None
+    if settings.ingest_url:
+        forwarder = ScoredTelemetryForwarder(
+            outbox,
+            ingest_url=settings.ingest_url,
+            metrics=metrics,
+            timeout_s=settings.uplink_timeout_s,
+            retry_max_s=settings.uplink_retry_max_s,
+            auth=service_auth(settings.common),
+        )
+        forwarder.start()
+        stack.push_async_callback(forwarder.stop)
+    telemetry = EdgeTelemetry(
+        settings.site,
+        history=history,
+        store=store,
+        outbox=outbox,
+        metrics=metrics,
+        send_alert=send_alert,
+        on_queued=forwarder.wake if forwarder else None,
+    )
+    client = TfServingRestClient(
+        settings.model_server_url,
+        timeout_s=settings.model_timeout_s,
+        metadata_ttl_s=settings.metadata_refresh_s,
+        auth=service_auth(settings.common),
+    )
+    stack.push_async_callback(client.close)
+    thresholds = (
+        RegistryThresholds(settings.registry_url, auth=service_auth(settings.common))
+        if settings.registry_url
+        else NoThresholds()
+    )
+    stack.push_async_callback(thresholds.close)
+    model = ModelRoute(settings.telemetry_model_name)
+    scorer = TelemetryScorer(
+        client,
+        thresholds,
+        ScoringConfig(
+            served_by="edge",
+            max_batch=settings.telemetry_max_batch,
+            max_wait_s=settings.telemetry_max_wait_ms / 1000.0,
+            max_pending=max(8192, settings.telemetry_max_batch),
+            hysteresis=settings.telemetry_hysteresis,
+            default_threshold=settings.telemetry_default_threshold,
+            threshold_override=settings.telemetry_alert_threshold,
+        ),
+        route_for=lambda _site: model,
+        emit=telemetry.emit,
+    )
+    telemetry.scorer = scorer
+    scorer.start()
+    stack.push_async_callback(scorer.close)
+    telemetry.start()
+    stack.push_async_callback(telemetry.stop)  # intake stops first, then the scorer drains, then the rest
+    return telemetry
+
+
+async def _subscribe(mqtt: AsyncMqttClient, subscription: str | list[str]) -> None:
     """The first subscription; the driver renews it on every reconnect (the broker's session keeps it too)."""
     while True:
         await mqtt.wait_connected(timeout_s=None)

@@ -37,12 +37,13 @@ class CloudClassifier:
         budget_s: float,
         link_retry_s: float,
         http: httpx.AsyncClient | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.budget_s = budget_s
         self.link_retry_s = link_retry_s
         # The budget bounds each call; the client's own timeout only backs it up.
-        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(max(5.0, budget_s * 2)))
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(max(5.0, budget_s * 2)), auth=auth)
         self._owns_http = http is None
         self._down_until = 0.0
 

@@ -54,7 +54,8 @@ class EdgeMetrics:
         )
         self.uplink_dropped = Counter(
             "edgeloop_edge_uplink_dropped_total",
-            "What the uplink queue let go at its bound: picture (still sent without it), record, hard_record.",
+            "What the uplink queue let go at its bound: picture (still sent without it), record, hard_record, "
+            "scored_telemetry (a record of scores).",
             ["what"],
             registry=self.registry,
         )
@@ -69,4 +70,19 @@ class EdgeMetrics:
         )
         self.mqtt_connected = Gauge(
             "edgeloop_edge_mqtt_connected", "1 while connected to the site's MQTT broker.", registry=self.registry
+        )
+        # Sensor telemetry (docs/telemetry.md, "Scoring at the edge").
+        self.telemetry_readings = Counter(
+            "edgeloop_edge_telemetry_readings_total",
+            "Telemetry messages from devices, by outcome (accepted: in the site history; rejected).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("accepted", "rejected"):
+            self.telemetry_readings.labels(outcome=outcome)
+        self.telemetry_scored = Counter(
+            "edgeloop_edge_telemetry_scored_total", "Readings scored by the failure model.", registry=self.registry
+        )
+        self.maintenance_alerts = Counter(
+            "edgeloop_edge_maintenance_alerts_total", "Maintenance alerts sent to devices.", registry=self.registry
         )

@@ -74,6 +74,31 @@ class Settings(BaseSettings):
     uplink_timeout_s: float = Field(10.0, gt=0, description="Timeout of one uplink request.")
     uplink_retry_max_s: float = Field(10.0, gt=0, description="Longest wait between uplink retries.")
 
+    # Sensor telemetry (docs/telemetry.md, "Scoring at the edge"): kept in the site history, scored here, only
+    # the scores and alerts go to the cloud.
+    telemetry_scoring: bool = Field(True, description="Take the site's telemetry: history, scores, alerts.")
+    telemetry_model_name: str = Field("machine-failure", description="The failure model on the node group's server.")
+    telemetry_history_file: Path | None = Field(
+        None, description="The site's reading history (SQLite); default: the data dir's site-history.sqlite3."
+    )
+    telemetry_alert_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Alert threshold for every version; unset: each version's registered one."
+    )
+    telemetry_default_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Threshold of a version whose registered one cannot be read."
+    )
+    telemetry_hysteresis: float = Field(
+        0.1, ge=0.0, le=1.0, description="A device in alert re-arms once its probability is below threshold - this."
+    )
+    telemetry_max_batch: int = Field(256, ge=1, description="Most windows in one :predict call.")
+    telemetry_max_wait_ms: float = Field(5.0, ge=0.0, description="Longest a window waits for others to join it.")
+    telemetry_outbox_max_records: int = Field(
+        20_000, ge=1, description="Most scored-telemetry records waiting for the uplink (the oldest go first)."
+    )
+    registry_url: str = Field(
+        "", description="The cloud's model registry, for each failure-model version's threshold; empty: the default."
+    )
+
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest picture accepted.")
     data_dir: Path | None = Field(None, description="The edge store's folder; default: EDGELOOP_DATA_DIR/edge-SITE.")
 
@@ -107,3 +132,6 @@ class Settings(BaseSettings):
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir or self.common.data_dir / f"edge-{self.site}"
+
+    def resolved_history_file(self) -> Path:
+        return self.telemetry_history_file or self.resolved_data_dir() / "site-history.sqlite3"

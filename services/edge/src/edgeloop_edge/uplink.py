@@ -56,13 +56,14 @@ class UplinkForwarder:
         timeout_s: float = 10.0,
         retry_max_s: float = 10.0,
         http: httpx.AsyncClient | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.store = store
         self.ingest_url = ingest_url.rstrip("/")
         self.site_id = site_id
         self.metrics = metrics
         self.retry_max_s = retry_max_s
-        self._http = http or httpx.AsyncClient(timeout=timeout_s)
+        self._http = http or httpx.AsyncClient(timeout=timeout_s, auth=auth)
         self._owns_http = http is None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -118,7 +119,8 @@ class UplinkForwarder:
             self.metrics.uplink_records.labels(status=answer.status).inc()
             self._link(up=True)
             return True
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+        # 401/403 are this agent's token (missing, removed, a role that may not), not the record: resent once fixed.
+        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 429):
             reason = f"ingest refused the record: HTTP {response.status_code} {_detail(response)}"
             log.error("uplink record %s set aside: %s", picture.record_id, reason)
             await asyncio.to_thread(self.store.set_aside, picture, reason)

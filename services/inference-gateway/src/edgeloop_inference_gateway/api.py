@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
+from edgeloop_common.api_auth import READ, AccessTable
 from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError, error_answers
 from edgeloop_common.serving import (
     ModelNotFoundError,
@@ -27,6 +28,14 @@ from edgeloop_inference_gateway.ports import ImageTooLargeError
 from edgeloop_inference_gateway.service import InferenceService, classification_result
 
 # Domain errors -> HTTP status, in one place (installed by app.py). A subclass not named here answers its base's.
+# Who may call what, where the method alone does not say (edgeloop_common.api_auth): classifying changes nothing.
+ACCESS: AccessTable = {
+    "POST /v1/classify": READ,
+    "POST /v1/models/{model}:predict": READ,
+    "POST /v1/models/{model}/versions/{version}:predict": READ,
+    "POST /v1/models/{model}/labels/{label}:predict": READ,
+}
+
 STATUS_FOR_ERROR: StatusForError = {
     UnclassifiableError: status.HTTP_400_BAD_REQUEST,
     ImageTooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,

@@ -11,6 +11,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+from edgeloop_common.api_auth import install_api_auth, service_auth
+from edgeloop_common.blobs import BlobReader
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
@@ -24,6 +26,7 @@ from edgeloop_common.serving import (
     create_model_client,
 )
 from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
+from edgeloop_common.telemetry.scoring import NoThresholds, RegistryThresholds, ScoringConfig, TelemetryScorer
 from fastapi import FastAPI
 
 from edgeloop_inference_gateway import api
@@ -34,6 +37,7 @@ from edgeloop_inference_gateway.ports import BlobFetcher, ResultPublisher
 from edgeloop_inference_gateway.routing import ModelRouter, parse_site_routes
 from edgeloop_inference_gateway.service import BatchingConfig, InferenceService
 from edgeloop_inference_gateway.settings import Settings
+from edgeloop_inference_gateway.telemetry import GatewayTelemetry, TelemetryPublisher, parse_sites
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ def model_client_from_settings(settings: Settings) -> ModelClient:
         backoff_s=settings.retry_backoff_s,
         metadata_ttl_s=settings.metadata_refresh_s,
         fallback=signature_fallback(settings),
+        auth=service_auth(settings.common),
     )
 
 
@@ -91,6 +96,7 @@ def rest_client_from_settings(settings: Settings, fallback: SignatureFallback | 
         backoff_s=settings.retry_backoff_s,
         metadata_ttl_s=settings.metadata_refresh_s,
         fallback=fallback,
+        auth=service_auth(settings.common),
     )
 
 
@@ -131,7 +137,9 @@ def create_app(
             fetcher = blob_fetcher
             if fetcher is None:
                 uri_fetcher = UriBlobFetcher(
-                    max_bytes=settings.max_image_bytes, timeout_s=settings.blob_fetch_timeout_s
+                    max_bytes=settings.max_image_bytes,
+                    timeout_s=settings.blob_fetch_timeout_s,
+                    reader=BlobReader(settings.common),
                 )
                 stack.push_async_callback(uri_fetcher.close)
                 fetcher = uri_fetcher
@@ -156,11 +164,17 @@ def create_app(
                 service=service, passthrough=passthrough, routes_caught_up=event_bus.caught_up
             )
             app.state.results = publisher
+            telemetry = (
+                await _start_telemetry(settings, event_bus, passthrough, publisher, metrics, stack)
+                if settings.telemetry_scoring
+                else None
+            )
+            app.state.telemetry = telemetry
             stack.enter_context(
                 subscribed(
                     event_bus,
                     with_consumer_group_setting(SUBSCRIPTIONS, settings),
-                    GatewayHandlers(service, event_bus, publisher),
+                    GatewayHandlers(service, event_bus, publisher, telemetry),
                 )
             )
             if owns_bus:
@@ -195,6 +209,7 @@ def create_app(
     if settings.mqtt_results or results is not None:
         checks["mqtt"] = mqtt_ready
     app.include_router(health_router(checks, registry=metrics.registry))
+    install_api_auth(app, settings.common, metrics.registry, access=api.ACCESS)
     instrument_http(app, metrics.registry)
     app.include_router(api.classify_router)
     app.include_router(api.tf_serving_router)
@@ -203,6 +218,39 @@ def create_app(
     app.state.metrics = metrics
     app.state.bus = event_bus
     return app
+
+
+async def _start_telemetry(
+    settings: Settings,
+    bus: EventBus,
+    client: TfServingRestClient,
+    publisher: ResultPublisher | None,
+    metrics: GatewayMetrics,
+    stack: AsyncExitStack,
+) -> GatewayTelemetry:
+    """The failure-model scorer (docs/telemetry.md, "Scoring"): its batching tasks stop before the bus does."""
+    thresholds = RegistryThresholds(settings.registry_url) if settings.registry_url else NoThresholds()
+    stack.push_async_callback(thresholds.close)
+    router = ModelRouter(ModelRoute(settings.telemetry_model_name))
+    scorer = TelemetryScorer(
+        client,
+        thresholds,
+        ScoringConfig(
+            served_by="cloud",
+            max_batch=settings.telemetry_max_batch,
+            max_wait_s=settings.telemetry_max_wait_ms / 1000.0,
+            max_pending=max(settings.telemetry_max_pending, settings.telemetry_max_batch),
+            hysteresis=settings.telemetry_hysteresis,
+            default_threshold=settings.telemetry_default_threshold,
+            threshold_override=settings.telemetry_alert_threshold,
+        ),
+        route_for=router.route_for,
+        emit=TelemetryPublisher(bus, metrics, getattr(publisher, "send_alert", None)),
+        on_latency=metrics.telemetry_scoring_duration.observe,
+    )
+    scorer.start()
+    stack.push_async_callback(scorer.close)
+    return GatewayTelemetry(scorer, router, metrics, parse_sites(settings.telemetry_edge_sites))
 
 
 async def _start_mqtt(settings: Settings, metrics: GatewayMetrics, stack: AsyncExitStack) -> ResultPublisher:
@@ -215,6 +263,7 @@ async def _start_mqtt(settings: Settings, metrics: GatewayMetrics, stack: AsyncE
         ack_timeout_s=settings.mqtt_ack_timeout_s,
         metrics=metrics,
         auth=settings.common.mqtt_auth(),
+        protocol=settings.mqtt_protocol,
     )
     await publisher.start()
     stack.push_async_callback(publisher.close)

@@ -13,12 +13,13 @@ import logging
 import uuid
 
 from edgeloop_common.bus import EventBus, EventContext, PermanentError
-from edgeloop_common.events import DeploymentUpdated, ImageReceived
+from edgeloop_common.events import DeploymentUpdated, ImageReceived, TelemetryReceived
 from edgeloop_common.serving import RouteConfigError, UnclassifiableError
 from edgeloop_common.subscriptions import ConsumerGroup
 
 from edgeloop_inference_gateway.ports import ResultPublisher
 from edgeloop_inference_gateway.service import InferenceService, device_result
+from edgeloop_inference_gateway.telemetry import GatewayTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,17 @@ def inference_event_id(image_event_id: str) -> str:
 
 
 class GatewayHandlers:
-    def __init__(self, service: InferenceService, bus: EventBus, results: ResultPublisher | None) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        bus: EventBus,
+        results: ResultPublisher | None,
+        telemetry: GatewayTelemetry | None = None,
+    ) -> None:
         self.service = service
         self.bus = bus
         self.results = results
+        self.telemetry = telemetry
 
     async def on_image_received(self, event: ImageReceived, context: EventContext) -> None:
         if event.ingress == "edge":  # an edge agent answered this picture at its site and forwarded it: done
@@ -61,16 +69,28 @@ class GatewayHandlers:
         # result possibly a second time (a device may get the same answer twice; at least once).
         payload = json.dumps(device_result(completed), separators=(",", ":")).encode()
         outcomes = await asyncio.gather(
-            publishing, self.results.send(completed.site_id, completed.device_id, payload), return_exceptions=True
+            publishing,
+            self.results.send(completed.site_id, completed.device_id, payload, traceparent=context.traceparent),
+            return_exceptions=True,
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
 
+    async def on_telemetry_received(self, event: TelemetryReceived, context: EventContext) -> None:
+        """A reading into the failure-model scorer (docs/telemetry.md, "Scoring"); scores go out in batches."""
+        if self.telemetry is not None:
+            await self.telemetry.take(event)
+
     async def on_deployment_updated(self, event: DeploymentUpdated, context: EventContext) -> None:
-        """Routes follow the deployer: a node group that serves a new version routes its site there."""
+        """Routes follow the deployer: a node group that serves a new version routes its site there (the failure
+        model's deployments move the telemetry routes only)."""
+        telemetry = self.telemetry
+        router = self.service.router
+        if telemetry is not None and event.model_name == telemetry.router.default.model_name:
+            router = telemetry.router
         try:
-            self.service.router.follow_deployment(event)
+            router.follow_deployment(event)
         except RouteConfigError as exc:
             raise PermanentError(
                 f"cannot route site {event.node_group!r} to {event.model_name}:{event.actual_version}: {exc}"
@@ -79,6 +99,7 @@ class GatewayHandlers:
 
 SUBSCRIPTIONS = (
     ConsumerGroup("inference-gateway", {ImageReceived: GatewayHandlers.on_image_received}),
+    ConsumerGroup("inference-gateway-telemetry", {TelemetryReceived: GatewayHandlers.on_telemetry_received}),
     # Broadcast: every replica reads every DeploymentUpdated, the compacted topic's history first, so that each
     # holds every route (docs/gateway.md, "Routes").
     ConsumerGroup(

@@ -50,5 +50,27 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.images_skipped.labels(reason="answered_at_edge")
+        # Sensor telemetry (docs/telemetry.md, "Scoring").
+        self.telemetry_readings = Counter(
+            "edgeloop_telemetry_readings_total",
+            "Readings taken, by outcome: queued (scored), window_filling (the device's window is not full yet), "
+            "scored_at_edge (its site's edge agent scores it).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("queued", "window_filling", "scored_at_edge"):
+            self.telemetry_readings.labels(outcome=outcome)
+        self.telemetry_scored = Counter(
+            "edgeloop_telemetry_scored_total", "Readings scored by the failure model.", registry=self.registry
+        )
+        self.maintenance_alerts = Counter(
+            "edgeloop_maintenance_alerts_total", "Maintenance alerts raised.", registry=self.registry
+        )
+        self.telemetry_scoring_duration = Histogram(
+            "edgeloop_telemetry_scoring_seconds",
+            "From a reading's window queued for scoring to its probability (batching wait and the model call).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         for outcome in INFERENCE_OUTCOMES:
             self.inferences.labels(outcome=outcome)

@@ -59,7 +59,7 @@ class BlobFetcher(Protocol):
 
 
 class ResultPublisher(Protocol):
-    async def send(self, site_id: str, device_id: str, payload: bytes) -> None:
+    async def send(self, site_id: str, device_id: str, payload: bytes, *, traceparent: str | None = None) -> None:
         """Send a result to the device (MQTT ``dt/edgeloop/{site}/{device}/result``)."""
         ...
 

@@ -29,6 +29,7 @@ from edgeloop_common.serving import (
     ModelResponseError,
     ModelRoute,
     ModelServerUnavailableError,
+    ModelServingError,
     UnclassifiableError,
 )
 
@@ -124,7 +125,7 @@ class InferenceService:
         if self.blob_fetcher is None:
             raise RuntimeError("the inference service has no blob fetcher")
         data = await self._counted(self.blob_fetcher.fetch(event.image))
-        classification = await self._counted(self._classify(data, self.router.route_for(event.site_id), started))
+        classification = await self._counted(self._classify_with_canary(data, event, started))
         verdict = self._hard_example(classification)
         return InferenceCompleted(
             sample_id=event.sample_id,
@@ -143,6 +144,20 @@ class InferenceService:
             image_stats=classification.image_stats,
             quality=classification.quality,
         )
+
+    async def _classify_with_canary(self, data: bytes, event: ImageReceived, started: float) -> Classification:
+        """The sample's route (its site's canary's when in its share); a canary that fails to answer is answered
+        for by the site's stable route: the answer names the version, which is how the deployer sees the failure."""
+        route = self.router.route_for(event.site_id, sample_id=event.sample_id)
+        stable = self.router.route_for(event.site_id)
+        if route == stable:
+            return await self._classify(data, route, started)
+        try:
+            return await self._classify(data, route, started)
+        except ModelServingError as exc:
+            log.warning("canary %s failed sample %s (%s); answered by %s", route, event.sample_id, exc, stable)
+            self.metrics.inferences.labels(outcome="canary_fallback").inc()
+            return await self._classify(data, stable, started)
 
     def _hard_example(self, classification: Classification) -> HardExampleVerdict:
         """The miner's verdict; a picture with nothing to classify (too dark, blank...) is never worth labeling."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from edgeloop_common.mining import MinerName
 from edgeloop_common.serving import ModelServerProtocol
 from edgeloop_common.settings import CommonSettings
@@ -54,6 +56,11 @@ class Settings(BaseSettings):
     # Results to devices over MQTT.
     mqtt_results: bool = Field(True, description="Send each result to dt/edgeloop/{site}/{device}/result.")
     mqtt_qos: int = Field(1, ge=0, le=1)
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT protocol version: 5 (results carry the trace's traceparent as a user property), or 3.1.1 "
+        "for brokers without MQTT 5 (the embedded one).",
+    )
     mqtt_ack_timeout_s: float = Field(5.0, description="How long a handler waits for the broker's PUBACK.")
 
     # Hard-example mining (edgeloop_common.mining): the verdict goes into InferenceCompleted.hard_example / _reason.
@@ -77,6 +84,28 @@ class Settings(BaseSettings):
     )
     hard_example_ibt_threshold_box: float = Field(
         0.8, ge=0.0, le=1.0, description="ibt: a class is uncertain when max(score, 1 - score) is at most this."
+    )
+
+    # Sensor telemetry scored by the failure model (docs/telemetry.md, "Scoring").
+    telemetry_scoring: bool = Field(True, description="Score TelemetryReceived with the failure model.")
+    telemetry_model_name: str = Field("machine-failure", description="The failure model (its deployments route it).")
+    telemetry_edge_sites: str = Field(
+        "", description="Sites whose edge agent scores their telemetry, comma separated: not scored again here."
+    )
+    telemetry_max_batch: int = Field(256, ge=1, description="Most windows in one :predict call.")
+    telemetry_max_wait_ms: float = Field(5.0, ge=0.0, description="Longest a window waits for others to join it.")
+    telemetry_max_pending: int = Field(8192, ge=1, description="Windows queued for scoring before intake waits.")
+    telemetry_alert_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Alert threshold for every version; unset: each version's registered one."
+    )
+    telemetry_default_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Threshold of a version whose registered one cannot be read."
+    )
+    telemetry_hysteresis: float = Field(
+        0.1, ge=0.0, le=1.0, description="A device in alert re-arms once its probability is below threshold - this."
+    )
+    registry_url: str = Field(
+        "http://127.0.0.1:8083", description="Model registry, for each failure-model version's alert threshold."
     )
 
     consumer_group: str = "inference-gateway"

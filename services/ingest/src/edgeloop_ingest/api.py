@@ -14,6 +14,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Annotated
 
+from edgeloop_common.api_auth import SERVICE, AccessTable
 from edgeloop_common.events import ServedBy, utc_now
 from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from edgeloop_common.uplink import IMAGE_PART, RECORD_PART, UPLINK_PATH, UplinkAnswer
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from edgeloop_ingest.blobs import BlobNotFoundError
+from edgeloop_ingest.blobs import BlobIntegrityError, BlobNotFoundError, BlobStoreUnavailableError
 from edgeloop_ingest.bridge import Bridge
 from edgeloop_ingest.dead_letters import DeadLetterRepository
 from edgeloop_ingest.devices import CommandsUnavailableError, InvalidDeviceIdError, request_capture
@@ -61,6 +62,10 @@ from edgeloop_ingest.validation import RejectionCode
 log = logging.getLogger(__name__)
 
 # Domain errors -> HTTP status, in one place (installed by app.py).
+# Who may call what, where the method alone does not say (edgeloop_common.api_auth): only the edge agents (a
+# service token) and admins send uplink records.
+ACCESS: AccessTable = {f"POST {UPLINK_PATH}": SERVICE}
+
 STATUS_FOR_ERROR: StatusForError = {
     UnknownSampleError: status.HTTP_404_NOT_FOUND,
     SampleImageMissingError: status.HTTP_404_NOT_FOUND,
@@ -73,6 +78,9 @@ STATUS_FOR_ERROR: StatusForError = {
     UplinkUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
     InvalidDeviceIdError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     CommandsUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
+    # A stored picture whose bytes are not its hash is refused, never served; an unreachable S3 store is 503.
+    BlobIntegrityError: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    BlobStoreUnavailableError: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 # A rejected upload is an outcome, not an error: its status by reason code (the body adds the code).

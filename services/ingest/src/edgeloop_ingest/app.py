@@ -15,6 +15,8 @@ from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+from edgeloop_common.api_auth import install_api_auth
+from edgeloop_common.blobs import describe_blob_store, open_blob_store
 from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
@@ -25,7 +27,6 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from edgeloop_ingest import api
-from edgeloop_ingest.adapters.blobstore import LocalBlobStore
 from edgeloop_ingest.adapters.dead_letters import SqlDeadLetterRepository
 from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.adapters.mqtt import AsyncioMqttSubscriber, MqttConfig
@@ -81,7 +82,7 @@ async def _constant(value: bool) -> bool:
 
 def build_service(settings: Settings, engine: Engine) -> IngestService:
     return IngestService(
-        blobs=LocalBlobStore(settings.resolved_blob_dir()),
+        blobs=open_blob_store(settings.common, folder=settings.resolved_blob_dir()),
         samples=SqlSampleRepository(engine),
         limits=ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         max_telemetry_bytes=settings.max_telemetry_bytes,
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
     app.include_router(api.stats_router)
     app.include_router(api.dead_letters_router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    install_api_auth(app, settings.common, metrics.registry, access=api.ACCESS)
     instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
@@ -180,7 +182,7 @@ async def _start(settings: Settings, given_bus: EventBus | None, metrics: Ingest
     log.info(
         "ingest started: database %s, blobs %s, buffer %s (%d waiting), MQTT %s",
         engine.url.render_as_string(hide_password=True),
-        settings.resolved_blob_dir(),
+        describe_blob_store(settings.common, folder=settings.resolved_blob_dir()),
         buffer.path,
         bridge.buffered_count,
         f"{settings.common.mqtt_host}:{settings.common.mqtt_port}" if subscriber else "off",

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
+from edgeloop_common import otel
 from edgeloop_common.bus import BusUnavailableError, EventBus, EventContext, PermanentError
 from edgeloop_common.events import DeadLetter, InferenceCompleted, Ingress
 from edgeloop_common.subscriptions import ConsumerGroup
-from edgeloop_common.uplink import UplinkAnswer
+from edgeloop_common.uplink import ScoredTelemetryRecord, UplinkAnswer
+from opentelemetry.trace import SpanKind
 
 from edgeloop_ingest.adapters.mqtt import ReceivedMessage
 from edgeloop_ingest.adapters.uplink_records import STORE_UNAVAILABLE_ERRORS
@@ -27,10 +30,14 @@ from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import DeviceMessage, MessageKind, Outcome, Publication
 from edgeloop_ingest.uplink import (
     InvalidUplinkRecordError,
+    UplinkRefusedError,
     UplinkService,
     UplinkUnavailableError,
     is_edge_image_uri,
+    parse_scored_telemetry_record,
     parse_uplink_record,
+    scored_telemetry_arrival,
+    scored_telemetry_publications,
     uplink_publications,
 )
 
@@ -64,8 +71,22 @@ def mqtt_message_handler(bridge: Bridge) -> Callable[[ReceivedMessage], None]:
         message = device_message_from_mqtt(
             received.topic, received.payload, dup=received.dup, received_at=datetime.now(UTC)
         )
+        # From receipt to durable (in Kafka, or refused with a reason): ingest's span of the device's trace.
+        span, traceparent = otel.started_span(
+            "mqtt receive",
+            otel.traceparent_property(received.user_properties),
+            service="ingest",
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "mqtt", "messaging.destination.name": received.topic},
+        )
+        message = replace(message, traceparent=traceparent)
         ack = received.ack
-        bridge.submit(message, lambda _outcome: ack())
+
+        def durable(_outcome: Outcome) -> None:
+            ack()
+            span.end()
+
+        bridge.submit(message, durable)
 
     return on_message
 
@@ -151,6 +172,11 @@ async def handle_uplink(
     Raises UplinkRefusedError (and its kinds) for a record that can never be taken, UplinkUnavailableError
     when the bus or the sample store cannot take it now.
     """
+    scored = parse_scored_telemetry_record(record_document)
+    if scored is not None:
+        if image is not None:
+            raise UplinkRefusedError(f"scored-telemetry record {scored.record_id} comes with a part 'image'")
+        return await handle_scored_telemetry(uplink, bus, scored, traceparent=traceparent)
     record = parse_uplink_record(record_document)
     arrival = await _storing(uplink.find, record.record_id)
     if arrival is not None:
@@ -175,6 +201,18 @@ async def handle_uplink(
         )
     status = "stored" if recorded.inserted else "duplicate"  # duplicate: a concurrent resend recorded it first
     return UplinkAnswer(record_id=record.record_id, status=status, sample_id=sample.sample_id if sample else None)
+
+
+async def handle_scored_telemetry(
+    uplink: UplinkService, bus: EventBus, record: ScoredTelemetryRecord, *, traceparent: str | None = None
+) -> UplinkAnswer:
+    """An edge agent's scored telemetry: publish its scores and alerts, then record the arrival (once per record
+    id, as for pictures: a resend after a lost answer publishes the same event ids, or answers duplicate)."""
+    if await _storing(uplink.find, record.record_id) is not None:
+        return UplinkAnswer(record_id=record.record_id, status="duplicate")
+    await _publish(bus, scored_telemetry_publications(record, traceparent=traceparent))
+    recorded = await _storing(uplink.arrivals.add_if_absent, scored_telemetry_arrival(record, uplink.clock()))
+    return UplinkAnswer(record_id=record.record_id, status="stored" if recorded.inserted else "duplicate")
 
 
 async def _storing(call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -51,6 +51,9 @@ class DeviceMessage:
     site_id: str | None = None
     mqtt_topic: str | None = None
     redelivered: bool = False  # MQTT DUP flag: the broker sent this message before
+    # The trace the events of this message continue (ingest's receiving span; docs/observability.md); None: a
+    # new trace per event.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,12 @@ class IngestService:
 
     def prepare(self, message: DeviceMessage) -> Outcome:
         """Validate, and say what must be stored before the event is published (``record`` stores it). Blocking."""
+        outcome = self._prepare(message)
+        if message.traceparent is None or outcome.publication is None:
+            return outcome
+        return replace(outcome, publication=replace(outcome.publication, traceparent=message.traceparent))
+
+    def _prepare(self, message: DeviceMessage) -> Outcome:
         try:
             if message.kind == "unknown":
                 raise RejectedInput(
@@ -222,6 +231,7 @@ class IngestService:
             measured_at=telemetry.measured_at,
             readings=telemetry.readings,
             mqtt_topic=message.mqtt_topic,
+            machine_event=telemetry.machine_event,
         )
         return Accepted(publication=Publication(event=event, event_id=str(uuid.uuid4()), key=device_id))
 

@@ -22,6 +22,7 @@ here knows about HTTP, Kafka or SQL.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,13 @@ from typing import Protocol
 
 from edgeloop_common.events import BlobRef, ImageReceived, InferenceCompleted, utc_now
 from edgeloop_common.tracing import child_traceparent
-from edgeloop_common.uplink import UplinkRecord, uplink_event_id
+from edgeloop_common.uplink import (
+    SCORED_TELEMETRY_ARRIVAL_DEVICE,
+    SCORED_TELEMETRY_KIND,
+    ScoredTelemetryRecord,
+    UplinkRecord,
+    uplink_event_id,
+)
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
@@ -303,3 +310,69 @@ def _publication(
         key=record.device_id,
         traceparent=child_traceparent(traceparent),
     )
+
+
+# --- scored telemetry (docs/telemetry.md, "Scoring at the edge") ------------------------------------------------
+
+
+def parse_scored_telemetry_record(document: str | bytes) -> ScoredTelemetryRecord | None:
+    """The part ``record`` as an edge agent's scored telemetry; None when it is not of that kind (a picture's
+    record, or not JSON: the picture path says why). Refused with the reason when it is, but malformed."""
+    try:
+        head = json.loads(document)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(head, dict) or head.get("kind") != SCORED_TELEMETRY_KIND:
+        return None
+    try:
+        record = ScoredTelemetryRecord.model_validate(head)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise InvalidUplinkRecordError(f"part 'record' is not a scored-telemetry record: {_describe(errors)}") from exc
+    if not _UUID.match(record.record_id):
+        raise InvalidUplinkRecordError(f"record_id {record.record_id!r} is not a UUID")
+    strangers = ({e.site_id for e in record.scored} | {a.site_id for a in record.alerts}) - {record.site_id}
+    if strangers:
+        raise InvalidUplinkRecordError(
+            f"record {record.record_id} of site {record.site_id!r} carries scores of other sites: {sorted(strangers)}"
+        )
+    return record
+
+
+def scored_telemetry_arrival(record: ScoredTelemetryRecord, stored_at: datetime) -> UplinkArrival:
+    """Its arrival, in the uplink records' table under a device id no device can have (one sequence per site)."""
+    return UplinkArrival(
+        record_id=record.record_id,
+        site_id=record.site_id,
+        device_id=SCORED_TELEMETRY_ARRIVAL_DEVICE,
+        sequence=record.sequence,
+        received_at=as_utc(record.created_at),
+        image_included=False,
+        stored_at=stored_at,
+    )
+
+
+def scored_telemetry_publications(
+    record: ScoredTelemetryRecord, *, traceparent: str | None = None
+) -> list[Publication]:
+    """Every TelemetryScored, then every MaintenanceAlert of the record, with ids from the record id (a resend
+    republishes the same ids), keyed by device."""
+    publications = [
+        Publication(
+            event=event,
+            event_id=uplink_event_id(record.record_id, f"telemetry.scored/{index}"),
+            key=event.device_id,
+            traceparent=child_traceparent(traceparent),
+        )
+        for index, event in enumerate(record.scored)
+    ]
+    publications += [
+        Publication(
+            event=alert,
+            event_id=uplink_event_id(record.record_id, f"maintenance.alerts/{index}"),
+            key=alert.device_id,
+            traceparent=child_traceparent(traceparent),
+        )
+        for index, alert in enumerate(record.alerts)
+    ]
+    return publications

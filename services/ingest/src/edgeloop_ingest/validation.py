@@ -19,9 +19,9 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast, get_args
 
-from edgeloop_common.events import ImageFormat, JsonScalar
+from edgeloop_common.events import ImageFormat, JsonScalar, MachineEvent
 from edgeloop_common.topics import ID_PATTERN
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -86,6 +86,10 @@ class ImageInfo:
 class Telemetry:
     readings: dict[str, JsonScalar]
     measured_at: datetime | None
+    machine_event: MachineEvent | None = None
+
+
+MACHINE_EVENTS: tuple[str, ...] = get_args(MachineEvent)
 
 
 def check_id(value: str | None, what: str) -> str:
@@ -206,7 +210,10 @@ def _decode_fully(payload: bytes, sniffed: ImageFormat) -> None:
 
 
 def parse_telemetry(payload: bytes, *, max_bytes: int) -> Telemetry:
-    """``{"readings": {name: number|string|bool}, "measured_at": ISO time?}``, or a flat object of readings."""
+    """``{"readings": {...}, "measured_at": ISO time?, "machine_event": ...?}``, or a flat object of readings.
+
+    ``machine_event`` (optional, docs/telemetry.md): ``"failure"`` or ``"maintenance"``, the failure model's label.
+    """
     if not payload:
         raise RejectedInput(RejectionCode.EMPTY, "empty payload: expected a JSON object of readings")
     if len(payload) > max_bytes:
@@ -226,16 +233,28 @@ def parse_telemetry(payload: bytes, *, max_bytes: int) -> Telemetry:
             RejectionCode.BAD_TELEMETRY, f"telemetry must be a JSON object, got {type(document).__name__}"
         )
     measured_at = _parse_time(document.get("measured_at"))
+    machine_event = _parse_machine_event(document.get("machine_event"))
     if "readings" in document:
-        extra = sorted(set(document) - {"readings", "measured_at"})
+        extra = sorted(set(document) - {"readings", "measured_at", "machine_event"})
         if extra:
             raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"unexpected field(s) beside 'readings': {extra}")
         raw_readings = document["readings"]
         if not isinstance(raw_readings, dict):
             raise RejectedInput(RejectionCode.BAD_TELEMETRY, "'readings' must be a JSON object of name: value")
     else:
-        raw_readings = {name: value for name, value in document.items() if name != "measured_at"}
-    return Telemetry(readings=_check_readings(raw_readings), measured_at=measured_at)
+        raw_readings = {name: value for name, value in document.items() if name not in {"measured_at", "machine_event"}}
+    return Telemetry(readings=_check_readings(raw_readings), measured_at=measured_at, machine_event=machine_event)
+
+
+def _parse_machine_event(value: Any) -> MachineEvent | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in MACHINE_EVENTS:
+        raise RejectedInput(
+            RejectionCode.BAD_TELEMETRY,
+            f"'machine_event' must be one of {', '.join(map(repr, MACHINE_EVENTS))}, got {json.dumps(value)[:60]}",
+        )
+    return cast(MachineEvent, value)
 
 
 def _parse_time(value: Any) -> datetime | None:

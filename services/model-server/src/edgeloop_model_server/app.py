@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+from edgeloop_common.api_auth import READ, install_api_auth
 from edgeloop_common.bus import EventBus
 from edgeloop_common.health import ReadinessCheck, health_router
 from edgeloop_common.http_metrics import instrument_http
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 def _readiness_checks(service: ModelService) -> dict[str, ReadinessCheck]:
     """One check per configured model, read at each /readyz: a reloaded config changes the models."""
+
     async def has_available_version(name: str) -> bool:
         return service.is_ready(name)
 
@@ -76,5 +78,7 @@ def create_app(settings: Settings, *, bus: EventBus | None = None) -> FastAPI:
 
     app.include_router(rest_router(service, metrics))
     app.include_router(health_router(partial(_readiness_checks, service), registry=metrics.registry))
+    # Every POST is inference (predict, classify, regress): a read, as the gateway's classify is.
+    install_api_auth(app, settings.common, metrics.registry, access={"POST /v1/{rest}": READ})
     instrument_http(app, metrics.registry)
     return app

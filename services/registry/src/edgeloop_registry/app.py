@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from edgeloop_common.api_auth import install_api_auth
 from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, bus: EventBus | None = None)
     )
     app.include_router(api.router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    install_api_auth(app, settings.common, metrics.registry)
     instrument_http(app, metrics.registry)
     # Invalid input is not echoed back in a 422: an input holding NaN cannot even be rendered as JSON.
     install_error_handlers(app, api.STATUS_FOR_ERROR, echo_invalid_input=False)

@@ -70,7 +70,9 @@ class Baseline(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     version: VersionNumber = Field(description="The production version the trainer evaluated beside the candidate.")
-    accuracy: Fraction = Field(description="Its accuracy on the candidate's evaluation set.")
+    accuracy: Fraction | None = Field(
+        None, description="Its accuracy on the candidate's evaluation set (or the figure `policy_metric` names)."
+    )
 
 
 class Metrics(BaseModel):
@@ -78,7 +80,13 @@ class Metrics(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    accuracy: Fraction | None = Field(None, description="The metric of the promotion policy.")
+    policy_metric: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="The figure the promotion policy compares (e.g. `pr_auc`); unset: `accuracy`.",
+    )
+    accuracy: Fraction | None = Field(None, description="The metric of the promotion policy unless `policy_metric`.")
     per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
     train_counts: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="Training samples per class."

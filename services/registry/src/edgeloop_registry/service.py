@@ -38,6 +38,9 @@ STATUS_TRANSITIONS: dict[str, frozenset[str]] = {
 _TIE_TOLERANCE = 1e-9
 
 
+DEFAULT_POLICY_METRIC = "accuracy"  # image classifiers; a version names another in metrics.policy_metric
+
+
 class RegistryError(Exception):
     """A request the registry refuses; the message is the reason given to the caller."""
 
@@ -97,6 +100,15 @@ class ModelVersion:
     @property
     def accuracy(self) -> float | None:
         return _number(self.metrics.get("accuracy"))
+
+    @property
+    def policy_metric(self) -> str:
+        """The figure the promotion gate compares: ``metrics.policy_metric`` (e.g. ``pr_auc``), else accuracy."""
+        name = self.metrics.get("policy_metric")
+        return name if isinstance(name, str) and name else DEFAULT_POLICY_METRIC
+
+    def figure(self, name: str) -> float | None:
+        return _number(self.metrics.get(name))
 
     @property
     def evaluation_set_id(self) -> str | None:
@@ -189,42 +201,52 @@ class UnitOfWork(Protocol):
 
 
 def decide_promotion(candidate: ModelVersion, production: ModelVersion | None, *, margin: float) -> PromotionDecision:
-    """Promote when there is no production version, or when the candidate's accuracy reaches production's accuracy
-    *on the candidate's evaluation set* plus ``margin``. Production's figure is the candidate's
-    ``metrics.baseline.accuracy`` when the baseline is the production version (the trainer measured both on one
-    set); otherwise production's own accuracy if it was measured on the same evaluation set; otherwise refuse."""
+    """Promote when there is no production version, or when the candidate's figure reaches production's figure
+    *on the candidate's evaluation set* plus ``margin``. The figure is the candidate's ``metrics.policy_metric``
+    (``accuracy`` unless it names another, e.g. ``pr_auc`` for the failure model). Production's figure is the
+    candidate's ``metrics.baseline.<figure>`` when the baseline is the production version (the trainer measured
+    both on one set); otherwise production's own figure if it was measured on the same evaluation set; otherwise
+    refuse."""
     if production is None:
         return PromotionDecision(True, f"no production version yet: version {candidate.version} becomes production")
-    candidate_accuracy = candidate.accuracy
-    if candidate_accuracy is None:
-        return PromotionDecision(False, f"version {candidate.version} has no metrics.accuracy to compare")
-    production_accuracy, how = _production_figure(candidate, production)
-    if production_accuracy is None:
+    metric = candidate.policy_metric
+    candidate_figure = candidate.figure(metric)
+    if candidate_figure is None:
+        return PromotionDecision(False, f"version {candidate.version} has no metrics.{metric} to compare")
+    production_figure, how = _production_figure(candidate, production, metric)
+    if production_figure is None:
         return PromotionDecision(False, how)
-    needed = production_accuracy + margin
+    needed = production_figure + margin
     comparison = (
-        f"candidate version {candidate.version} accuracy {candidate_accuracy:.4f} vs production version "
-        f"{production.version} {production_accuracy:.4f} ({how}) + margin {margin:.4f} = {needed:.4f}"
+        f"candidate version {candidate.version} {metric} {candidate_figure:.4f} vs production version "
+        f"{production.version} {production_figure:.4f} ({how}) + margin {margin:.4f} = {needed:.4f}"
     )
-    if candidate_accuracy >= needed - _TIE_TOLERANCE:
+    if candidate_figure >= needed - _TIE_TOLERANCE:
         return PromotionDecision(True, f"promoted: {comparison}")
     return PromotionDecision(False, f"refused: {comparison}")
 
 
-def _production_figure(candidate: ModelVersion, production: ModelVersion) -> tuple[float | None, str]:
-    """Production's accuracy on the candidate's evaluation set, and how it was found (or why there is none)."""
+def _production_figure(candidate: ModelVersion, production: ModelVersion, metric: str) -> tuple[float | None, str]:
+    """Production's ``metric`` on the candidate's evaluation set, and how it was found (or why there is none)."""
     baseline = candidate.metrics.get("baseline")
     if isinstance(baseline, dict) and baseline.get("version") == production.version:
-        accuracy = _number(baseline.get("accuracy"))
-        if accuracy is not None:
-            return accuracy, f"measured by the trainer on {candidate.evaluation_set_id or 'the same evaluation set'}"
+        figure = _number(baseline.get(metric))
+        if figure is not None:
+            return figure, f"measured by the trainer on {candidate.evaluation_set_id or 'the same evaluation set'}"
     candidate_set, production_set = candidate.evaluation_set_id, production.evaluation_set_id
-    if candidate_set is not None and candidate_set == production_set and production.accuracy is not None:
-        return production.accuracy, f"both on {candidate_set}"
+    if candidate_set is not None and candidate_set == production_set:
+        figure = production.figure(metric)
+        if figure is not None:
+            return figure, f"both on {candidate_set}"
+        return None, (
+            f"refused: production version {production.version} has no metrics.{metric} to compare with (its "
+            f"policy metric is {production.policy_metric}); promote with force"
+        )
     return None, (
         f"refused: versions {candidate.version} and {production.version} were not evaluated on the same evaluation "
         f"set ({candidate_set or 'none'} vs {production_set or 'none'}) and version {candidate.version} has no "
-        f"baseline for production version {production.version}; retrain or promote with force"
+        f"baseline for production version {production.version} (metrics.baseline.{metric}); retrain or promote with "
+        "force"
     )
 
 

@@ -14,6 +14,8 @@ from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
+from edgeloop_common.api_auth import install_api_auth, service_auth
+from edgeloop_common.blobs import BlobReader
 from edgeloop_common.bus.base import EventBus
 from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.events import TrainingRequested
@@ -86,6 +88,7 @@ def create_app(
     app = FastAPI(title="EdgeLoop trainer", version="1", lifespan=lifespan)
     app.include_router(api.router)
     app.include_router(health_router(lambda: _checks(app), registry=metrics.registry))
+    install_api_auth(app, settings.common, metrics.registry)
     instrument_http(app, metrics.registry)
     install_error_handlers(app, api.STATUS_FOR_ERROR)
     app.state.metrics = metrics
@@ -156,12 +159,15 @@ async def _start(
     runs = await asyncio.to_thread(SqlRunStore, database)
     clients: list[httpx.AsyncClient] = []
     timeout = httpx.Timeout(settings.request_timeout_s, connect=5.0)
+    auth = service_auth(settings.common)
     if registry is None:
-        clients.append(httpx.AsyncClient(base_url=settings.registry_url, timeout=timeout))
+        clients.append(httpx.AsyncClient(base_url=settings.registry_url, timeout=timeout, auth=auth))
         registry = RegistryClient(clients[-1])
     if samples is None and settings.ingest_url:
-        clients.append(httpx.AsyncClient(base_url=settings.ingest_url, timeout=timeout))
-        samples = SamplesClient(clients[-1])
+        clients.append(httpx.AsyncClient(base_url=settings.ingest_url, timeout=timeout, auth=auth))
+        # s3 blobs straight from the shared store (any node); other URIs through ingest's image route.
+        blobs = BlobReader(settings.common) if settings.common.blob_store == "s3" else None
+        samples = SamplesClient(clients[-1], blobs=blobs)
     if engine is None:
         engine = await asyncio.to_thread(keras_engine, settings)
     snapshots = await asyncio.to_thread(LocalSnapshotStore, settings.resolved_data_dir())
@@ -180,7 +186,9 @@ async def _start(
         metrics=metrics,
     )
     subscriptions = ExitStack()
-    subscriptions.enter_context(subscribed(event_bus, SUBSCRIPTIONS, TrainerHandlers(service)))
+    subscriptions.enter_context(
+        subscribed(event_bus, SUBSCRIPTIONS, TrainerHandlers(service, not_trained=settings.not_trained_models_set()))
+    )
     if given_bus is None:
         await event_bus.start()
     await service.resume()

@@ -7,6 +7,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from edgeloop_common.api_auth import service_auth
+from edgeloop_common.settings import CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -21,7 +23,7 @@ def request_and_follow(
     trainer_url: str, model_name: str, *, requested_by: str, detail: str, console: Console, poll_s: float = 1.0
 ) -> dict[str, Any]:
     """POST /v1/trainings, then poll the run until it ends; the final run as JSON."""
-    with httpx.Client(base_url=trainer_url, timeout=30) as client:
+    with httpx.Client(base_url=trainer_url, timeout=30, auth=service_auth(CommonSettings())) as client:
         accepted = _call(
             client,
             "POST",

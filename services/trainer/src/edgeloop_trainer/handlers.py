@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+from collections.abc import Iterable
 
 from edgeloop_common.bus import EventContext, PermanentError
 from edgeloop_common.events import SampleLabeled, TrainingRequested
@@ -17,6 +19,7 @@ from edgeloop_trainer.ports import TrainingRequest
 from edgeloop_trainer.service import TrainerService
 
 _MODEL_NAME = re.compile(f"^{ID_PATTERN}$")
+log = logging.getLogger(__name__)
 
 
 def request_id_of(event_id: str) -> str:
@@ -25,11 +28,16 @@ def request_id_of(event_id: str) -> str:
 
 
 class TrainerHandlers:
-    def __init__(self, service: TrainerService) -> None:
+    def __init__(self, service: TrainerService, *, not_trained: Iterable[str] = ()) -> None:
         self.service = service
+        self.not_trained = frozenset(not_trained)
 
     async def on_training_requested(self, event: TrainingRequested, context: EventContext) -> None:
         """Returns once the request is in the trainings table: the bus commits, the training runs later."""
+        if event.model_name in self.not_trained:  # another service trains it (the failure model: federated)
+            self.service.metrics.requests_ignored.inc()
+            log.info("training request for %s (%s) is not for this trainer; skipped", event.model_name, event.reason)
+            return
         if not _MODEL_NAME.match(event.model_name):
             raise PermanentError(
                 f"model name {event.model_name!r} must be 1-64 letters, digits, '_', '.' or '-' (it is part of paths)"

@@ -25,6 +25,11 @@ class TrainerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.requests_ignored = Counter(
+            "edgeloop_trainer_requests_ignored_total",
+            "TrainingRequested events for a model this trainer does not train (the failure model: federated).",
+            registry=self.registry,
+        )
         self.runs = Counter(
             "edgeloop_trainer_runs_total",
             "Training runs finished, by outcome (succeeded, failed, interrupted: queued again if attempts remain).",

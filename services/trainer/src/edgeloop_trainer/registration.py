@@ -14,8 +14,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from edgeloop_common.api_auth import service_auth
 from edgeloop_common.images import InvalidImageError, inspect_image
 from edgeloop_common.reference_stats import compute_reference_stats
+from edgeloop_common.settings import CommonSettings
 
 from edgeloop_trainer import export
 from edgeloop_trainer.dataset import load_split
@@ -104,7 +106,7 @@ def register_result(
         batch_size=batch_size,
     )
     name = quote(result.model_name, safe="")
-    with httpx.Client(base_url=registry_url, timeout=30) as client:
+    with httpx.Client(base_url=registry_url, timeout=30, auth=service_auth(CommonSettings())) as client:
         version = _call(client, "POST", f"/v1/models/{name}/versions", body)
         if not promote:
             return version, None

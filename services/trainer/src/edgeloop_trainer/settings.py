@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     models: str = Field(
         "edgeloop-classifier", description="Models retrained on new labels and on the schedule (comma-separated)."
     )
+    not_trained_models: str = Field(
+        "machine-failure",
+        description="Models this trainer does not train, comma-separated: a TrainingRequested for one is logged, "
+        "counted and skipped (the sensor failure model is retrained by the federated service).",
+    )
     retrain_every_labels: int = Field(
         20, ge=0, description="Ask for a training after this many new labels (0: never on labels)."
     )
@@ -114,6 +119,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"EDGELOOP_TRAINER_MODEL_BACKBONES: {entry!r} is not MODEL=BACKBONE[:SIZE]")
             recipes[model.strip()] = Recipe(backbone.strip(), int(size) if size else None)
         return recipes
+
+    def not_trained_models_set(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.not_trained_models.split(",") if name.strip())
 
     def model_names(self) -> tuple[str, ...]:
         return tuple(name.strip() for name in self.models.split(",") if name.strip())

@@ -1,14 +1,16 @@
-"""``edgeloop infra``: EdgeLoop's local Kafka, Mosquitto and PostgreSQL (see docs/infrastructure.md).
+"""``edgeloop infra``: EdgeLoop's local Kafka, Mosquitto, PostgreSQL and SeaweedFS (see docs/infrastructure.md).
 
 The CLI is :data:`app`; tests use the functions: ``start(name)``, ``stop(name)``,
-``restart(name)``, ``status()``, ``up()``, ``down()`` and, from async code,
-``start_async(name)`` / ``stop_async(name)``. Names: ``kafka``, ``mosquitto``, ``postgres``.
+``restart(name)``, ``status()``, ``up(secure=...)``, ``down()``, ``secure_client_environment()`` and, from async code,
+``start_async(name)`` / ``stop_async(name)``. Names: ``kafka``, ``mosquitto``, ``postgres``,
+``seaweedfs``.
 """
 
 from edgeloop.infra.api import (
     COMPONENTS,
     down,
     restart,
+    secure_client_environment,
     start,
     start_async,
     status,
@@ -29,6 +31,7 @@ __all__ = [
     "app",
     "down",
     "restart",
+    "secure_client_environment",
     "start",
     "start_async",
     "status",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,22 +11,27 @@ import typer
 from edgeloop.infra import api
 from edgeloop.infra.component import ComponentStatus
 from edgeloop.infra.errors import InfraError
+from edgeloop.infra.secure import write_server_certificates
 from edgeloop.paths import repo_root
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Local Kafka, Mosquitto and PostgreSQL on 127.0.0.1, state under .edgeloop/: up, down, status.",
+    help="Local Kafka, Mosquitto, PostgreSQL and SeaweedFS (S3) on 127.0.0.1, state in .edgeloop/: up, down, status.",
 )
 
 Only = Annotated[
     str | None,
-    typer.Option("--only", help="Comma-separated components: kafka, mosquitto (mqtt), postgres. Default: all."),
+    typer.Option(
+        "--only", help="Comma-separated components: kafka, mosquitto (mqtt), postgres, seaweedfs (s3). Default: all."
+    ),
 ]
 
 ENVIRONMENT = {
     "kafka": "EDGELOOP_KAFKA_BOOTSTRAP_SERVERS",
     "mosquitto": "EDGELOOP_MQTT_HOST / EDGELOOP_MQTT_PORT",
     "postgres": "EDGELOOP_DATABASE_URL",
+    "seaweedfs": "EDGELOOP_BLOB_STORE=s3 / EDGELOOP_S3_*",
+    "mqtts": "EDGELOOP_MQTT_* of secure.env, plus EDGELOOP_MQTT_USERNAME / EDGELOOP_MQTT_PASSWORD_FILE",
 }
 
 
@@ -33,11 +39,23 @@ def _names(only: str | None) -> list[str] | None:
     return [name for name in only.split(",") if name.strip()] if only else None
 
 
+Secure = Annotated[
+    bool,
+    typer.Option(
+        "--secure",
+        help="Kafka and PostgreSQL also over TLS with credentials (SASL_SSL/SCRAM on 9095, TLS roles on 5432), "
+        "beside the plain listeners, and a secured Mosquitto (mqtts: TLS on 8883, device and service identities) "
+        "beside the anonymous one; a local CA and passwords under .edgeloop/secure/ (remembered by later ups), "
+        "client settings in .edgeloop/secure/secure.env.",
+    ),
+]
+
+
 @app.command()
-def up(only: Only = None) -> None:
+def up(only: Only = None, secure: Secure = False) -> None:
     """Install what is missing and start every server that is not running (idempotent)."""
     try:
-        statuses = api.up(_names(only), echo=typer.echo)
+        statuses = api.up(_names(only), secure=secure, echo=typer.echo)
     except InfraError as exc:
         typer.echo(f"infra up failed:\n{exc}", err=True)
         raise typer.Exit(1) from exc
@@ -117,3 +135,16 @@ def _shown(path: object) -> str:
     text = str(path)
     root = f"{repo_root()}/"
     return text[len(root) :] if text.startswith(root) else text
+
+
+@app.command()
+def certs(
+    directory: Annotated[Path, typer.Argument(help="Where to write them (a volume the servers and services mount).")],
+    hosts: Annotated[str, typer.Option(help="Comma-separated names the server certificate is for.")] = "kafka,postgres",
+    kafka_uid: Annotated[int | None, typer.Option(help="Owner of kafka-keystore.pem (the broker's user).")] = None,
+    postgres_uid: Annotated[int | None, typer.Option(help="Owner of postgres.key (PostgreSQL's user).")] = None,
+) -> None:
+    """A local CA and a server certificate for a compose or cluster deployment (made once; kept when present):
+    ca.pem (clients verify with it), server.pem, kafka-keystore.pem (key + certificate), postgres.key."""
+    made = write_server_certificates(directory, tuple(h for h in hosts.split(",") if h), kafka_uid, postgres_uid)
+    typer.echo(f"{'made' if made else 'kept'} the CA and server certificate in {directory} (clients: ca.pem)")

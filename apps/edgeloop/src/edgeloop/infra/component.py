@@ -8,6 +8,7 @@ then create what it must hold: topics, a database).
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from edgeloop import processes
 from edgeloop.infra import process
 from edgeloop.infra.errors import InfraError
 from edgeloop.infra.packages import Requirement
+from edgeloop.infra.secure import SecureLinks
 
 Echo = Callable[[str], None]
 
@@ -59,14 +61,17 @@ class Launch:
 class Component(ABC):
     name: ClassVar[str]
     host: ClassVar[str] = "127.0.0.1"
-    port: ClassVar[int]
+    port: int  # the class's default; EDGELOOP_INFRA_<NAME>_PORT moves it (a second stack beside the shared one)
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
     stop_timeout_s: ClassVar[float] = 30.0
     ready_timeout_s: ClassVar[float] = 90.0
 
-    def __init__(self, state_dir: Path, repo_root: Path) -> None:
+    def __init__(self, state_dir: Path, repo_root: Path, *, secure: SecureLinks | None = None) -> None:
         self.state_dir = state_dir
         self.repo_root = repo_root
+        self.port = port_setting(self.name, "port", type(self).port)
+        # Set: the server also serves TLS with credentials (`edgeloop infra up --secure`, edgeloop.infra.secure).
+        self.secure = secure
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -130,6 +135,10 @@ class Component(ABC):
         """How clients reach it, printed after the status table."""
         return self.address
 
+    def runs_secure(self) -> bool:
+        """Whether our running server was started with its TLS listener (False for a component without one)."""
+        return False
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def running_process(self) -> psutil.Process | None:
@@ -140,6 +149,12 @@ class Component(ABC):
         running = self.running_process()
         if running is not None:
             echo(f"{self.name}: already running (pid {running.pid})")
+            if self.secure is not None and not self.runs_secure():
+                # Not restarted behind the back of whoever uses it: they choose when.
+                echo(
+                    f"{self.name}: it was started without TLS; to add it: `edgeloop infra down --only {self.name}` "
+                    "then `edgeloop infra up --secure`"
+                )
             return Launch(running.pid, time.monotonic(), already_running=True)
         self._forget_stale_pid_file(echo)
         self._refuse_foreign_ports()
@@ -279,3 +294,15 @@ class Component(ABC):
             return str(path.relative_to(self.repo_root))
         except ValueError:
             return str(path)
+
+
+def port_setting(component: str, which: str, default: int) -> int:
+    """``EDGELOOP_INFRA_<COMPONENT>_<WHICH>`` (e.g. EDGELOOP_INFRA_KAFKA_PORT) or the default."""
+    variable = f"EDGELOOP_INFRA_{component.upper()}_{which.upper()}"
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InfraError(f"{variable}={value!r} is not a port number") from exc

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Coroutine
@@ -20,10 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import psutil
+from edgeloop_common.kafka_auth import PLAINTEXT, KafkaAuth
+
 from edgeloop.infra import process
-from edgeloop.infra.component import Component, Echo
+from edgeloop.infra.component import Component, Echo, port_setting
 from edgeloop.infra.errors import InfraError
 from edgeloop.infra.packages import Requirement, find_program
+from edgeloop.infra.secure import KAFKA_MECHANISM, KAFKA_USER, SecureLinks
 
 T = TypeVar("T")
 
@@ -49,8 +55,15 @@ class Kafka(Component):
     port = 9092
     # The usual 9093 is taken on the shared development machine (by the dev broker on 19092);
     # clients never use the controller port.
-    controller_port: ClassVar[int] = 9094
+    default_controller_port: ClassVar[int] = 9094
+    # SASL_SSL (`infra up --secure`); 9093 is taken here (above).
+    default_secure_port: ClassVar[int] = 9095
     stop_timeout_s = 60.0
+
+    def __init__(self, state_dir: Path, repo_root: Path, *, secure: SecureLinks | None = None) -> None:
+        super().__init__(state_dir, repo_root, secure=secure)
+        self.controller_port = port_setting(self.name, "controller_port", self.default_controller_port)
+        self.secure_port = port_setting(self.name, "secure_port", self.default_secure_port)
 
     @property
     def pom(self) -> Path:
@@ -58,11 +71,16 @@ class Kafka(Component):
 
     @property
     def properties_file(self) -> Path:
-        return self.home / "server.properties"
+        # Its own name in secure mode, so that the running broker's command line tells which it serves.
+        return self.home / ("server-secure.properties" if self.secure is not None else "server.properties")
+
+    @property
+    def secure_address(self) -> str:
+        return f"{self.host}:{self.secure_port}"
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.port, self.controller_port)
+        return (self.port, self.controller_port, *([self.secure_port] if self.secure is not None else []))
 
     @property
     def version(self) -> str:
@@ -91,6 +109,19 @@ class Kafka(Component):
             controller_port=self.controller_port,
             data_dir=self.data_dir,
         )
+        if self.secure is not None:
+            base = self.properties_file.read_text()
+            self.render(
+                self.repo_root / "infra" / "kafka" / "server-secure.properties",
+                self.properties_file,
+                host=self.host,
+                port=self.port,
+                controller_port=self.controller_port,
+                secure_port=self.secure_port,
+                keystore_file=self.secure.kafka_keystore,
+                ca_file=self.secure.tls.ca_file,
+            )
+            self.properties_file.write_text(base + "\n" + self.properties_file.read_text())
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage(echo)
 
@@ -112,6 +143,52 @@ class Kafka(Component):
         created = run_coroutine(ensure_topics(self.address, ALL_KAFKA_TOPICS, TOPIC_PARTITIONS))
         if created:
             echo(f"{self.name}: created {len(created)} topics ({TOPIC_PARTITIONS} partitions each)")
+        if self.secure is not None and self.runs_secure():
+            self._ensure_scram_user(echo)
+
+    def runs_secure(self) -> bool:
+        running = self.running_process()
+        try:
+            return running is not None and any(arg.endswith("/server-secure.properties") for arg in running.cmdline())
+        except psutil.Error:
+            return False
+
+    def client_auth(self) -> KafkaAuth:
+        """How a client logs in on the SASL_SSL listener (the generated SCRAM user, the local CA)."""
+        assert self.secure is not None
+        return KafkaAuth(
+            security_protocol="SASL_SSL",
+            sasl_mechanism=KAFKA_MECHANISM,
+            username=KAFKA_USER,
+            password=self.secure.credentials().kafka_password,
+            ca_file=self.secure.tls.ca_file,
+        )
+
+    def connection_hint(self) -> str:
+        if self.secure is not None:
+            return f"{self.address} (plain), {self.secure_address} (SASL_SSL)"
+        return self.address
+
+    def _ensure_scram_user(self, echo: Echo) -> None:
+        """Log in on the SASL_SSL listener as the SCRAM user; create (or reset) the user when that is refused."""
+        auth = self.client_auth()
+        refusal = _login_refusal(self.secure_address, auth)
+        if refusal is None:
+            return
+        echo(f"{self.name}: creating the SCRAM user {KAFKA_USER!r} ({KAFKA_MECHANISM}) (kafka-configs)...")
+        scram = f"{KAFKA_MECHANISM}=[iterations=8192,password={auth.password}]"
+        command = [_java(), "-cp", f"{self.jar_dir}/*", "kafka.admin.ConfigCommand", "--bootstrap-server"]
+        command += [self.address, "--alter", "--add-config", scram, "--entity-type", "users"]
+        command += ["--entity-name", KAFKA_USER]
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        if result.returncode != 0:
+            raise InfraError(f"kafka: creating the SCRAM user failed:\n{result.stdout.strip()[-2000:]}")
+        deadline = time.monotonic() + 20
+        while (refusal := _login_refusal(self.secure_address, auth)) is not None:  # the credential propagates
+            if time.monotonic() > deadline:
+                raise InfraError(f"kafka: {KAFKA_USER} cannot log in on {self.secure_address}: {refusal}")
+            time.sleep(0.5)
+        echo(f"{self.name}: SASL_SSL on {self.secure_address} accepts {KAFKA_USER}")
 
     def _fetch_jars(self, echo: Echo) -> None:
         target = self.jar_dir
@@ -196,11 +273,13 @@ class KafkaNotReady(Exception):
     """The broker does not answer metadata requests yet."""
 
 
-async def list_topics(bootstrap: str) -> set[str]:
+async def list_topics(bootstrap: str, auth: KafkaAuth = PLAINTEXT) -> set[str]:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="edgeloop-infra")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="edgeloop-infra", **auth.client_options()
+    )
     try:
         await admin.start()
         return set(await admin.list_topics())
@@ -250,6 +329,20 @@ async def ensure_topics(bootstrap: str, topics: tuple[str, ...], partitions: int
         raise InfraError(f"kafka: could not ensure the contract topics on {bootstrap}: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+def _login_refusal(bootstrap: str, auth: KafkaAuth) -> str | None:
+    """None when a client with auth lists the topics; otherwise why not."""
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a refusal is expected the first time; aiokafka would log it as an error
+    try:
+        run_coroutine(list_topics(bootstrap, auth))
+    except KafkaNotReady as exc:
+        return str(exc) or "refused"
+    finally:
+        quiet.setLevel(level)
+    return None
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:

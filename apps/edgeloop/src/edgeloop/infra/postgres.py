@@ -18,10 +18,13 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 from edgeloop.infra import process
 from edgeloop.infra.component import Component, Echo
 from edgeloop.infra.errors import InfraError
 from edgeloop.infra.packages import Requirement, find_program
+from edgeloop.infra.secure import POSTGRES_CERT_ROLE, POSTGRES_TLS_DATABASE, POSTGRES_TLS_ROLE
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,6 +49,16 @@ class Postgres(Component):
     def socket_dir(self) -> Path:
         return self.home / "run"
 
+    @property
+    def tls_dir(self) -> Path:
+        """The server's copies of its key, certificate and the CA (owned by the server's user, as it insists)."""
+        return self.home / "tls"
+
+    @property
+    def hba_file(self) -> Path:
+        """Who may log in how, in secure mode (plain mode keeps initdb's pg_hba.conf in the data dir)."""
+        return self.home / "pg_hba.conf"
+
     def requirements(self) -> list[Requirement]:
         return [
             Requirement("postgres", "postgresql", locations=(DEBIAN_BINARIES,)),
@@ -58,6 +71,8 @@ class Postgres(Component):
             directory.mkdir(exist_ok=True)
             self._give_to_server_user(directory)
             directory.chmod(0o700)  # PostgreSQL insists on it for the data dir
+        if self.secure is not None:
+            self._prepare_tls()
         if (self.data_dir / "PG_VERSION").exists():
             return
         if any(self.data_dir.iterdir()):
@@ -95,6 +110,7 @@ class Postgres(Component):
             f"unix_socket_directories={self.socket_dir}",
             "-c",
             "max_connections=200",  # every service's pool plus the tests' engines
+            *self._tls_options(),
         ]
 
     def answers(self) -> bool:
@@ -129,6 +145,91 @@ class Postgres(Component):
                 client.execute("SELECT 1")
         except psycopg.OperationalError as exc:
             raise InfraError(f"postgres: {ROLE} cannot log in to {DATABASE} on {self.address}: {exc}") from exc
+        if self.secure is not None and self.runs_secure():
+            self._provision_tls(echo)
+
+    def runs_secure(self) -> bool:
+        running = self.running_process()
+        try:
+            return running is not None and "ssl=on" in running.cmdline()
+        except psutil.Error:
+            return False
+
+    def _tls_options(self) -> list[str]:
+        if self.secure is None:
+            return []
+        options = {
+            "ssl": "on",
+            "ssl_cert_file": self.tls_dir / "server.pem",
+            "ssl_key_file": self.tls_dir / "server.key",
+            "ssl_ca_file": self.tls_dir / "ca.pem",  # verifies client certificates (the cert role)
+            "ssl_min_protocol_version": "TLSv1.2",
+            "hba_file": self.hba_file,
+        }
+        return [argument for key, value in options.items() for argument in ("-c", f"{key}={value}")]
+
+    def _prepare_tls(self) -> None:
+        assert self.secure is not None
+        tls = self.secure.tls
+        self.tls_dir.mkdir(exist_ok=True)
+        self._give_to_server_user(self.tls_dir)
+        self.tls_dir.chmod(0o700)
+        for source, name in ((tls.cert_file, "server.pem"), (tls.key_file, "server.key"), (tls.ca_file, "ca.pem")):
+            target = self.tls_dir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)  # the key must be; PostgreSQL refuses a key others can read
+            self._give_to_server_user(target)
+        roles = f"{POSTGRES_TLS_ROLE},{POSTGRES_CERT_ROLE}"
+        self.hba_file.write_text(
+            "# Written by `edgeloop infra up --secure` (edgeloop.infra.postgres): the first matching line decides.\n"
+            "# TYPE    DATABASE USER  ADDRESS       METHOD\n"
+            "local     all      all                  trust\n"
+            f"hostnossl all      {roles}  all  reject\n"
+            f"hostssl   all      {POSTGRES_TLS_ROLE}  {self.host}/32  scram-sha-256\n"
+            f"hostssl   all      {POSTGRES_CERT_ROLE}  {self.host}/32  cert\n"
+            f"host      all      all  {self.host}/32  scram-sha-256\n"
+        )
+        self._give_to_server_user(self.hba_file)
+
+    def _provision_tls(self, echo: Echo) -> None:
+        """The TLS roles and their database; then a log-in over TLS that verifies the server (verify-full)."""
+        import psycopg
+        from psycopg import sql
+
+        assert self.secure is not None
+        password = self.secure.credentials().postgres_password
+        with self._connect_as_superuser(autocommit=True) as admin:
+            role, cert_role = sql.Identifier(POSTGRES_TLS_ROLE), sql.Identifier(POSTGRES_CERT_ROLE)
+            if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (POSTGRES_TLS_ROLE,)).fetchone() is None:
+                admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                echo(f"{self.name}: created role {POSTGRES_TLS_ROLE} (password over TLS only)")
+            # Always: the password is the one in .edgeloop/secure/credentials.json, even if that file was remade.
+            admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+            if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (POSTGRES_CERT_ROLE,)).fetchone() is None:
+                admin.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(cert_role, role))
+                # Its sessions act as the TLS role: what either creates, both may use.
+                admin.execute(sql.SQL("ALTER ROLE {} SET role = {}").format(cert_role, sql.Literal(POSTGRES_TLS_ROLE)))
+                echo(f"{self.name}: created role {POSTGRES_CERT_ROLE} (a client certificate over TLS)")
+            database = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (POSTGRES_TLS_DATABASE,))
+            if database.fetchone() is None:
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(POSTGRES_TLS_DATABASE), role)
+                )
+                echo(f"{self.name}: created database {POSTGRES_TLS_DATABASE} owned by {POSTGRES_TLS_ROLE}")
+        try:
+            with psycopg.connect(
+                host=self.host,
+                port=self.port,
+                user=POSTGRES_TLS_ROLE,
+                password=password,
+                dbname=POSTGRES_TLS_DATABASE,
+                sslmode="verify-full",
+                sslrootcert=str(self.secure.tls.ca_file),
+                connect_timeout=5,
+            ) as client:
+                client.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            raise InfraError(f"postgres: {POSTGRES_TLS_ROLE} cannot log in over TLS on {self.address}: {exc}") from exc
 
     def run_as(self) -> str | None:
         if not process.running_as_root():
@@ -140,7 +241,10 @@ class Postgres(Component):
         return SERVICE_USER
 
     def connection_hint(self) -> str:
-        return DATABASE_URL
+        plain = DATABASE_URL.replace(":5432/", f":{self.port}/")
+        if self.secure is not None:
+            return f"{plain} (plain); TLS: {POSTGRES_TLS_ROLE} on database {POSTGRES_TLS_DATABASE} (secure.env)"
+        return plain
 
     def bin_dir(self) -> Path:
         """The binaries of the data dir's PostgreSQL version (newest installed for a new cluster)."""

@@ -51,6 +51,12 @@ def targets(versions: PinnedVersions) -> tuple[GoTarget, ...]:
         GoTarget("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", cold_minutes=8),
         GoTarget("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", cold_minutes=2),
         GoTarget("kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", cold_minutes=1),
+        # The real node (`edgeloop kube up --real-node`, node.py): its kubelet and kube-proxy, and the pause
+        # program of its locally built sandbox image (infra/kube/pause: no registry is reachable).
+        GoTarget("kubelet", "k8s.io/kubernetes/cmd/kubelet", cold_minutes=3),
+        GoTarget("kube-proxy", "k8s.io/kubernetes/cmd/kube-proxy", cold_minutes=1),
+        GoTarget("pause", "./pause", cold_minutes=1),
+        GoTarget("edgeloop-dns", "./dns", cold_minutes=1),  # the real node's cluster DNS (infra/kube/dns)
         GoTarget("kwok", f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}", cold_minutes=4, installed=True),
         GoTarget("helm", f"helm.sh/helm/v3/cmd/helm@{versions.helm}", cold_minutes=3, installed=True),
     )

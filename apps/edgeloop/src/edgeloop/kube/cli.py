@@ -15,6 +15,9 @@ import typer
 from edgeloop.kube.edge import DEFAULT_GROUPS, DEFAULT_NODES_PER_GROUP
 from edgeloop.kube.errors import KubeError
 
+# The real node's default node group (node.DEFAULT_GROUP; not imported from there, to keep `--help` light).
+DEFAULT_REAL_NODE_GROUP = "site-real"
+
 if TYPE_CHECKING:
     from edgeloop.kube.cluster import ClusterStatus
 
@@ -35,6 +38,16 @@ def up(
     nodes_per_group: Annotated[int, typer.Option(min=1, max=50, help="Simulated edge nodes in each group.")] = (
         DEFAULT_NODES_PER_GROUP
     ),
+    real_node: Annotated[
+        bool,
+        typer.Option(
+            help="Also run a real node (kubelet + containerd + kube-proxy, built and installed on first use) "
+            "beside the simulated ones: real containers of locally built images (`edgeloop images build`)."
+        ),
+    ] = False,
+    real_node_group: Annotated[
+        str, typer.Option(help="The node group of the real node (its own by default, so workloads choose it).")
+    ] = DEFAULT_REAL_NODE_GROUP,
     export_kubeconfig: Annotated[
         bool,
         typer.Option(
@@ -51,7 +64,12 @@ def up(
     if not names:
         raise typer.BadParameter("at least one node group", param_hint="--groups")
     try:
-        status_ = cluster.up(Topology(names, nodes_per_group), echo=typer.echo, export_kubeconfig=export_kubeconfig)
+        status_ = cluster.up(
+            Topology(names, nodes_per_group),
+            echo=typer.echo,
+            export_kubeconfig=export_kubeconfig,
+            real_node=real_node_group if real_node else None,
+        )
     except KubeError as exc:
         typer.echo(f"kube up failed:\n{exc}", err=True)
         raise typer.Exit(1) from exc
@@ -63,7 +81,7 @@ def up(
 def down(
     purge: Annotated[bool, typer.Option(help="Also delete .edgeloop/kube (etcd data, certificates, logs).")] = False,
 ) -> None:
-    """Stop, by pid, every process `edgeloop kube up` started. The built binaries stay cached."""
+    """Stop, by pid, every process `edgeloop kube up` started (the real node's first). Binaries stay cached."""
     from edgeloop.kube import cluster
 
     try:

@@ -24,11 +24,13 @@ import yaml
 
 from edgeloop import processes
 from edgeloop.kube import edge, kubeconfig
+from edgeloop.kube import node as kube_node
 from edgeloop.kube.build import Binaries, binaries_location, ensure_binaries
 from edgeloop.kube.components import (
     COMPONENT_NAMES,
     COMPONENTS,
     HOST,
+    KWOK_NODE_ANNOTATION,
     PREFERRED_PORTS,
     Component,
     Paths,
@@ -64,6 +66,7 @@ class NodeStatus:
     group: str
     ready: bool
     taints: tuple[str, ...]
+    simulated: bool = True  # False: the real node (kubelet + containerd) of `up --real-node`
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,16 @@ def paths() -> Paths:
     return Paths(state_path())
 
 
-def up(topology: edge.Topology | None = None, *, echo: Echo = print, export_kubeconfig: bool = False) -> ClusterStatus:
-    """Build if needed, start every component not running, reconcile the edge nodes; wait until they are Ready."""
+def up(
+    topology: edge.Topology | None = None,
+    *,
+    echo: Echo = print,
+    export_kubeconfig: bool = False,
+    real_node: str | None = None,
+) -> ClusterStatus:
+    """Build if needed, start every component not running, reconcile the edge nodes; wait until they are Ready.
+
+    ``real_node``: also run a real node (kubelet + containerd, node.py) in that node group."""
     started_at = time.monotonic()
     state = paths()
     with _state_lock(state):
@@ -106,9 +117,16 @@ def up(topology: edge.Topology | None = None, *, echo: Echo = print, export_kube
         ports = _start_components(binaries, state, saved, echo)
         _save_state(state, ports, topology, binaries)
         with _api_client() as api, _api_errors("setting up the edge nodes and CRDs"):
-            _apply_cluster_objects(api, topology, echo)
+            # A real node already running keeps its node group (and its place in it) across a plain `up`.
+            real = real_node or kube_node.running_group()
+            _apply_cluster_objects(api, topology, echo, real_group=real)
             ready = _wait_nodes_ready(api, topology, echo)
-            _write_node_group_status(api, topology, ready)
+            if real_node is not None:
+                server = f"https://{HOST}:{ports.apiserver}"
+                kube_node.up(api, binaries, state.pki, server, real_node, echo)
+            if real is not None:
+                ready[kube_node.node_name(real)] = True
+            _write_node_group_status(api, topology, ready, real_group=real)
             _wait_default_service_account(api)
         if export_kubeconfig:
             _export_user_kubeconfig(state, ports, echo)
@@ -123,6 +141,7 @@ def down(*, purge: bool = False, echo: Echo = print) -> list[str]:
     stopped: list[str] = []
     with _state_lock(state):
         marker = str(state.root)
+        _stop_real_node(state, echo, stopped)
         for component in reversed(COMPONENTS):
             running = processes.owned_process(state.pid(component.name), marker)
             if running is not None:
@@ -334,7 +353,24 @@ def _apply(api: ApiClient, manifests: list[dict[str, Any]]) -> None:
             raise KubeError(f"applying {manifest['kind']} {manifest['metadata']['name']} failed: {exc}") from exc
 
 
-def _apply_cluster_objects(api: ApiClient, topology: edge.Topology, echo: Echo) -> None:
+def _stop_real_node(state: Paths, echo: Echo, stopped: list[str]) -> None:
+    """The real node goes first, while the API server can still take its Node object away."""
+    apiserver = processes.owned_process(state.pid("kube-apiserver"), str(state.root))
+    if apiserver is not None and kubeconfig_path().is_file():
+        with _api_client() as api:
+            stopped += kube_node.down(echo, api)
+    else:
+        stopped += kube_node.down(echo)
+
+
+def _group_members(topology: edge.Topology, group: str, real_group: str | None) -> list[str]:
+    members = topology.node_names(group) if group in topology.groups else []
+    return [*members, kube_node.node_name(group)] if group == real_group else members
+
+
+def _apply_cluster_objects(
+    api: ApiClient, topology: edge.Topology, echo: Echo, *, real_group: str | None = None
+) -> None:
     _apply(api, edge.kwok_rbac())
     crds = [yaml.safe_load(path.read_text()) for path in sorted((infra_dir() / "crds").glob("*.yaml"))]
     _apply(api, crds)
@@ -343,8 +379,9 @@ def _apply_cluster_objects(api: ApiClient, topology: edge.Topology, echo: Echo) 
     ips = topology.internal_ips()
     kubelet_version = read_versions().kubernetes
     _apply(api, [edge.edge_node(name, group, ips[name], kubelet_version) for name, group in wanted.items()])
-    _apply(api, [edge.node_group(group, topology.node_names(group)) for group in topology.groups])
-    _delete_unwanted(api, topology)
+    groups = list(dict.fromkeys([*topology.groups, *([real_group] if real_group else [])]))
+    _apply(api, [edge.node_group(group, _group_members(topology, group, real_group)) for group in groups])
+    _delete_unwanted(api, topology, keep_group=real_group)
     echo(
         f"edge nodes: {len(wanted)} in node groups {', '.join(topology.groups)} "
         f"(label {edge.NODE_GROUP_LABEL}, taint {edge.EDGE_TAINT_KEY}:NoSchedule)"
@@ -369,7 +406,7 @@ def _wait_crds_established(api: ApiClient, names: list[str], timeout: float = 60
         raise KubeError(f"CRDs not Established within {timeout:.0f} s: {', '.join(sorted(pending))}")
 
 
-def _delete_unwanted(api: ApiClient, topology: edge.Topology) -> None:
+def _delete_unwanted(api: ApiClient, topology: edge.Topology, *, keep_group: str | None = None) -> None:
     """Nodes and NodeGroups an earlier `up --groups ...` made that the current topology does not have."""
     from kubernetes.client import CoreV1Api, CustomObjectsApi
 
@@ -382,7 +419,7 @@ def _delete_unwanted(api: ApiClient, topology: edge.Topology) -> None:
         "apps.kubeedge.io", "v1alpha1", "nodegroups", label_selector=selector
     )
     for group in groups["items"]:
-        if group["metadata"]["name"] not in topology.groups:
+        if group["metadata"]["name"] not in (*topology.groups, keep_group):
             CustomObjectsApi(api).delete_cluster_custom_object(
                 "apps.kubeedge.io", "v1alpha1", "nodegroups", group["metadata"]["name"]
             )
@@ -403,6 +440,7 @@ def _edge_nodes(api: ApiClient) -> list[NodeStatus]:
             group=(node.metadata.labels or {}).get(edge.NODE_GROUP_LABEL, ""),
             ready=any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or [])),
             taints=tuple(f"{t.key}:{t.effect}" for t in (node.spec.taints or [])),
+            simulated=KWOK_NODE_ANNOTATION[0] in (node.metadata.annotations or {}),
         )
         for node in sorted(nodes, key=lambda n: n.metadata.name)
     ]
@@ -432,12 +470,14 @@ def _wait_nodes_ready(api: ApiClient, topology: edge.Topology, echo: Echo) -> di
         time.sleep(0.5)
 
 
-def _write_node_group_status(api: ApiClient, topology: edge.Topology, ready: dict[str, bool]) -> None:
+def _write_node_group_status(
+    api: ApiClient, topology: edge.Topology, ready: dict[str, bool], *, real_group: str | None = None
+) -> None:
     from kubernetes.client import CustomObjectsApi
 
     custom = CustomObjectsApi(api)
-    for group in topology.groups:
-        members = {name: ready.get(name, False) for name in topology.node_names(group)}
+    for group in dict.fromkeys([*topology.groups, *([real_group] if real_group else [])]):
+        members = {name: ready.get(name, False) for name in _group_members(topology, group, real_group)}
         custom.patch_cluster_custom_object_status(
             "apps.kubeedge.io", "v1alpha1", "nodegroups", group, edge.node_group_status(group, members)
         )

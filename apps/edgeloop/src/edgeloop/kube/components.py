@@ -144,6 +144,11 @@ def apiserver_argv(binaries: Binaries, paths: Paths, ports: Ports) -> list[str]:
         # A loopback address may not be an Endpoints address; no pod here needs to reach the API
         # through the `kubernetes` Service, so its endpoints are not reconciled.
         "--endpoint-reconciler-type=none",
+        # How the API server authenticates to a real node's kubelet (logs, exec); the simulated ones have none.
+        f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+        # The real node's name is no DNS name here: reach its kubelet at the InternalIP it reports.
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
         "--profiling=false",
         f"--cert-dir={paths.serving_certs('kube-apiserver')}",
     ]

@@ -66,7 +66,18 @@ CERTS: tuple[CertSpec, ...] = (
     # The API server's identity towards aggregated API servers (metrics-server, if a chart installs one);
     # only this CN may assert a user in the X-Remote-* headers (--requestheader-allowed-names).
     CertSpec("front-proxy-client", "front-proxy-client", client=True),
+    # The real node (node.py): kube-proxy's identity, bound by Kubernetes' bootstrap RBAC to system:node-proxier;
+    # and the API server's towards the kubelet (logs, exec, port-forward), allowed by the kubelet's webhook.
+    CertSpec("kube-proxy", "system:kube-proxy", client=True),
+    CertSpec(
+        "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=("system:masters",), client=True
+    ),
 )
+
+
+def node_cert(node: str) -> CertSpec:
+    """A kubelet's client certificate: the Node authorizer and NodeRestriction confine it to its own node."""
+    return CertSpec(f"kubelet-{node}", f"system:node:{node}", organizations=("system:nodes",), client=True)
 
 
 class Pki:
@@ -105,6 +116,14 @@ class Pki:
                 self._write_signed(spec, ca_cert, ca_key)
         if not (self.service_account_key.is_file() and self.service_account_public_key.is_file()):
             self._write_service_account_keys()
+
+    def ensure_cert(self, spec: CertSpec) -> None:
+        """One more certificate signed by the CA (made by ``ensure()``), unless it exists."""
+        if self.cert(spec.stem).is_file() and self.key(spec.stem).is_file():
+            return
+        ca_key = _load_key(self.key("ca"))
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        self._write_signed(spec, ca_cert, ca_key)
 
     def _write_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())

@@ -13,7 +13,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from edgeloop_common.bus.base import BusStats, EventContext, PermanentError, RetryPolicy, Subscription
+from edgeloop_common.bus.base import (
+    BusStats,
+    BusUnavailableError,
+    EventContext,
+    PermanentError,
+    RetryPolicy,
+    Subscription,
+)
 from edgeloop_common.events import DeadLetter, Event
 from edgeloop_common.idempotency import ProcessedEventStore
 
@@ -52,6 +59,15 @@ def dead_letter_for(
     )
 
 
+def infrastructure_away(error: BaseException) -> bool:
+    """Whether ``error`` says the bus's or the service's own infrastructure is unreachable (Kafka, the database's
+    connection), not that the event cannot be handled. Other services being away (a model server) still ends in
+    a dead letter after the retries."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(error, BusUnavailableError | OperationalError | InterfaceError)
+
+
 async def deliver(
     subscription: Subscription,
     event: Event,
@@ -75,7 +91,7 @@ async def deliver(
             await subscription.handler(event, dataclasses.replace(context, attempt=attempt))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure is retried or dead-lettered, never swallowed
+        except Exception as exc:  # every failure is retried, dead-lettered or (the bus away) raised: never swallowed
             permanent = isinstance(exc, PermanentError)
             if not permanent and attempt < retry.max_attempts:
                 stats.retried += 1
@@ -90,6 +106,11 @@ async def deliver(
                 await asyncio.sleep(retry.backoff_s(attempt))
                 attempt += 1
                 continue
+            if infrastructure_away(exc):
+                # Kafka or the database away, not the event: a dead letter would lose an event that only an outage
+                # failed (tests/chaos). The consumer reads the record again after a backoff, as when it cannot
+                # finish one.
+                raise
             reason = str(exc) or type(exc).__name__
             if isinstance(event, DeadLetter):
                 # A dead letter of a dead letter would come straight back to this handler: no loop, say it loudly.

@@ -31,4 +31,5 @@ def create_bus(
         source=source,
         processed=processed,
         topic_prefix=common.topic_prefix,
+        auth=common.kafka_auth(),
     )

@@ -47,6 +47,7 @@ from aiokafka.errors import (
     InvalidTopicError,
     KafkaError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
@@ -58,6 +59,7 @@ from edgeloop_common.bus.codec import decode, encode, headers_dict
 from edgeloop_common.bus.dispatch import dead_letter_for, deliver
 from edgeloop_common.events import DeadLetter, Event
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, ProcessedEventStore
+from edgeloop_common.kafka_auth import PLAINTEXT, KafkaAuth
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,13 @@ class KafkaBus(EventBus):
         shutdown_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        auth: KafkaAuth = PLAINTEXT,
     ) -> None:
         super().__init__(source=source, retry=retry)
         self.bootstrap_servers = bootstrap_servers
+        # TLS and SASL options of every client the bus builds (producer, consumers, admin clients).
+        self.auth = auth
+        self._client_options = auth.client_options()
         self.processed = processed or InMemoryProcessedEventStore()
         self.topic_prefix = topic_prefix
         self.publish_timeout_s = publish_timeout_s
@@ -138,6 +144,9 @@ class KafkaBus(EventBus):
         self._next_connect_at = 0.0
         self._last_error = ""
         self._suspect_down = False  # an ack timed out or a probe failed: check before handing over more
+        # The broker answered OutOfOrderSequenceNumber: the idempotent producer's sequence (seen after a broker
+        # restart, tests/chaos) is broken for good, every later batch gets the same answer; replace the producer.
+        self._producer_out_of_sequence = False
         self._ready_cache: tuple[float, bool] | None = None
 
         self._topics_lock = asyncio.Lock()
@@ -171,7 +180,10 @@ class KafkaBus(EventBus):
             if self._topics_created:
                 return
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin", request_timeout_ms=10_000
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-admin",
+                request_timeout_ms=10_000,
+                **self._client_options,
             )
             try:
                 async with asyncio.timeout(self.connect_timeout_s * 2 + TOPIC_VISIBLE_TIMEOUT_S):
@@ -221,9 +233,13 @@ class KafkaBus(EventBus):
     async def _started_producer(self) -> AIOKafkaProducer:
         """The producer, started now if it is not yet (or was lost); BusUnavailableError while Kafka is away."""
         producer = self._producer
-        if producer is not None and not _sender_died(producer):
+        if producer is not None and not _sender_died(producer) and not self._producer_out_of_sequence:
             return producer
         async with self._producer_lock:
+            if self._producer is not None and self._producer_out_of_sequence:
+                log.warning("Kafka producer's sequence is out of order (a broker restart?); starting a new producer")
+                self._producer_out_of_sequence = False
+                await self._close_producer()
             if self._producer is not None and _sender_died(self._producer):
                 log.warning("Kafka producer's sender stopped; starting a new producer")
                 await self._close_producer()
@@ -239,6 +255,7 @@ class KafkaBus(EventBus):
             client_id=self.client_id,
             acks="all",
             enable_idempotence=True,
+            **self._client_options,
         )
         try:
             async with asyncio.timeout(self.connect_timeout_s):
@@ -337,6 +354,7 @@ class KafkaBus(EventBus):
             elif isinstance(error, _REFUSED_RECORD_ERRORS):
                 ack.set_exception(PermanentError(f"Kafka refused {event_id} on {topic}: {error!r}"))
             else:
+                self._producer_out_of_sequence |= isinstance(error, OutOfOrderSequenceNumber)
                 ack.set_exception(BusUnavailableError(f"Kafka did not acknowledge {event_id} on {topic}: {error!r}"))
 
         delivery.add_done_callback(delivered)
@@ -521,12 +539,16 @@ class KafkaBus(EventBus):
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             max_poll_records=MAX_POLL_RECORDS,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            **self._client_options,
         )
 
     async def _partitions_of(self, names: list[str]) -> list[TopicPartition]:
         """Every partition of the topics ``names`` now (partitions added later are read after a reconnect)."""
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-admin", request_timeout_ms=10_000
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-admin",
+            request_timeout_ms=10_000,
+            **self._client_options,
         )
         try:
             await admin.start()
@@ -550,6 +572,7 @@ class KafkaBus(EventBus):
             auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            **self._client_options,
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from edgeloop_common.serving.client import ModelClient, ModelServerProtocol, SignatureFallback
 from edgeloop_common.serving.rest import TfServingRestClient
 
@@ -17,6 +19,7 @@ def create_model_client(
     backoff_s: float = 0.2,
     metadata_ttl_s: float = 5.0,
     fallback: SignatureFallback | None = None,
+    auth: httpx.Auth | None = None,
 ) -> ModelClient:
     """A :class:`TfServingRestClient` on ``rest_url``, or a ``TfServingGrpcClient`` on ``grpc_target``.
 
@@ -45,5 +48,6 @@ def create_model_client(
             backoff_s=backoff_s,
             metadata_ttl_s=metadata_ttl_s,
             fallback=fallback,
+            auth=auth,
         )
     raise ValueError(f"unknown model server protocol {protocol!r}; choose rest or grpc")

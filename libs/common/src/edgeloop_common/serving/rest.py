@@ -66,6 +66,7 @@ class TfServingRestClient:
         fallback: SignatureFallback | None = None,
         max_connections: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         """``base_url``: the TF Serving REST API (``http://host:8501``). ``retries`` of a transient failure per
         call, ``backoff_s`` before the first (doubling); a resolved version and signature are kept for
@@ -79,8 +80,10 @@ class TfServingRestClient:
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
+            auth=auth,  # an EdgeLoop model server's API token (edgeloop_common.api_auth); TF Serving ignores it
         )
         self._resolved: TtlCache[ModelRoute, ResolvedModel] = TtlCache(metadata_ttl_s)
+        self._versions: TtlCache[ModelRoute, int] = TtlCache(metadata_ttl_s)  # predict_tensors' resolved versions
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -106,6 +109,28 @@ class TfServingRestClient:
                 model_version=resolved.version,
                 scores=parse_predict_response(answer, resolved.signature),
             )
+        raise AssertionError("unreachable")
+
+    async def predict_tensors(self, route: ModelRoute, inputs: dict[str, Any]) -> tuple[int, Any]:
+        """``:predict`` with named input tensors (a tabular model: ``{"features": [[...], ...]}``), no image
+        signature involved; returns the version that served and the response's ``outputs`` (columnar). The
+        route's version is resolved from the model's metadata and cached like ``classify``'s."""
+        for attempt in (1, 2):
+            cached = None if attempt > 1 else self._versions.get(route)
+            if cached is None:
+                metadata = await self._json("GET", f"{route_path(route)}/metadata")
+                cached = _spec_version(metadata) or route.version or await self._latest_available(route)
+                self._versions.put(route, cached)
+            body = {"signature_name": self.fallback.signature_name, "inputs": inputs}
+            try:
+                answer = await self._json("POST", f"/v1/models/{route.model_name}/versions/{cached}:predict", body)
+            except ModelNotFoundError:
+                if attempt == 2 or route.version is not None:
+                    raise
+                continue  # the resolved version was unloaded meanwhile: resolve again
+            if not isinstance(answer, dict) or "outputs" not in answer:
+                raise ModelResponseError(f"predict response has no 'outputs' ({sorted(answer)})")
+            return cached, answer["outputs"]
         raise AssertionError("unreachable")
 
     async def resolve(self, route: ModelRoute, *, refresh: bool = False) -> ResolvedModel:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -67,6 +67,26 @@ class SiteHistory:
                 "INSERT INTO readings (site_id, device_id, measured_at, readings, machine_event) VALUES (?,?,?,?,?)",
                 (*row, machine_event),
             )
+
+    def append_many(self, rows: Iterable[tuple[str, str, datetime | None, Mapping[str, object], str | None]]) -> int:
+        """Append ``(site_id, device_id, measured_at, readings, machine_event)`` rows in one transaction."""
+        values = [
+            (site, device, at.isoformat() if at else None, json.dumps(dict(readings)), event)
+            for site, device, at, readings, event in rows
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO readings (site_id, device_id, measured_at, readings, machine_event) "
+                    "VALUES (?,?,?,?,?)",
+                    values,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return len(values)
 
     def count(self) -> int:
         with self._lock:

@@ -6,6 +6,7 @@ Every call returns the decoded JSON or raises :class:`ServiceError` with the ser
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,13 @@ class ServiceClients:
             name: httpx.AsyncClient(base_url=url, timeout=settings.request_timeout_s, transport=transport)
             for name, url in urls.items()
         }
+        self.headers: dict[str, str] = {}
+
+    def as_user(self, api_token: str) -> ServiceClients:
+        """The same clients (and connections), each call carrying ``api_token``: the services enforce its role."""
+        view = copy.copy(self)
+        view.headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
+        return view
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -71,7 +79,7 @@ class ServiceClients:
 
     async def _send(self, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self.clients[service].request(method, path, **kwargs)
+            response = await self.clients[service].request(method, path, headers=self.headers, **kwargs)
         except httpx.HTTPError as exc:
             raise ServiceError(service, f"not reachable ({exc.__class__.__name__}: {exc})") from exc
         if response.status_code >= 400:

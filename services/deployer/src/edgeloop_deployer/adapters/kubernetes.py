@@ -87,6 +87,8 @@ class KubernetesTarget:
         self.endpoint_template = endpoint_template
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
+        # A canary is a Deployment of one pod beside the group's; KubeEdge's EdgeApplication has no such thing here.
+        self.supports_canary = workload == "deployment"
 
     # --- the port ---
 
@@ -107,6 +109,20 @@ class KubernetesTarget:
         """The group's Service (cluster DNS name, REST port), or what the endpoint template makes of it."""
         return manifests.service_endpoint(
             model_name, node_group, namespace=self.namespace, spec=self.spec, template=self.endpoint_template
+        )
+
+    async def delete_canary(self, model_name: str, node_group: str) -> bool:
+        return await asyncio.to_thread(self._delete, model_name, node_group, canary=True)
+
+    def canary_endpoint(self, model_name: str, node_group: str) -> str:
+        """The canary's own Service (``...-canary``), the same way."""
+        return manifests.service_endpoint(
+            model_name,
+            node_group,
+            namespace=self.namespace,
+            spec=self.spec,
+            template=self.endpoint_template,
+            canary=True,
         )
 
     async def ready(self) -> bool:
@@ -160,7 +176,7 @@ class KubernetesTarget:
 
     def _prune_config_maps(self, plan: WorkloadPlan) -> None:
         """Delete the per-version ConfigMaps no ReplicaSet with pods still needs (keeping the one just applied)."""
-        instance = manifests.workload_name(plan.model_name, plan.node_group)
+        instance = manifests.workload_name(plan.model_name, plan.node_group, canary=plan.canary)
         selector = f"{INSTANCE_LABEL}={instance}"
         keep = {str(plan.version)}
         for replica_set in self.apps.list_namespaced_replica_set(
@@ -177,7 +193,7 @@ class KubernetesTarget:
     # --- observing ---
 
     def _observe(self, plan: WorkloadPlan) -> RolloutObservation:
-        name = manifests.workload_name(plan.model_name, plan.node_group)
+        name = manifests.workload_name(plan.model_name, plan.node_group, canary=plan.canary)
         try:
             return self._observe_deployment(name, plan)
         except ApiException as exc:
@@ -230,9 +246,9 @@ class KubernetesTarget:
 
     # --- deleting ---
 
-    def _delete(self, model_name: str, node_group: str) -> bool:
-        name = manifests.workload_name(model_name, node_group)
-        if self.workload == "edgeapplication":
+    def _delete(self, model_name: str, node_group: str, *, canary: bool = False) -> bool:
+        name = manifests.workload_name(model_name, node_group, canary=canary)
+        if self.workload == "edgeapplication" and not canary:
             return self._delete_if_present("EdgeApplication", name)
         removed = [self._delete_if_present(kind, name) for kind in ("Deployment", "Service")]
         selector = f"{INSTANCE_LABEL}={name}"

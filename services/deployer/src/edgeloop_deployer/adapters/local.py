@@ -12,7 +12,9 @@ Two shapes:
   (``<model_base>/<model>/<version>``) into the group's folder, atomically, and removes the links of newer
   versions, so the group's server (version policy ``latest``) serves exactly that version. A rollback applies
   the previous version the same way: its link stays or comes back, the newer one goes, and the server goes back
-  to it. This is what an edge site's model server looks like in standalone mode.
+  to it. This is what an edge site's model server looks like in standalone mode. With ``canary_servers``, each
+  group also has a canary model server, serving the one version linked into ``<canary_models_root>/<node_group>/``
+  while a canary runs there (docs/deployer.md, "Canary rollouts").
 """
 
 from __future__ import annotations
@@ -42,10 +44,20 @@ _STAGING_MARKS = (".tmp-", ".removing-")
 class LocalModelServerTarget:
     name = "local"
     rolls_back = False  # nothing to re-apply: the previous version is still loaded and keeps serving
+    # The one server serves every version: a canary is the candidate there, asked for by version (its "server" is
+    # the same one), and there is nothing to remove afterwards.
+    supports_canary = True
 
-    def __init__(self, model_server_url: str, *, timeout_s: float = 5.0, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        model_server_url: str,
+        *,
+        timeout_s: float = 5.0,
+        http: httpx.AsyncClient | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
         self.base_url = model_server_url.rstrip("/")
-        self._http = http or httpx.AsyncClient(timeout=timeout_s)
+        self._http = http or httpx.AsyncClient(timeout=timeout_s, auth=auth)
         self._owns_http = http is None
 
     async def apply(self, plan: WorkloadPlan) -> None:
@@ -68,6 +80,12 @@ class LocalModelServerTarget:
 
     def endpoint(self, model_name: str, node_group: str) -> str:
         return self.base_url  # the one server serves every group
+
+    async def delete_canary(self, model_name: str, node_group: str) -> bool:
+        return False  # the candidate stays loaded, as every version of the folder does
+
+    def canary_endpoint(self, model_name: str, node_group: str) -> str:
+        return self.base_url
 
     async def ready(self) -> bool:
         """The model server answers HTTP (any status: a probe model does not exist)."""
@@ -96,39 +114,47 @@ class NodeGroupModelServersTarget:
         model_base: Path,
         timeout_s: float = 5.0,
         http: httpx.AsyncClient | None = None,
+        auth: httpx.Auth | None = None,
+        canary_servers: Mapping[str, str] | None = None,
+        canary_models_root: Path | None = None,
     ) -> None:
         if not servers:
             raise ValueError("at least one node group server is needed")
         self.servers = {group: url.rstrip("/") for group, url in servers.items()}
         self.models_root = models_root
         self.model_base = model_base
-        self._http = http or httpx.AsyncClient(timeout=timeout_s)
+        self.canary_servers = {group: url.rstrip("/") for group, url in (canary_servers or {}).items()}
+        self.canary_models_root = canary_models_root or models_root.with_name(f"{models_root.name}-canary")
+        self.supports_canary = bool(self.canary_servers)
+        self._http = http or httpx.AsyncClient(timeout=timeout_s, auth=auth)
         self._owns_http = http is None
 
-    def group_folder(self, model_name: str, node_group: str) -> Path:
-        """``<models_root>/<node_group>/<model>``: the version folders the group's server serves."""
+    def group_folder(self, model_name: str, node_group: str, *, canary: bool = False) -> Path:
+        """``<models_root>/<node_group>/<model>``: the version folders the group's server serves (its canary's: under
+        ``canary_models_root``)."""
         if not MODEL_NAME_PATTERN.match(model_name):
             raise TargetError(f"invalid model name {model_name!r}")
-        self._server(node_group)
-        return self.models_root / node_group / model_name
+        self._server(node_group, canary=canary)
+        return (self.canary_models_root if canary else self.models_root) / node_group / model_name
 
     # --- the port ---
 
     async def apply(self, plan: WorkloadPlan) -> None:
-        """Link ``<model_base>/<model>/<version>`` into the group's folder and unlink every newer version."""
-        folder = self.group_folder(plan.model_name, plan.node_group)
+        """Link ``<model_base>/<model>/<version>`` into the group's folder and unlink every newer version (the
+        canary's folder: every other version, it serves the candidate alone)."""
+        folder = self.group_folder(plan.model_name, plan.node_group, canary=plan.canary)
         source = self.model_base / plan.model_name / str(plan.version)
         if not _is_saved_model(source):
             raise TargetError(f"version {plan.version} of {plan.model_name} is not in the model base ({source})")
         try:
-            removed = await asyncio.to_thread(_serve_only_up_to, source, folder, plan.version)
+            removed = await asyncio.to_thread(_serve_only_up_to, source, folder, plan.version, alone=plan.canary)
         except OSError as exc:
             raise TargetError(f"linking {source} into {folder} failed: {exc}") from exc
         if removed:
             log.info("%s in %s: unlinked version(s) %s", plan.model_name, plan.node_group, removed)
 
     async def observe(self, plan: WorkloadPlan) -> RolloutObservation:
-        server = self._server(plan.node_group)
+        server = self._server(plan.node_group, canary=plan.canary)
         try:
             response = await self._http.get(f"{server}/v1/models/{plan.model_name}")
         except httpx.HTTPError as exc:
@@ -155,6 +181,19 @@ class NodeGroupModelServersTarget:
     def endpoint(self, model_name: str, node_group: str) -> str | None:
         return self.servers.get(node_group)
 
+    async def delete_canary(self, model_name: str, node_group: str) -> bool:
+        """Unlink the candidate from the canary's folder: the canary server unloads it."""
+        if node_group not in self.canary_servers:
+            return False
+        folder = self.group_folder(model_name, node_group, canary=True)
+        try:
+            return bool(await asyncio.to_thread(_remove_versions, folder, above=None))
+        except OSError as exc:
+            raise TargetError(f"removing the canary's versions in {folder} failed: {exc}") from exc
+
+    def canary_endpoint(self, model_name: str, node_group: str) -> str | None:
+        return self.canary_servers.get(node_group)
+
     async def ready(self) -> bool:
         """Every group's model server answers HTTP (any status: a probe model does not exist)."""
         try:
@@ -169,10 +208,11 @@ class NodeGroupModelServersTarget:
         if self._owns_http:
             await self._http.aclose()
 
-    def _server(self, node_group: str) -> str:
-        server = self.servers.get(node_group)
+    def _server(self, node_group: str, *, canary: bool = False) -> str:
+        server = (self.canary_servers if canary else self.servers).get(node_group)
         if server is None:
-            raise TargetError(f"no model server is configured for node group {node_group!r}")
+            kind = "canary model server" if canary else "model server"
+            raise TargetError(f"no {kind} is configured for node group {node_group!r}")
         return server
 
 
@@ -183,8 +223,9 @@ def _is_saved_model(folder: Path) -> bool:
     return (folder / "saved_model.pb").is_file() or (folder / "saved_model.pbtxt").is_file()
 
 
-def _serve_only_up_to(source: Path, folder: Path, version: int) -> list[int]:
-    """Make ``folder/<version>`` the trained version and remove the newer versions; returns those removed.
+def _serve_only_up_to(source: Path, folder: Path, version: int, *, alone: bool = False) -> list[int]:
+    """Make ``folder/<version>`` the trained version and remove the newer versions (``alone``: every other version);
+    returns those removed.
 
     The link appears under its final name in one rename, so the model server never scans a half-made version;
     older versions stay (the server keeps serving the current one until the new one is AVAILABLE).
@@ -207,16 +248,19 @@ def _serve_only_up_to(source: Path, folder: Path, version: int) -> list[int]:
         except OSError:
             _discard(staging)
             raise
-    return _remove_versions(folder, above=version)
+    return _remove_versions(folder, above=version, keep=version if alone else None)
 
 
-def _remove_versions(folder: Path, *, above: int | None) -> list[int]:
-    """Remove the version entries of ``folder`` (those newer than ``above``, or all); returns their numbers."""
+def _remove_versions(folder: Path, *, above: int | None, keep: int | None = None) -> list[int]:
+    """Remove the version entries of ``folder`` (those newer than ``above``, or all, but ``keep``); returns their
+    numbers."""
     if not folder.is_dir():
         return []
     removed = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.isdigit() and (above is None or int(entry.name) > above):
+        if not entry.name.isdigit() or int(entry.name) == keep:
+            continue
+        if keep is not None or above is None or int(entry.name) > above:
             _discard(entry)
             removed.append(int(entry.name))
     return removed

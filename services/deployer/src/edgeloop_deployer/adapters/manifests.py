@@ -4,6 +4,8 @@ Per (model, node group): a Deployment of the model server pinned to the version 
 group's edge nodes, a Service in front of it, and, for ``tensorflow/serving``, a ConfigMap per
 version holding the model config that pins it (``model_version_policy { specific { ... } }``).
 The Service's cluster DNS name is the group's serving endpoint (:func:`service_endpoint`).
+A canary (``plan.canary``) is the same set of objects named ``...-canary``, one replica, labelled
+``edgeloop.io/canary: "true"``: beside the stable ones, never selected by the stable Service.
 Or, with the ``edgeapplication`` workload, one KubeEdge EdgeApplication carrying those objects
 as its workload template and targeting the node group. docs/deployer.md shows an example.
 """
@@ -25,6 +27,8 @@ MODEL_LABEL = "edgeloop.io/model"
 GROUP_LABEL = "edgeloop.io/node-group"
 VERSION_LABEL = "edgeloop.io/model-version"
 VERSION_ANNOTATION = "edgeloop.io/model-version"
+CANARY_LABEL = "edgeloop.io/canary"
+CANARY_SUFFIX = "-canary"
 MODEL_ANNOTATION = "edgeloop.io/model-name"
 
 # What a KubeEdge edge node carries (keadm join, and KubeEdge's NodeGroup controller).
@@ -70,13 +74,17 @@ def _shortened(text: str, limit: int, original: str) -> str:
     return f"{text[: limit - 9].rstrip('-')}-{digest}"
 
 
-def workload_name(model_name: str, node_group: str) -> str:
-    """``edgeloop-model-<model>-<group>``, made a valid DNS-1035 label (shortened with a hash when long)."""
-    return _shortened(f"edgeloop-model-{_slug(model_name)}-{node_group}", _MAX_NAME, f"{model_name}/{node_group}")
+def workload_name(model_name: str, node_group: str, *, canary: bool = False) -> str:
+    """``edgeloop-model-<model>-<group>`` (``...-canary``), made a valid DNS-1035 label (shortened with a hash when
+    long)."""
+    suffix = CANARY_SUFFIX if canary else ""
+    return _shortened(
+        f"edgeloop-model-{_slug(model_name)}-{node_group}{suffix}", _MAX_NAME, f"{model_name}/{node_group}{suffix}"
+    )
 
 
-def config_map_name(model_name: str, node_group: str, version: int) -> str:
-    return f"{workload_name(model_name, node_group)}-v{version}"
+def config_map_name(model_name: str, node_group: str, version: int, *, canary: bool = False) -> str:
+    return f"{workload_name(model_name, node_group, canary=canary)}-v{version}"
 
 
 def model_label_value(model_name: str) -> str:
@@ -85,15 +93,18 @@ def model_label_value(model_name: str) -> str:
     return value.strip("-_.") or _slug(model_name)
 
 
-def instance_labels(model_name: str, node_group: str) -> dict[str, str]:
-    return {
+def instance_labels(model_name: str, node_group: str, *, canary: bool = False) -> dict[str, str]:
+    labels = {
         "app.kubernetes.io/name": "edgeloop-model-server",
         "app.kubernetes.io/part-of": "edgeloop",
-        INSTANCE_LABEL: workload_name(model_name, node_group),
+        INSTANCE_LABEL: workload_name(model_name, node_group, canary=canary),
         MANAGED_BY_LABEL: MANAGED_BY,
         MODEL_LABEL: model_label_value(model_name),
         GROUP_LABEL: node_group,
     }
+    if canary:
+        labels[CANARY_LABEL] = "true"
+    return labels
 
 
 def model_base_path(plan: WorkloadPlan, spec: ServingSpec) -> str:
@@ -119,8 +130,8 @@ def config_map(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": config_map_name(plan.model_name, plan.node_group, plan.version),
-            "labels": {**instance_labels(plan.model_name, plan.node_group), VERSION_LABEL: str(plan.version)},
+            "name": config_map_name(plan.model_name, plan.node_group, plan.version, canary=plan.canary),
+            "labels": {**_labels(plan), VERSION_LABEL: str(plan.version)},
             "annotations": {MODEL_ANNOTATION: plan.model_name, VERSION_ANNOTATION: str(plan.version)},
         },
         "immutable": True,  # one per version: pods of the old version keep theirs during a rollout
@@ -198,14 +209,18 @@ def _volumes(plan: WorkloadPlan, spec: ServingSpec) -> list[dict[str, Any]]:
         models = {"name": "models", "persistentVolumeClaim": {"claimName": spec.models_claim, "readOnly": True}}
     volumes = [models]
     if spec.server_kind == "tf-serving":
-        name = config_map_name(plan.model_name, plan.node_group, plan.version)
+        name = config_map_name(plan.model_name, plan.node_group, plan.version, canary=plan.canary)
         volumes.append({"name": "serving-config", "configMap": {"name": name}})
     return volumes
 
 
+def _labels(plan: WorkloadPlan) -> dict[str, str]:
+    return instance_labels(plan.model_name, plan.node_group, canary=plan.canary)
+
+
 def deployment(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
-    name = workload_name(plan.model_name, plan.node_group)
-    labels = instance_labels(plan.model_name, plan.node_group)
+    name = workload_name(plan.model_name, plan.node_group, canary=plan.canary)
+    labels = _labels(plan)
     version = str(plan.version)
     pod_annotations = {**plan.pod_annotations, MODEL_ANNOTATION: plan.model_name, VERSION_ANNOTATION: version}
     pod_spec: dict[str, Any] = {
@@ -234,7 +249,7 @@ def deployment(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
             "annotations": {MODEL_ANNOTATION: plan.model_name, VERSION_ANNOTATION: version},
         },
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": 1 if plan.canary else spec.replicas,  # a canary: one pod on one node of the group
             "selector": {"matchLabels": {INSTANCE_LABEL: name}},
             "progressDeadlineSeconds": spec.progress_deadline_s,
             "revisionHistoryLimit": 5,
@@ -249,13 +264,13 @@ def deployment(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
 
 
 def service(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
-    name = workload_name(plan.model_name, plan.node_group)
+    name = workload_name(plan.model_name, plan.node_group, canary=plan.canary)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
             "name": name,
-            "labels": instance_labels(plan.model_name, plan.node_group),
+            "labels": _labels(plan),
             "annotations": {MODEL_ANNOTATION: plan.model_name},
         },
         "spec": {
@@ -270,7 +285,13 @@ def service(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
 
 
 def service_endpoint(
-    model_name: str, node_group: str, *, namespace: str, spec: ServingSpec, template: str = DEFAULT_ENDPOINT_TEMPLATE
+    model_name: str,
+    node_group: str,
+    *,
+    namespace: str,
+    spec: ServingSpec,
+    template: str = DEFAULT_ENDPOINT_TEMPLATE,
+    canary: bool = False,
 ) -> str:
     """The TF Serving REST base URL of the group's model server: by default its Service's cluster DNS name.
 
@@ -279,7 +300,7 @@ def service_endpoint(
     the same for both workloads.
     """
     return template.format(
-        service=workload_name(model_name, node_group),
+        service=workload_name(model_name, node_group, canary=canary),
         namespace=namespace,
         node_group=node_group,
         model=model_name,

@@ -1,9 +1,12 @@
 """Desired vs actual versions and the rollout history in SQL (PostgreSQL distributed, SQLite standalone).
 
-Two tables of the deployer's own (``deployer_`` prefix) in the shared database:
-``deployer_deployments`` (one row per model and node group) and ``deployer_rollouts``
+Tables of the deployer's own (``deployer_`` prefix) in the shared database:
+``deployer_deployments`` (one row per model and node group), ``deployer_rollouts``
 (one row per rollout, rollback or deletion, with its pod annotations so a rollback
-re-applies exactly what served). Blocking SQLAlchemy calls run in a thread.
+re-applies exactly what served), ``deployer_canaries`` (one row per canary run) and
+``deployer_canary_samples`` (the answers a canary is judged on, one per sample, so a
+redelivered answer counts once and a restart keeps what was seen). Blocking SQLAlchemy
+calls run in a thread.
 
 The schema is owned by the Alembic migrations in ``edgeloop_deployer/migrations``
 (run at start by :data:`edgeloop_deployer.adapters.schema.MIGRATIONS`); the
@@ -21,6 +24,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -28,12 +32,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from edgeloop_deployer.adapters.schema import MIGRATIONS
+from edgeloop_deployer.canary import ACTIVE, Canary, CanarySample
 from edgeloop_deployer.service import DeploymentState, RolloutPhase, RolloutRecord
 
 metadata = MetaData()
@@ -66,6 +73,37 @@ rollouts = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Index("ix_deployer_rollouts_key_started", "model_name", "node_group", "started_at"),
+)
+
+canaries = Table(
+    "deployer_canaries",
+    metadata,
+    Column("canary_id", String(32), primary_key=True),
+    Column("model_name", String(128), nullable=False),
+    Column("node_group", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("stable_version", Integer, nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("pod_annotations", JSON, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("watch_from", DateTime(timezone=True), nullable=True),
+    Column("window_ends_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_deployer_canaries_key_started", "model_name", "node_group", "started_at"),
+)
+
+canary_samples = Table(
+    "deployer_canary_samples",
+    metadata,
+    Column("canary_id", String(32), primary_key=True),
+    Column("sample_id", String(128), primary_key=True),
+    Column("arm", String(8), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=False),
 )
 
 
@@ -176,6 +214,101 @@ class SqlDeploymentStore:
             row = connection.execute(query.order_by(rollouts.c.started_at.desc()).limit(1)).mappings().first()
         return _rollout(row) if row else None
 
+    # --- canaries ---
+
+    async def save_canary(self, canary: Canary) -> None:
+        """Insert or update (by ``canary_id``); a finished canary's samples are dropped (its verdict says enough)."""
+        await asyncio.to_thread(self._save_canary, canary)
+
+    async def canary_of(self, model_name: str, node_group: str) -> Canary | None:
+        """The newest canary run of the model in the group, finished or not."""
+        return await asyncio.to_thread(self._canary_of, model_name, node_group)
+
+    async def active_canaries(self) -> list[Canary]:
+        return await asyncio.to_thread(self._active_canaries)
+
+    async def add_canary_sample(self, canary_id: str, sample: CanarySample) -> bool:
+        """Record one answer; False when that sample was already recorded (a redelivery)."""
+        return await asyncio.to_thread(self._add_canary_sample, canary_id, sample)
+
+    async def canary_samples(self, canary_id: str) -> list[CanarySample]:
+        return await asyncio.to_thread(self._canary_samples, canary_id)
+
+    def _save_canary(self, canary: Canary) -> None:
+        values = {
+            "model_name": canary.model_name,
+            "node_group": canary.node_group,
+            "version": canary.version,
+            "stable_version": canary.stable_version,
+            "weight": canary.weight,
+            "status": canary.status,
+            "reason": canary.reason,
+            "pod_annotations": dict(canary.pod_annotations),
+            "started_at": canary.started_at,
+            "watch_from": canary.watch_from,
+            "window_ends_at": canary.window_ends_at,
+            "finished_at": canary.finished_at,
+        }
+        with self.engine.begin() as connection:
+            changed = connection.execute(
+                update(canaries).where(canaries.c.canary_id == canary.canary_id).values(**values)
+            ).rowcount
+            if changed == 0:
+                connection.execute(insert(canaries).values(canary_id=canary.canary_id, **values))
+            if canary.status not in ACTIVE:
+                connection.execute(delete(canary_samples).where(canary_samples.c.canary_id == canary.canary_id))
+
+    def _canary_of(self, model_name: str, node_group: str) -> Canary | None:
+        query = (
+            select(canaries)
+            .where(canaries.c.model_name == model_name, canaries.c.node_group == node_group)
+            .order_by(canaries.c.started_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().first()
+        return _canary(row) if row else None
+
+    def _active_canaries(self) -> list[Canary]:
+        query = select(canaries).where(canaries.c.status.in_(ACTIVE)).order_by(canaries.c.started_at)
+        with self.engine.connect() as connection:
+            return [_canary(row) for row in connection.execute(query).mappings()]
+
+    def _add_canary_sample(self, canary_id: str, sample: CanarySample) -> bool:
+        key = (canary_samples.c.canary_id == canary_id, canary_samples.c.sample_id == sample.sample_id)
+        row = {
+            "canary_id": canary_id,
+            "sample_id": sample.sample_id,
+            "arm": sample.arm,
+            "outcome": sample.outcome,
+            "confidence": sample.confidence,
+            "latency_ms": sample.latency_ms,
+            "completed_at": sample.completed_at,
+        }
+        try:
+            with self.engine.begin() as connection:
+                if connection.execute(select(canary_samples.c.sample_id).where(*key)).first() is not None:
+                    return False
+                connection.execute(insert(canary_samples).values(**row))
+        except IntegrityError:  # the same sample recorded at the same moment by a concurrent delivery
+            return False
+        return True
+
+    def _canary_samples(self, canary_id: str) -> list[CanarySample]:
+        query = select(canary_samples).where(canary_samples.c.canary_id == canary_id)
+        with self.engine.connect() as connection:
+            return [
+                CanarySample(
+                    sample_id=row["sample_id"],
+                    arm=row["arm"],
+                    outcome=row["outcome"],
+                    confidence=row["confidence"],
+                    latency_ms=row["latency_ms"],
+                    completed_at=sql.aware_utc(row["completed_at"]) or datetime.now(UTC),
+                )
+                for row in connection.execute(query).mappings()
+            ]
+
     def reachable(self) -> bool:
         return sql.database_reachable(self.engine)
 
@@ -190,6 +323,24 @@ def _state(row: RowMapping) -> DeploymentState:
         phase=row["phase"],
         reason=row["reason"],
         updated_at=sql.aware_utc(row["updated_at"]) or datetime.now(UTC),
+    )
+
+
+def _canary(row: RowMapping) -> Canary:
+    return Canary(
+        canary_id=row["canary_id"],
+        model_name=row["model_name"],
+        node_group=row["node_group"],
+        version=row["version"],
+        stable_version=row["stable_version"],
+        weight=row["weight"],
+        status=row["status"],
+        reason=row["reason"],
+        started_at=sql.aware_utc(row["started_at"]) or datetime.now(UTC),
+        watch_from=sql.aware_utc(row["watch_from"]),
+        window_ends_at=sql.aware_utc(row["window_ends_at"]),
+        finished_at=sql.aware_utc(row["finished_at"]),
+        pod_annotations=dict(row["pod_annotations"] or {}),
     )
 
 

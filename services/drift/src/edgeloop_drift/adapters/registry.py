@@ -19,9 +19,16 @@ log = logging.getLogger(__name__)
 
 
 class RegistryReferences:
-    def __init__(self, base_url: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = client or httpx.AsyncClient(timeout=timeout_s)
+        self._client = client or httpx.AsyncClient(timeout=timeout_s, auth=auth)
         self._owns_client = client is None
 
     async def reference_stats(self, model_name: str, version: int) -> ReferenceStats | None:

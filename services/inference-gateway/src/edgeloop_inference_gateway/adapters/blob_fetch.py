@@ -1,4 +1,5 @@
-"""Fetching an event's image blob: ``file://`` (the local content-addressed store) and ``http(s)://``.
+"""Fetching an event's image blob: ``file://`` (the local content-addressed store), ``s3://`` (the shared S3
+store, through :class:`edgeloop_common.blobs.BlobReader` and the ``EDGELOOP_S3_*`` settings) and ``http(s)://``.
 
 Every blob is checked against the SHA-256 (and size) its :class:`BlobRef` names;
 a mismatch is permanent (dead-lettered), an unreachable store is transient.
@@ -13,6 +14,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 import httpx
+from edgeloop_common import blobs
 from edgeloop_common.events import BlobRef
 
 from edgeloop_inference_gateway.ports import (
@@ -25,11 +27,20 @@ from edgeloop_inference_gateway.ports import (
 
 
 class UriBlobFetcher:
-    """Reads ``file://`` URIs from disk and ``http(s)://`` URIs with one shared HTTP client."""
+    """Reads ``file://`` URIs from disk, ``http(s)://`` URIs with one shared HTTP client and ``s3://`` URIs with
+    ``reader`` (none: s3 is unsupported)."""
 
-    def __init__(self, *, max_bytes: int, timeout_s: float = 10.0, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        timeout_s: float = 10.0,
+        http: httpx.AsyncClient | None = None,
+        reader: blobs.BlobReader | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
         self._http = http or httpx.AsyncClient(timeout=timeout_s, follow_redirects=True)
+        self._reader = reader
 
     async def fetch(self, ref: BlobRef) -> bytes:
         if ref.size_bytes > self.max_bytes:
@@ -41,6 +52,8 @@ class UriBlobFetcher:
             data = await asyncio.to_thread(self._read_file, ref.uri)
         elif scheme in ("http", "https"):
             data = await self._get(ref.uri)
+        elif scheme == "s3" and self._reader is not None:
+            data = await asyncio.to_thread(self._read_s3, ref)
         else:
             raise UnsupportedBlobUriError(f"cannot fetch blob URI {ref.uri!r}: scheme {scheme or 'none'} not supported")
         verify(ref, data)
@@ -65,6 +78,21 @@ class UriBlobFetcher:
             raise BlobUnavailableError(f"blob at {path} cannot be read now: {exc}") from exc
         self._check_length(len(data), uri)
         return data
+
+    def _read_s3(self, ref: BlobRef) -> bytes:
+        assert self._reader is not None
+        try:
+            return self._reader.read(ref.uri, sha256=ref.sha256, max_bytes=self.max_bytes)
+        except blobs.UnsupportedBlobUriError as exc:
+            raise UnsupportedBlobUriError(f"cannot fetch blob URI {ref.uri!r}: {exc}") from exc
+        except blobs.BlobNotFoundError as exc:
+            raise BlobNotFoundError(f"blob not found at {ref.uri}") from exc
+        except blobs.BlobTooLargeError as exc:
+            raise ImageTooLargeError(str(exc)) from exc
+        except blobs.BlobIntegrityError as exc:
+            raise BlobIntegrityError(str(exc)) from exc
+        except blobs.BlobStoreUnavailableError as exc:  # credentials and bucket too: retried, then dead-lettered
+            raise BlobUnavailableError(str(exc)) from exc
 
     async def _get(self, uri: str) -> bytes:
         try:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from edgeloop_common import topics
-from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
+from edgeloop_common import otel, topics
+from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttProtocol, MqttUnavailableError
 from edgeloop_common.mqtt_auth import MqttAuth
 
 from edgeloop_inference_gateway.metrics import GatewayMetrics
@@ -38,11 +38,12 @@ class MqttResultPublisher:
         metrics: GatewayMetrics | None = None,
         client_id: str | None = None,
         auth: MqttAuth | None = None,
+        protocol: MqttProtocol = "5",
     ) -> None:
         self.qos = qos
         self.ack_timeout_s = ack_timeout_s
         self.metrics = metrics or GatewayMetrics()
-        self.client = AsyncMqttClient(host, port, client_id=client_id, auth=auth)
+        self.client = AsyncMqttClient(host, port, client_id=client_id, auth=auth, protocol=protocol)
 
     async def start(self, connect_timeout_s: float = 10.0) -> None:
         """Connect; if the broker is not there yet, keep trying in the background (``/readyz`` shows it)."""
@@ -58,9 +59,11 @@ class MqttResultPublisher:
     async def ready(self) -> bool:
         return self.client.connected
 
-    async def send(self, site_id: str, device_id: str, payload: bytes) -> None:
+    async def send(self, site_id: str, device_id: str, payload: bytes, *, traceparent: str | None = None) -> None:
         topic = topics.mqtt_topic(topics.MQTT_RESULT, site=site_id, device=device_id)
-        acked = self.client.publish(topic, payload, qos=self.qos)
+        # Under MQTT 5 the device gets the trace its picture started back with the result (docs/observability.md).
+        properties = {otel.TRACEPARENT: traceparent} if traceparent else None
+        acked = self.client.publish(topic, payload, qos=self.qos, user_properties=properties)
         acked.add_done_callback(_consume_error)
         if not self.client.connected and not acked.done():
             # Queued until the reconnect: waiting for it here would hold up every event behind this one.
@@ -84,6 +87,15 @@ class MqttResultPublisher:
             # past the bound, dead-letters it. The InferenceCompleted id is stable, so a retry does not duplicate it.
             raise ResultDeliveryError(f"result for {site_id}/{device_id} not sent: {exc}") from exc
         self.metrics.device_results.labels(outcome="acked").inc()
+
+    async def send_alert(self, site_id: str, device_id: str, payload: bytes) -> None:
+        """A maintenance alert to the device on ``dt/edgeloop/{site}/{device}/alert`` (QoS 1; a broker that is away
+        gets it after the reconnect, as results do: the alert is on Kafka either way)."""
+        topic = topics.mqtt_topic(topics.MQTT_ALERT, site=site_id, device=device_id)
+        acked = self.client.publish(topic, payload, qos=self.qos)
+        acked.add_done_callback(_consume_error)
+        if acked.done() and acked.exception() is not None:
+            raise ResultDeliveryError(f"alert for {site_id}/{device_id} not sent: {acked.exception()}")
 
 
 def _consume_error(done: asyncio.Future[None]) -> None:

@@ -7,6 +7,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import httpx
+from edgeloop_common.blobs import (
+    BlobIntegrityError,
+    BlobNotFoundError,
+    BlobReader,
+    BlobStoreUnavailableError,
+    UnsupportedBlobUriError,
+)
 
 from edgeloop_trainer.ports import LabeledSample, SampleImageMissingError, SamplesUnavailableError
 
@@ -17,13 +24,17 @@ class SamplesClient:
     """``client`` has ingest's base URL (``http://ingest:8081``); the caller owns and closes it.
 
     Images are read from the blob URI when it is a local file this process can
-    read (standalone mode, a shared volume), otherwise fetched from ingest's
-    ``image_url``.
+    read (standalone mode, a shared volume) or an ``s3://`` object and ``blobs``
+    is given (the shared S3 store, checked against its sha256), otherwise fetched
+    from ingest's ``image_url``.
     """
 
-    def __init__(self, client: httpx.AsyncClient, *, page_size: int = PAGE_SIZE) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, page_size: int = PAGE_SIZE, blobs: BlobReader | None = None
+    ) -> None:
         self.client = client
         self.page_size = page_size
+        self.blobs = blobs
 
     async def labeled_samples(self) -> list[LabeledSample]:
         samples: list[LabeledSample] = []
@@ -52,6 +63,15 @@ class SamplesClient:
         local = _local_file(sample.blob_uri)
         if local is not None:
             return await asyncio.to_thread(local.read_bytes)
+        if self.blobs is not None and sample.blob_uri.startswith("s3://"):
+            try:
+                return await asyncio.to_thread(self.blobs.read, sample.blob_uri, sha256=sample.sha256)
+            except (BlobNotFoundError, BlobIntegrityError) as exc:
+                raise SampleImageMissingError(f"the image of sample {sample.sample_id} is unusable: {exc}") from exc
+            except BlobStoreUnavailableError as exc:
+                raise SamplesUnavailableError(f"the blob store cannot be read: {exc}") from exc
+            except UnsupportedBlobUriError:
+                pass  # not a blob key of ours: ingest serves it
         try:
             response = await self.client.get(sample.image_url)
         except httpx.HTTPError as exc:

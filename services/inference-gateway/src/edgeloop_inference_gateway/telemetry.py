@@ -1,0 +1,77 @@
+"""Sensor telemetry scored in the cloud (docs/telemetry.md, "Scoring"): TelemetryReceived -> the failure model ->
+TelemetryScored and, on a crossing, MaintenanceAlert on Kafka and the alert to the device on MQTT.
+
+The scoring core (windows, micro-batching, thresholds, hysteresis) is ``edgeloop_common.telemetry.scoring``,
+shared with the edge agent. Here: which model serves which site (a router of its own, following the deployer's
+DeploymentUpdated for the telemetry model only), which sites are scored at their edge (their readings are not
+scored again), and where the scores go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from edgeloop_common.bus import EventBus
+from edgeloop_common.events import TelemetryReceived
+from edgeloop_common.telemetry.scoring import ScoredReading, TelemetryScorer
+
+from edgeloop_inference_gateway.metrics import GatewayMetrics
+from edgeloop_inference_gateway.routing import ModelRouter
+
+log = logging.getLogger(__name__)
+
+SendAlert = Callable[[str, str, bytes], Awaitable[None]]
+
+
+def parse_sites(text: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+class TelemetryPublisher:
+    """The scorer's ``emit``: every score and alert handed to the bus in order (pipelined, then awaited
+    together), and each alert to its device on MQTT."""
+
+    def __init__(self, bus: EventBus, metrics: GatewayMetrics, send_alert: SendAlert | None) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self.send_alert = send_alert
+
+    async def __call__(self, scored: Sequence[ScoredReading]) -> None:
+        acks: list[Awaitable[str]] = []
+        for reading in scored:
+            acks.append(await self.bus.enqueue(reading.scored, key=reading.scored.device_id))
+            if reading.alert is not None:
+                acks.append(await self.bus.enqueue(reading.alert, key=reading.alert.device_id))
+        alerts = [reading.alert for reading in scored if reading.alert is not None]
+        if self.send_alert is not None:
+            for alert in alerts:
+                await self.send_alert(alert.site_id, alert.device_id, alert.model_dump_json().encode())
+        await asyncio.gather(*acks)
+        self.metrics.telemetry_scored.inc(len(scored))
+        self.metrics.maintenance_alerts.inc(len(alerts))
+
+
+class GatewayTelemetry:
+    def __init__(
+        self, scorer: TelemetryScorer, router: ModelRouter, metrics: GatewayMetrics, edge_sites: frozenset[str]
+    ) -> None:
+        self.scorer = scorer
+        self.router = router
+        self.metrics = metrics
+        self.edge_sites = edge_sites
+
+    async def take(self, event: TelemetryReceived) -> None:
+        """One reading into the scorer (returns before it is scored: see the scoring module)."""
+        if event.site_id in self.edge_sites:  # its edge agent scores it and uplinks the scores
+            self.metrics.telemetry_readings.labels(outcome="scored_at_edge").inc()
+            return
+        queued = await self.scorer.add(
+            event.site_id,
+            event.device_id,
+            event.readings,
+            measured_at=event.measured_at or event.received_at,
+            machine_event=event.machine_event,
+        )
+        self.metrics.telemetry_readings.labels(outcome="queued" if queued else "window_filling").inc()
