@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import edgeloop_common  # noqa: F401  (first: loads psycopg's OpenSSL before any TensorFlow; see its __init__)
 import pytest
 
 from tests.helpers import delete_topics, fresh_postgres_schema

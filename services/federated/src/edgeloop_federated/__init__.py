@@ -6,5 +6,7 @@ Only model weights, sample counts and aggregate counts cross the channel; raw re
 
 import os
 
+import edgeloop_common  # noqa: F401  (before TensorFlow: psycopg's OpenSSL first, see its __init__)
+
 # Flower reports usage to its vendor unless told not to; nothing here may call out (and there is no internet).
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
