@@ -17,11 +17,12 @@ Every section runs against the real components, with a failure model trained on 
 Target (issue 14): >= 5,000 readings/s through ingest -> scoring on 2 cores, with batching.
 
     .venv/bin/python bench/telemetry.py                               # scoring and pipeline
+    .venv/bin/python bench/telemetry.py --sections federated          # federated vs centralised, FedAvg and FedProx
     .venv/bin/python bench/telemetry.py --sections scoring --rate 5000
     .venv/bin/python bench/telemetry.py --sections pipeline --devices 300 --readings 40000
 
-Another part of issue 14 adds its figures as one more entry of ``SECTIONS`` (a function of the parsed
-arguments returning a dict of figures, printed and written into ``--json``).
+A section is a function of the parsed arguments returning a dict of figures, printed and written into
+``--json`` (``SECTIONS``).
 """
 
 from __future__ import annotations
@@ -310,10 +311,19 @@ def pipeline_section(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-# Sections by name; the federated part of issue 14 adds "federated" here.
+def federated_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Federated vs centralised PR-AUC on the same held-out machines, and time per round with 3 sites
+    (``bench/telemetry_federated.py``, which also runs alone with more options)."""
+    from telemetry_federated import federated_figures  # a sibling; imports Flower only when asked
+
+    return {strategy: federated_figures(strategy=strategy) for strategy in ("fedavg", "fedprox")}
+
+
+# Sections by name.
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "scoring": scoring_section,
     "pipeline": pipeline_section,
+    "federated": federated_section,
 }
 
 
