@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 from edgeloop_common.bus.inprocess import InProcessBus
+from edgeloop_common.registry_client import RegistryClient
 from edgeloop_common.settings import CommonSettings
-from edgeloop_trainer.adapters.registry_client import RegistryClient
 from edgeloop_trainer.adapters.samples_client import SamplesClient
 from edgeloop_trainer.settings import Settings
 from fastapi import FastAPI

@@ -17,13 +17,13 @@ from edgeloop_common.bus.factory import create_bus
 from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.http_metrics import instrument_http
+from edgeloop_common.registry_client import RegistryClient
 from edgeloop_common.subscriptions import subscribed
 from fastapi import FastAPI
 
 from edgeloop_federated import api
 from edgeloop_federated.adapters.flower_server import FlowerFederation
 from edgeloop_federated.adapters.model_store import LocalModelStore
-from edgeloop_federated.adapters.registry_client import RegistryClient
 from edgeloop_federated.handlers import SUBSCRIPTIONS, FederatedHandlers
 from edgeloop_federated.metrics import FederatedMetrics
 from edgeloop_federated.ports import FederationRunner, ModelStore, RegistryPort

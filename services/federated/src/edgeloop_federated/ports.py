@@ -10,6 +10,13 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+# The registry's client types live with its client in libs/common (shared with the trainer); named here too, as the
+# ports this service's logic is written against.
+from edgeloop_common.registry_client import PromotionDecision as PromotionDecision
+from edgeloop_common.registry_client import RegisteredVersion as RegisteredVersion
+from edgeloop_common.registry_client import RegistryError as RegistryError
+from edgeloop_common.registry_client import RegistryUnavailableError as RegistryUnavailableError
+
 StrategyName = Literal["fedavg", "fedprox"]
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox")
 TrainingState = Literal["queued", "waiting_for_sites", "running", "registering", "succeeded", "failed"]
@@ -21,14 +28,6 @@ class FederatedError(Exception):
 
 class TrainingNotFoundError(Exception):
     """No training has this id."""
-
-
-class RegistryError(Exception):
-    """The registry refused a call (the message has its reason)."""
-
-
-class RegistryUnavailableError(Exception):
-    """The registry could not be reached."""
 
 
 @dataclass(frozen=True)
@@ -112,21 +111,6 @@ class FederationRunner(Protocol):
     ) -> FederationResult:
         """Blocking: wait for the sites, run the rounds, evaluate; raises FederatedError."""
         ...
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    model_name: str
-    version: int
-    artifact_uri: str
-    metrics: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PromotionDecision:
-    promoted: bool
-    decision: str
-    previous_version: int | None
 
 
 class RegistryPort(Protocol):

@@ -186,10 +186,8 @@ async def classify(
     serialized: list[bytes],
 ) -> tuple[int, classification_pb2.ClassificationResult]:
     """Run a classification signature on serialized tf.Examples: the version that answered, and the result."""
-    async with service.lease(name, version, label) as lease:
-        check_signature(lease.servable.signature(signature_name), CLASSIFY_METHOD, signature_name or DEFAULT_SIGNATURE)
-        outputs = await service.run(lease, signature_name, inputs_of(serialized))
-    return lease.version, classification_result(outputs, len(serialized))
+    answered, outputs = await _run(service, name, version, label, signature_name, serialized, CLASSIFY_METHOD)
+    return answered, classification_result(outputs, len(serialized))
 
 
 async def regress(
@@ -200,7 +198,20 @@ async def regress(
     signature_name: str,
     serialized: list[bytes],
 ) -> tuple[int, regression_pb2.RegressionResult]:
+    answered, outputs = await _run(service, name, version, label, signature_name, serialized, REGRESS_METHOD)
+    return answered, regression_result(outputs, len(serialized))
+
+
+async def _run(
+    service: ModelService,
+    name: str,
+    version: int | None,
+    label: str | None,
+    signature_name: str,
+    serialized: list[bytes],
+    method: str,
+) -> tuple[int, dict[str, np.ndarray]]:
     async with service.lease(name, version, label) as lease:
-        check_signature(lease.servable.signature(signature_name), REGRESS_METHOD, signature_name or DEFAULT_SIGNATURE)
+        check_signature(lease.servable.signature(signature_name), method, signature_name or DEFAULT_SIGNATURE)
         outputs = await service.run(lease, signature_name, inputs_of(serialized))
-    return lease.version, regression_result(outputs, len(serialized))
+    return lease.version, outputs

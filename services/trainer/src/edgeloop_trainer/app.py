@@ -23,12 +23,12 @@ from edgeloop_common.health import health_router
 from edgeloop_common.http_errors import install_error_handlers
 from edgeloop_common.http_metrics import instrument_http
 from edgeloop_common.idempotency import SqlProcessedEventStore
+from edgeloop_common.registry_client import RegistryClient
 from edgeloop_common.subscriptions import subscribed
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from edgeloop_trainer import api
-from edgeloop_trainer.adapters.registry_client import RegistryClient
 from edgeloop_trainer.adapters.runs import SqlRunStore, create_sql_engine
 from edgeloop_trainer.adapters.samples_client import SamplesClient
 from edgeloop_trainer.adapters.snapshots import LocalSnapshotStore

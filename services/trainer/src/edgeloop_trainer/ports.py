@@ -15,6 +15,13 @@ from typing import Any, Literal, Protocol
 
 from edgeloop_common.events import TrainingReason, TrainingRequested
 
+# The registry's client types live with its client in libs/common (shared with the federated service); named
+# here too, as the ports this service's logic is written against.
+from edgeloop_common.registry_client import PromotionDecision as PromotionDecision
+from edgeloop_common.registry_client import RegisteredVersion as RegisteredVersion
+from edgeloop_common.registry_client import RegistryError as RegistryError
+from edgeloop_common.registry_client import RegistryUnavailableError as RegistryUnavailableError
+
 from edgeloop_trainer.snapshot import Snapshot, SourceItem
 
 RunState = Literal["queued", "running", "succeeded", "failed"]
@@ -22,14 +29,6 @@ Stage = Literal["queued", "snapshot", "training", "evaluating", "exporting", "re
 
 
 # -- errors -------------------------------------------------------------------
-
-
-class RegistryError(Exception):
-    """The registry refused a request (4xx); the message carries its reason."""
-
-
-class RegistryUnavailableError(RegistryError):
-    """The registry could not be reached or answered 5xx."""
 
 
 class SamplesUnavailableError(Exception):
@@ -101,21 +100,6 @@ class Enqueued:
     run_id: str
     coalesced: bool  # joined a run already queued for the model
     duplicate: bool  # this request id was recorded before (a redelivered event)
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    model_name: str
-    version: int
-    artifact_uri: str
-    metrics: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PromotionDecision:
-    promoted: bool
-    decision: str
-    previous_version: int | None
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,12 @@ from edgeloop.kube.components import (
 )
 from edgeloop.kube.errors import KubeError
 from edgeloop.kube.layout import infra_dir, kubeconfig_path, read_versions, state_path
+from edgeloop.kube.manifests import apply_manifests
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 Echo = Callable[[str], None]
-FIELD_MANAGER = "edgeloop-kube"
 NODES_READY_TIMEOUT = 120.0
 
 
@@ -234,7 +234,7 @@ def _start_components(binaries: Binaries, state: Paths, saved: dict[str, Any], e
             started.append(component.name)
             if component.name == "kube-apiserver":
                 with _api_client() as api, _api_errors("granting KWOK its RBAC role"):
-                    _apply(api, edge.kwok_rbac())  # before KWOK starts, so it is never refused
+                    apply_manifests(api, edge.kwok_rbac())  # before KWOK starts, so it is never refused
     except KubeError:
         for name in reversed(started):
             if (proc := processes.owned_process(state.pid(name), marker)) is not None:
@@ -333,26 +333,6 @@ def _api_client() -> Iterator[ApiClient]:
         client.close()
 
 
-def _apply(api: ApiClient, manifests: list[dict[str, Any]]) -> None:
-    """Server-side apply each manifest as the ``edgeloop-kube`` field manager."""
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.dynamic import DynamicClient
-
-    dynamic = DynamicClient(api)
-    for manifest in manifests:
-        resource = dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
-        try:
-            resource.server_side_apply(
-                body=manifest,
-                name=manifest["metadata"]["name"],
-                namespace=manifest["metadata"].get("namespace"),
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True,
-            )
-        except ApiException as exc:
-            raise KubeError(f"applying {manifest['kind']} {manifest['metadata']['name']} failed: {exc}") from exc
-
-
 def _stop_real_node(state: Paths, echo: Echo, stopped: list[str]) -> None:
     """The real node goes first, while the API server can still take its Node object away."""
     apiserver = processes.owned_process(state.pid("kube-apiserver"), str(state.root))
@@ -371,16 +351,16 @@ def _group_members(topology: edge.Topology, group: str, real_group: str | None) 
 def _apply_cluster_objects(
     api: ApiClient, topology: edge.Topology, echo: Echo, *, real_group: str | None = None
 ) -> None:
-    _apply(api, edge.kwok_rbac())
+    apply_manifests(api, edge.kwok_rbac())
     crds = [yaml.safe_load(path.read_text()) for path in sorted((infra_dir() / "crds").glob("*.yaml"))]
-    _apply(api, crds)
+    apply_manifests(api, crds)
     _wait_crds_established(api, [crd["metadata"]["name"] for crd in crds])
     wanted = topology.all_nodes()
     ips = topology.internal_ips()
     kubelet_version = read_versions().kubernetes
-    _apply(api, [edge.edge_node(name, group, ips[name], kubelet_version) for name, group in wanted.items()])
+    apply_manifests(api, [edge.edge_node(name, group, ips[name], kubelet_version) for name, group in wanted.items()])
     groups = list(dict.fromkeys([*topology.groups, *([real_group] if real_group else [])]))
-    _apply(api, [edge.node_group(group, _group_members(topology, group, real_group)) for group in groups])
+    apply_manifests(api, [edge.node_group(group, _group_members(topology, group, real_group)) for group in groups])
     _delete_unwanted(api, topology, keep_group=real_group)
     echo(
         f"edge nodes: {len(wanted)} in node groups {', '.join(topology.groups)} "

@@ -38,6 +38,7 @@ from edgeloop.kube.build import Binaries
 from edgeloop.kube.components import HOST
 from edgeloop.kube.errors import KubeError
 from edgeloop.kube.layout import state_path
+from edgeloop.kube.manifests import apply_manifests
 from edgeloop.kube.pki import Pki, node_cert
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ PROCESS_NAMES = ("containerd", "kubelet", "kube-proxy", "dns")
 # its endpoint the dns process on the host; pods get it as their nameserver from the kubelet (clusterDNS).
 CLUSTER_DNS_IP = "10.96.0.10"
 DNS_SERVICE = ("kube-system", "kube-dns")
-FIELD_MANAGER = "edgeloop-kube"
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,7 @@ def up(api: ApiClient, binaries: Binaries, pki: Pki, server: str, group: str, ec
         f"--listen={address}:{ports['dns']}",
     ]
     _start("dns", dns, paths, echo, _tcp_open(address, ports["dns"]), 60)
-    _apply(api, dns_objects(address, ports["dns"]))
+    apply_manifests(api, dns_objects(address, ports["dns"]))
     _label_and_wait(api, name, group, echo)
     return name
 
@@ -376,25 +376,6 @@ def dns_objects(address: str, port: int) -> list[dict[str, Any]]:
             "ports": [{"name": n, "protocol": p, "port": port} for n, p in ports],
         },
     ]
-
-
-def _apply(api: ApiClient, manifests: list[dict[str, Any]]) -> None:
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.dynamic import DynamicClient
-
-    dynamic = DynamicClient(api)
-    for manifest in manifests:
-        resource = dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
-        try:
-            resource.server_side_apply(
-                body=manifest,
-                name=manifest["metadata"]["name"],
-                namespace=manifest["metadata"].get("namespace"),
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True,
-            )
-        except ApiException as exc:
-            raise KubeError(f"applying {manifest['kind']} {manifest['metadata']['name']} failed: {exc}") from exc
 
 
 def down(echo: Echo, api: ApiClient | None = None) -> list[str]:

@@ -1,13 +1,37 @@
-"""The registry's HTTP API (docs/learning-loop.md, "Registry HTTP API"), as the federated service uses it."""
+"""The registry's HTTP API as a client (docs/learning-loop.md, "Registry HTTP API"): what a service that registers
+and promotes versions calls — the trainer (image models) and the federated service (the failure model)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from edgeloop_federated.ports import PromotionDecision, RegisteredVersion, RegistryError, RegistryUnavailableError
+
+class RegistryError(Exception):
+    """The registry refused a request (4xx); the message carries its reason."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry could not be reached or answered 5xx."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    model_name: str
+    version: int
+    artifact_uri: str
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promoted: bool
+    decision: str
+    previous_version: int | None
+
 
 PRODUCTION = "production"
 
