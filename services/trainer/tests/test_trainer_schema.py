@@ -37,10 +37,17 @@ from tests.helpers import (
     fresh_postgres_schema,
     recorded_revisions,
     start_replicas_together,
+    table_names,
 )
 
-HEAD = "0001"
-TRAINER_TABLES = {"trainings", "training_requests", "training_label_counts"}
+HEAD = "0002"
+TRAINER_TABLES = {
+    "trainings",
+    "training_requests",
+    "training_label_counts",
+    "training_counted_labels",
+    "training_label_requests",
+}
 CREATED = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 FINISHED = datetime(2026, 3, 1, 9, 41, 12, tzinfo=UTC)
 
@@ -159,6 +166,12 @@ def request(request_id: str, model: str = "catdog") -> TrainingRequest:
     return TrainingRequest(request_id, model, "manual", "test", "", CREATED)
 
 
+def count_label(store: SqlRunStore, label_event_id: str, *, every: int = 1000, model: str = "catdog") -> bool:
+    return store.count_label(
+        model, label_event_id, every=every, request_id=f"request-{label_event_id}", now=CREATED, forget_before=CREATED
+    )
+
+
 def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
     assert_at_base(engine, MIGRATIONS, TRAINER_TABLES)
 
@@ -166,7 +179,8 @@ def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
     assert_at_head(engine, MIGRATIONS, TRAINER_TABLES)
     assert MIGRATIONS.current_revision(engine) == HEAD
     first = store.enqueue(request("event-1"))
-    assert store.add_labels("catdog", 3) == 3
+    assert all(count_label(store, f"label-{n}") for n in range(3))
+    assert store.labels_since_request("catdog") == 3
 
     MIGRATIONS.downgrade(engine, "base")
     assert_at_base(engine, MIGRATIONS, TRAINER_TABLES)
@@ -174,7 +188,8 @@ def test_upgrade_downgrade_upgrade(engine: Engine) -> None:
     MIGRATIONS.upgrade(engine)
     assert MIGRATIONS.current_revision(engine) == HEAD
     assert store.get(first.run_id) is None and store.find() == []  # a fresh schema: the rows really went
-    assert store.add_labels("catdog", 2) == 2
+    assert all(count_label(store, f"label-{n}") for n in range(2))  # the counted ids went with the tables
+    assert store.labels_since_request("catdog") == 2
     SqlRunStore(engine)  # a restart at head: nothing to do, nothing fails
     again = store.enqueue(request("event-1"))
     assert not again.duplicate and store.get(again.run_id) is not None
@@ -188,7 +203,7 @@ def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine)
     store = SqlRunStore(engine)
 
     assert MIGRATIONS.current_revision(engine) == HEAD
-    assert index_definitions(engine) == before  # kept as they were
+    assert index_definitions(engine).items() >= before.items()  # kept as they were (0002 adds its own)
     run = store.get("run-old")
     assert run is not None
     assert (run.state, run.created_at, run.finished_at, run.candidate_version, run.result) == (
@@ -199,10 +214,34 @@ def test_a_database_made_before_alembic_is_adopted_with_its_rows(engine: Engine)
         {"accuracy": 0.91},
     )
     assert [(r.request_id, r.reason, r.detail) for r in run.requests] == [("event-old", "drift", "brightness moved")]
-    assert store.add_labels("catdog", 1) == 8
+    assert count_label(store, "label-new") and not count_label(store, "label-new")
+    assert store.labels_since_request("catdog") == 8
     assert schema_differences(engine) == []
     queued = store.enqueue(request("event-new"))  # and it goes on being written
     assert not queued.duplicate and store.enqueue(request("event-old")).duplicate
+
+
+def test_a_database_at_0001_upgrades_to_exact_label_counting_with_its_rows(engine: Engine) -> None:
+    MIGRATIONS.upgrade(engine, "0001")  # the schema before the counted labels, with a count in it
+    with engine.begin() as connection:
+        connection.execute(
+            insert(metadata.tables["training_label_counts"]).values(model_name="catdog", labels_since_request=7)
+        )
+
+    store = SqlRunStore(engine)
+
+    assert MIGRATIONS.current_revision(engine) == HEAD
+    assert schema_differences(engine) == []
+    assert store.labels_since_request("catdog") == 7
+    assert count_label(store, "label-8", every=8)
+    assert not count_label(store, "label-8", every=8)  # redelivered: not counted again, nothing asked again
+    assert [(r.event_id, r.model_name, r.labels) for r in store.label_requests()] == [("request-label-8", "catdog", 8)]
+    assert store.labels_since_request("catdog") == 0
+
+    MIGRATIONS.downgrade(engine, "0001")  # and back: the new tables go, the count stays
+    assert MIGRATIONS.current_revision(engine) == "0001"
+    assert not table_names(engine) & {"training_counted_labels", "training_label_requests"}
+    assert store.labels_since_request("catdog") == 0
 
 
 def test_the_migrated_schema_is_the_one_the_code_queries(

@@ -290,12 +290,12 @@ async def test_every_n_labels_ask_for_one_training(tmp_path: Path, seed: Path) -
         config=TrainerConfig(seed_data_dir=seed, retrain_every_labels=3, label_models=("m1", "m2")),
     )
 
-    for _ in range(7):
-        await service.count_label()
+    for n in range(7):
+        await service.count_label(f"label-{n}")
 
     assert [(e.model_name, e.reason) for e, _ in published.events] == [("m1", "new_labels"), ("m2", "new_labels")] * 2
     assert published.events[0][0].detail == "3 new labels since the last training"
-    assert service.runs.add_labels("m1", 0) == 1
+    assert service.runs.labels_since_request("m1") == 1
 
 
 async def test_labels_in_a_snapshot_restart_the_count(tmp_path: Path, seed: Path) -> None:
@@ -305,12 +305,12 @@ async def test_labels_in_a_snapshot_restart_the_count(tmp_path: Path, seed: Path
         publish=published,
         config=TrainerConfig(seed_data_dir=seed, retrain_every_labels=3, label_models=(MODEL,)),
     )
-    await service.count_label()
-    await service.count_label()
+    await service.count_label("label-1")
+    await service.count_label("label-2")
 
     await service.request_training(request())
     await service.wait_idle()
-    await service.count_label()
+    await service.count_label("label-3")
 
     assert published.events == []
 

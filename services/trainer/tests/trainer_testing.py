@@ -20,6 +20,7 @@ from edgeloop_trainer.ports import (
     Progress,
     ProgressCallback,
     PromotionDecision,
+    Publisher,
     RegisteredVersion,
     RegistryError,
     RegistryUnavailableError,
@@ -236,7 +237,7 @@ def make_service(
     registry: FakeRegistry | None = None,
     samples: FakeSamples | None = None,
     engine: FakeEngine | None = None,
-    publish: Published | None = None,
+    publish: Publisher | None = None,
     config: TrainerConfig | None = None,
     database: str | None = None,
 ) -> TrainerService:

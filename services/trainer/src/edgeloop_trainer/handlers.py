@@ -22,8 +22,9 @@ _MODEL_NAME = re.compile(f"^{ID_PATTERN}$")
 log = logging.getLogger(__name__)
 
 
-def request_id_of(event_id: str) -> str:
-    """The event id keys the request (a redelivery finds its row); one too long for the column is hashed."""
+def stored_event_id(event_id: str) -> str:
+    """An event id as the trainer's tables key it (a training request, a counted label), so a redelivery finds its
+    row; one too long for the column (200) is hashed."""
     return event_id if len(event_id) <= 200 else "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
 
 
@@ -44,7 +45,7 @@ class TrainerHandlers:
             )
         await self.service.request_training(
             TrainingRequest(
-                request_id=request_id_of(context.event_id),
+                request_id=stored_event_id(context.event_id),
                 model_name=event.model_name,
                 reason=event.reason,
                 requested_by=event.requested_by,
@@ -54,7 +55,7 @@ class TrainerHandlers:
         )
 
     async def on_sample_labeled(self, event: SampleLabeled, context: EventContext) -> None:
-        await self.service.count_label()
+        await self.service.count_label(stored_event_id(context.event_id))
 
 
 SUBSCRIPTIONS = (

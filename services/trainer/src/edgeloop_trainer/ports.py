@@ -103,6 +103,17 @@ class Enqueued:
 
 
 @dataclass(frozen=True)
+class LabelTrainingRequest:
+    """A training the label count asked for (``labels`` new labels), recorded with the count's reset and published
+    as ``TrainingRequested`` under ``event_id`` until it is known to be out."""
+
+    event_id: str
+    model_name: str
+    labels: int
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
 class LabeledSample:
     sample_id: str
     label: str
@@ -167,11 +178,35 @@ class RunStore(Protocol):
 
     def queued_models(self) -> list[str]: ...
 
-    def add_labels(self, model_name: str, count: int) -> int:
-        """Add ``count`` to the model's labels-since-last-request counter; return the new value."""
+    def count_label(
+        self,
+        model_name: str,
+        label_event_id: str,
+        *,
+        every: int,
+        request_id: str,
+        now: datetime,
+        forget_before: datetime,
+    ) -> bool:
+        """Count label event ``label_event_id`` for the model, once: False when it was counted before.
+
+        In the same transaction, when the count reaches ``every``: reset it, record a
+        :class:`LabelTrainingRequest` under ``request_id``, and forget the ids counted before ``forget_before``.
+        """
         ...
 
-    def reset_labels(self, model_name: str) -> None: ...
+    def labels_since_request(self, model_name: str) -> int: ...
+
+    def label_requests(self) -> list[LabelTrainingRequest]:
+        """The requests recorded by :meth:`count_label` and not yet marked published, oldest first (at one time, by
+        model name)."""
+        ...
+
+    def label_request_published(self, event_id: str) -> None: ...
+
+    def reset_labels(self, model_name: str) -> None:
+        """The count restarts (a run's snapshot holds the labels counted so far)."""
+        ...
 
 
 class RegistryPort(Protocol):

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,21 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "trainer"
 RUN_LOG_LINES = 200  # a run's log keeps its newest lines (one per stage and epoch)
+
+# How long the id of a counted label event is kept (older ones are forgotten when a count asks for a training),
+# and why that is safe: an id is needed only while its event can be delivered again, that is until the bus records
+# it processed (right after the handler) or, after a crash in between, until a consumer of the group reads it again
+# from the last commit. Kafka deletes a record at most 14 days after it was written (7 days after the newest record
+# of its segment, log.retention.hours=168 in infra/kafka/server.properties, and a segment rolls at least every 7
+# days), so an event counted 30 days ago can no longer come again.
+COUNTED_LABELS_KEPT = timedelta(days=30)
+_LABEL_REQUEST_ID_NAMESPACE = uuid.UUID("0c6f6a0e-5d1b-4c38-9e43-7b2f1e4d8a55")
+
+
+def label_request_id(model_name: str, label_event_id: str) -> str:
+    """The id of the TrainingRequested that label event ``label_event_id`` decides for ``model_name`` (when it
+    completes the count): derived from both, so publishing it again after a crash publishes the same event."""
+    return str(uuid.uuid5(_LABEL_REQUEST_ID_NAMESPACE, f"trainer:new_labels:{model_name}:{label_event_id}"))
 
 
 @dataclass(frozen=True)
@@ -152,24 +167,41 @@ class TrainerService:
             log.warning("training request %s is queued but its event was not published: %s", request.request_id, exc)
         return enqueued
 
-    async def count_label(self) -> list[TrainingRequested]:
-        """One more label: for every model trained on labels, ask for training every N labels."""
-        published: list[TrainingRequested] = []
+    async def count_label(self, label_event_id: str) -> list[TrainingRequested]:
+        """One more label (event ``label_event_id``): for every model trained on labels, ask for training every N
+        labels. Exact under redelivery: a label event is counted once however often it comes, and the request its
+        count decides is published under an id derived from it, the same id each time it is published again."""
         every = self.config.retrain_every_labels
         if every <= 0:
-            return published
+            return []
+        now = self.clock()
         for model_name in self.config.label_models:
-            count = await asyncio.to_thread(self.runs.add_labels, model_name, 1)
-            if count < every:
-                continue
+            await asyncio.to_thread(
+                self.runs.count_label,
+                model_name,
+                label_event_id,
+                every=every,
+                request_id=label_request_id(model_name, label_event_id),
+                now=now,
+                forget_before=now - COUNTED_LABELS_KEPT,
+            )
+        return await self._publish_label_requests()
+
+    async def _publish_label_requests(self) -> list[TrainingRequested]:
+        """Publish every request the label count recorded, then forget it. A crash between the two leaves it
+        recorded: the next label event (the same one, redelivered) publishes the same event again, which consumers
+        skip by its id."""
+        published: list[TrainingRequested] = []
+        for request in await asyncio.to_thread(self.runs.label_requests):
             event = TrainingRequested(
-                model_name=model_name,
+                model_name=request.model_name,
                 reason="new_labels",
                 requested_by=self.config.actor,
-                detail=f"{count} new labels since the last training",
+                detail=f"{request.labels} new labels since the last training",
+                requested_at=request.requested_at,
             )
-            await self.publish(event)
-            await asyncio.to_thread(self.runs.reset_labels, model_name)
+            await self.publish(event, request.event_id)
+            await asyncio.to_thread(self.runs.label_request_published, request.event_id)
             published.append(event)
         return published
 

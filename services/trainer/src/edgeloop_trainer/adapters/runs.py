@@ -5,6 +5,13 @@ most one ``queued`` run and at most one ``running`` run per model. A request is
 keyed by its id (the event id, or the id given to an HTTP request), so a
 redelivered event finds its row and changes nothing.
 
+The label follower's count is exact the same way: the ids of the label events
+counted are recorded in the transaction that adds them to the count, and the
+label that completes a count resets it and records the training request it
+decided (``training_label_requests``, under an id derived from that label) in
+that same transaction; the request is published from there until it is known
+to be out.
+
 The schema is owned by the Alembic migrations in ``edgeloop_trainer/migrations``
 (run at start by :data:`edgeloop_trainer.adapters.schema.MIGRATIONS`); the
 tables here describe it for the queries, and a test checks the two agree.
@@ -27,9 +34,11 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
     update,
@@ -38,7 +47,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from edgeloop_trainer.adapters.schema import MIGRATIONS
-from edgeloop_trainer.ports import Enqueued, Run, RunState, TrainingRequest
+from edgeloop_trainer.ports import Enqueued, LabelTrainingRequest, Run, RunState, TrainingRequest
 
 metadata = MetaData()
 
@@ -91,6 +100,25 @@ label_counts = Table(
     metadata,
     Column("model_name", String(200), primary_key=True),
     Column("labels_since_request", Integer, nullable=False),
+)
+
+counted_labels = Table(
+    "training_counted_labels",
+    metadata,
+    Column("model_name", String(200), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("counted_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("model_name", "event_id"),
+)
+Index("ix_training_counted_labels_model_counted", counted_labels.c.model_name, counted_labels.c.counted_at)
+
+label_requests = Table(
+    "training_label_requests",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("model_name", String(200), nullable=False),
+    Column("labels", Integer, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
 )
 
 _UPDATABLE = {"state", "started_at", "finished_at", "progress", "snapshot_id", "candidate_version", "result", "error"}
@@ -245,20 +273,99 @@ class SqlRunStore:
 
     # -- label counts ----------------------------------------------------------------
 
-    def add_labels(self, model_name: str, count: int) -> int:
+    def count_label(
+        self,
+        model_name: str,
+        label_event_id: str,
+        *,
+        every: int,
+        request_id: str,
+        now: datetime,
+        forget_before: datetime,
+    ) -> bool:
+        for _ in range(3):  # a concurrent writer may create the model's counter between our update and our insert
+            try:
+                return self._count_label_once(model_name, label_event_id, every, request_id, now, forget_before)
+            except IntegrityError:
+                if self._counted(model_name, label_event_id):
+                    return False  # counted before (by a delivery before this one, or by another replica just now)
+        raise RuntimeError(f"could not count label event {label_event_id} for {model_name} (the count kept changing)")
+
+    def _count_label_once(
+        self, model_name: str, label_event_id: str, every: int, request_id: str, now: datetime, forget_before: datetime
+    ) -> bool:
         with self.engine.begin() as connection:
-            current = connection.execute(
-                select(label_counts.c.labels_since_request).where(label_counts.c.model_name == model_name)
-            ).scalar_one_or_none()
-            if current is None:
-                connection.execute(insert(label_counts).values(model_name=model_name, labels_since_request=count))
-                return count
+            # The id first: a label counted before fails here (IntegrityError) and the transaction changes nothing.
+            # A write first also takes SQLite's write lock at once, instead of upgrading a read lock later.
             connection.execute(
+                insert(counted_labels).values(model_name=model_name, event_id=label_event_id, counted_at=now)
+            )
+            added = connection.execute(
                 update(label_counts)
                 .where(label_counts.c.model_name == model_name)
-                .values(labels_since_request=label_counts.c.labels_since_request + count)
+                .values(labels_since_request=label_counts.c.labels_since_request + 1)
             )
-            return int(current) + count
+            if added.rowcount == 0:
+                connection.execute(insert(label_counts).values(model_name=model_name, labels_since_request=1))
+            # PostgreSQL: the update holds the counter's row lock until commit, so replicas decide one at a time.
+            count = connection.execute(
+                select(label_counts.c.labels_since_request).where(label_counts.c.model_name == model_name)
+            ).scalar_one()
+            if count < every:
+                return True
+            connection.execute(
+                update(label_counts).where(label_counts.c.model_name == model_name).values(labels_since_request=0)
+            )
+            connection.execute(
+                insert(label_requests).values(
+                    event_id=request_id, model_name=model_name, labels=count, requested_at=now
+                )
+            )
+            connection.execute(
+                delete(counted_labels).where(
+                    counted_labels.c.model_name == model_name, counted_labels.c.counted_at < forget_before
+                )
+            )
+        return True
+
+    def _counted(self, model_name: str, label_event_id: str) -> bool:
+        with self.engine.connect() as connection:
+            return (
+                connection.execute(
+                    select(counted_labels.c.event_id).where(
+                        counted_labels.c.model_name == model_name, counted_labels.c.event_id == label_event_id
+                    )
+                ).first()
+                is not None
+            )
+
+    def labels_since_request(self, model_name: str) -> int:
+        with self.engine.connect() as connection:
+            count = connection.execute(
+                select(label_counts.c.labels_since_request).where(label_counts.c.model_name == model_name)
+            ).scalar_one_or_none()
+        return int(count or 0)
+
+    def label_requests(self) -> list[LabelTrainingRequest]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(label_requests).order_by(
+                    label_requests.c.requested_at, label_requests.c.model_name, label_requests.c.event_id
+                )
+            ).all()
+        return [
+            LabelTrainingRequest(
+                event_id=row.event_id,
+                model_name=row.model_name,
+                labels=row.labels,
+                requested_at=aware_utc(row.requested_at),  # type: ignore[arg-type]
+            )
+            for row in rows
+        ]
+
+    def label_request_published(self, event_id: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(delete(label_requests).where(label_requests.c.event_id == event_id))
 
     def reset_labels(self, model_name: str) -> None:
         with self.engine.begin() as connection:
