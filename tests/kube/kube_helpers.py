@@ -80,3 +80,41 @@ def pods_of(api: client.ApiClient, namespace: str, app: str) -> list[client.V1Po
 
 def pod_ready(pod: client.V1Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def describe_namespace(core: client.CoreV1Api, namespace: str, *, log_lines: int = 40) -> str:
+    """What `kubectl describe pods` and `kubectl logs` would say, for a failure message: the nodes, each pod's phase,
+    conditions and container states (with restarts and the last termination), the namespace's events, and the
+    end of each container's log (the previous run's too when it restarted)."""
+    lines: list[str] = []
+    pods = core.list_namespaced_pod(namespace).items
+    for node_name in sorted({pod.spec.node_name for pod in pods if pod.spec.node_name}):
+        node = core.read_node(node_name)
+        conditions = ", ".join(f"{c.type}={c.status}" for c in node.status.conditions or [])
+        taints = ", ".join(f"{t.key}:{t.effect}" for t in node.spec.taints or []) or "none"
+        lines.append(f"node {node_name}: {conditions}; taints {taints}; allocatable {node.status.allocatable}")
+    for pod in pods:
+        status = pod.status
+        lines.append(f"pod {pod.metadata.name} on {pod.spec.node_name}: {status.phase} {status.reason or ''}".rstrip())
+        for condition in status.conditions or []:
+            lines.append(f"  condition {condition.type}={condition.status} {condition.reason or ''}".rstrip())
+        for container in [*(status.init_container_statuses or []), *(status.container_statuses or [])]:
+            lines.append(
+                f"  container {container.name}: ready={container.ready} restarts={container.restart_count} "
+                f"state={container.state.to_dict()} last={container.last_state.to_dict()}"
+            )
+            for previous in (False, True) if container.restart_count else (False,):
+                try:
+                    log = core.read_namespaced_pod_log(
+                        pod.metadata.name, namespace, container=container.name, tail_lines=log_lines, previous=previous
+                    )
+                except client.ApiException as exc:
+                    log = f"(no log: {exc.reason})"
+                label = "previous log" if previous else "log"
+                lines.append(f"  {label} of {container.name}:\n" + "\n".join(f"    {x}" for x in log.splitlines()))
+    for event in core.list_namespaced_event(namespace).items:
+        lines.append(
+            f"event {event.involved_object.kind}/{event.involved_object.name}: {event.type} {event.reason} "
+            f"x{event.count or 1}: {event.message}"
+        )
+    return "\n".join(lines) or f"(nothing in namespace {namespace})"

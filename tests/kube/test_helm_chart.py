@@ -470,3 +470,13 @@ def test_with_the_brokers_admin_secret_a_job_creates_every_identity_after_instal
     assert env["EDGELOOP_MQTT_TLS_CA_FILE"]["value"] == "/etc/edgeloop/mqtt-ca/ca.crt"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["mqtt-credentials"]["secret"]["secretName"] == "loop-mqtt-credentials"
+
+
+def test_only_the_deployer_gets_a_service_account_token() -> None:
+    """Issue 12: no service-account token where none is needed. Only the deployer calls the Kubernetes API."""
+    rendered = _rendered()
+    pods = {name: doc["spec"]["template"]["spec"] for (kind, name), doc in rendered.items() if kind == "Deployment"}
+    assert {"loop-ingest", "loop-model-server", "loop-deployer"} <= set(pods)
+    with_token = sorted(name for name, spec in pods.items() if spec.get("automountServiceAccountToken", True))
+    assert with_token == ["loop-deployer"]
+    assert pods["loop-deployer"]["serviceAccountName"] == "loop-deployer"

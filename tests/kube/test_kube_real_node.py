@@ -24,7 +24,7 @@ from edgeloop import images
 from edgeloop.kube import KubeError, edge, node
 from edgeloop.kube import cluster as kube
 from edgeloop.paths import repo_root
-from kube_helpers import KubeCluster, wait_for
+from kube_helpers import KubeCluster, describe_namespace, wait_for
 from kubernetes import client
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
@@ -225,6 +225,15 @@ def _model_server_pod(app: str, image: str) -> dict[str, Any]:
     }
 
 
+def _kubelet_lines_about(word: str, lines: int = 40) -> str:
+    """The kubelet's newest log lines naming ``word``: why a pod of the real node did not start, for a failure."""
+    log = node.node_paths().log("kubelet")
+    if not log.is_file():
+        return f"(no kubelet log at {log})"
+    found = [line for line in log.read_text(errors="replace").splitlines() if word in line][-lines:]
+    return f"the kubelet's last {len(found)} lines about {word}:\n" + "\n".join(found)
+
+
 def _ready_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod | None:
     pod = core.read_namespaced_pod(name, namespace)
     if pod.status.phase == "Failed":
@@ -320,7 +329,9 @@ def test_the_chart_s_model_server_runs_on_the_real_node_and_answers_with_a_token
              "--timeout", "5m"],
             capture_output=True, text=True, env=kube_cluster.env(), check=False,
         )  # fmt: skip
-        assert installed.returncode == 0, installed.stderr
+        assert installed.returncode == 0, (
+            f"{installed.stderr}\n{describe_namespace(core, namespace)}\n{_kubelet_lines_about('model-server')}"
+        )
         [pod] = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=model-server").items
         assert pod.spec.node_name == real_node
         assert all(status.ready for status in pod.status.container_statuses)

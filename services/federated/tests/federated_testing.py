@@ -39,7 +39,7 @@ def start_client(site: str, history: Path, server: str, log: Path) -> subprocess
     """``edgeloop federated client`` as its own process, as a site would run it."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "edgeloop.main", "federated", "client"]
-    command += ["--site", site, "--history", str(history), "--server", server, "--once", "--connect-timeout-s", "120"]
+    command += ["--site", site, "--history", str(history), "--server", server, "--once", "--connect-timeout-s", "300"]
     with log.open("wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 

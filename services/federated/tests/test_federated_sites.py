@@ -63,7 +63,8 @@ def test_a_site_killed_mid_round_still_gives_a_registered_version_with_its_linea
             min_available_clients=3,
             min_fit_clients=2,
             round_timeout_s=60,
-            connect_timeout_s=120,
+            # three TensorFlow processes starting at once take a minute or more on 2 busy cores
+            connect_timeout_s=300,
             common=CommonSettings(mode="standalone", data_dir=tmp_path / "federated"),
         )
         with serving(create_app(settings)) as url:
@@ -187,7 +188,12 @@ def test_fedprox_runs_and_no_raw_reading_crosses_the_channel_while_the_weights_d
     assert len(singles) > 1000
     leaks = []
     for value in singles:
-        for encoded in (struct.pack("<d", value), repr(value).encode()):
+        as_float64 = struct.pack("<d", value)
+        # A whole number such as rpm 1438.0 has four zero low bytes as float64: its eight bytes are a float32 0.0
+        # followed by one particular float32, which weights carry by chance. Such a value is searched as text only
+        # (and in the rows below), not by a pattern with 20 significant bits.
+        encodings = [repr(value).encode()] if as_float64[:4] == bytes(4) else [as_float64, repr(value).encode()]
+        for encoded in encodings:
             if encoded in crossed:
                 leaks.append((value, encoded))
     for rows in devices:
