@@ -12,7 +12,9 @@ Every section runs against the real components, with a failure model trained on 
   Mosquitto; ``edgeloop ingest`` (its own process) validates and publishes TelemetryReceived on Kafka;
   ``edgeloop inference-gateway`` (its own process) scores them and publishes TelemetryScored on Kafka, read here.
   Throughput: scored readings / (last TelemetryScored - first publish); latency: publish -> TelemetryScored's
-  ``scored_at``, p50/p99 (the sensors stamp ``measured_at`` when they publish).
+  ``scored_at``, p50/p99 (the sensors stamp ``measured_at`` when they publish); and the CPU time per reading of
+  ingest, the gateway and this process (the sensors and the reader; Kafka, Mosquitto and the model server are not
+  counted), which says where the time goes on a shared machine better than the rate does.
 
 Target (issue 14): >= 5,000 readings/s through ingest -> scoring on 2 cores, with batching.
 
@@ -156,7 +158,7 @@ def scoring_section(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def services(rest_url: str, threshold: float) -> Iterator[dict[str, str]]:
+def services(rest_url: str, threshold: float) -> Iterator[dict[str, Any]]:
     run = f"tele-{uuid.uuid4().hex[:8]}"
     run_dir = RUNS_DIR / run
     ingest_port, gateway_port = free_port(), free_port()
@@ -190,7 +192,11 @@ def services(rest_url: str, threshold: float) -> Iterator[dict[str, str]]:
         ):
             for url in (f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{gateway_port}"):
                 wait_http_ready(url, [ingest, gateway], 180.0, logs)
-            yield {"prefix": env["EDGELOOP_TOPIC_PREFIX"], "gateway_url": f"http://127.0.0.1:{gateway_port}"}
+            yield {
+                "prefix": env["EDGELOOP_TOPIC_PREFIX"],
+                "gateway_url": f"http://127.0.0.1:{gateway_port}",
+                "pids": {"ingest": ingest.pid, "gateway": gateway.pid},
+            }
     finally:
         with contextlib.suppress(Exception):
             end_session(client_id, env)
@@ -202,8 +208,21 @@ def services(rest_url: str, threshold: float) -> Iterator[dict[str, str]]:
             )
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far; NaN where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _pipeline(
-    prefix: str, readings: list[tuple[str, dict[str, float], str | None]], expected: int, timeout_s: float
+    prefix: str,
+    readings: list[tuple[str, dict[str, float], str | None]],
+    expected: int,
+    timeout_s: float,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer
     from edgeloop_common import topics
@@ -241,6 +260,8 @@ async def _pipeline(
     reading = asyncio.create_task(consume())
     await asyncio.sleep(2.0)  # the consumer joins its group before the first reading
     started = time.time()
+    # Where the CPU goes (the services' processes, and this one's sensors and reader), per reading.
+    cpu_before = {name: process_cpu_s(pid) for name, pid in pids.items()} | {"bench": time.process_time()}
     acks = []
     for index, (device, values_, event) in enumerate(readings):
         message: dict[str, Any] = {"measured_at": datetime.now(UTC).isoformat(), "readings": values_}
@@ -256,6 +277,7 @@ async def _pipeline(
     except TimeoutError:
         print(f"  only {len(values)} of {expected} TelemetryScored within {timeout_s:.0f} s")
     finally:
+        cpu_after = {name: process_cpu_s(pid) for name, pid in pids.items()} | {"bench": time.process_time()}
         await sensors.close()
         await consumer.stop()
     latencies = []
@@ -276,6 +298,11 @@ async def _pipeline(
         "readings_per_s": round(len(readings) / (last - started), 1),
         "publish_to_scored_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "publish_to_scored_p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "cpu_us_per_reading": {
+            name: round((cpu_after[name] - cpu_before[name]) / len(readings) * 1e6)
+            for name in cpu_before
+            if math.isfinite(cpu_after[name] - cpu_before[name])  # not where /proc is not there
+        },
     }
 
 
@@ -295,7 +322,7 @@ def pipeline_section(args: argparse.Namespace) -> dict[str, Any]:
         model_server(args.model_base, FAILURE_MODEL_NAME, args.server_threads) as (rest_url, _grpc),
         services(rest_url, threshold) as deployed,
     ):
-        figures = asyncio.run(_pipeline(deployed["prefix"], readings, expected, args.timeout_s))
+        figures = asyncio.run(_pipeline(deployed["prefix"], readings, expected, args.timeout_s, deployed["pids"]))
     figures["expected_scored"] = expected
     figures["window_readings"] = WINDOW_READINGS
     verdict = "PASS" if figures["readings_per_s"] >= TARGET_READINGS_PER_S and figures["scored"] == expected else "MISS"
@@ -306,7 +333,9 @@ def pipeline_section(args: argparse.Namespace) -> dict[str, Any]:
         f"{figures['readings_per_s']:,.0f} readings/s (published in {figures['publish_seconds']} s, all on Kafka "
         f"after {figures['ingest_seconds']} s: ingest {figures['ingest_readings_per_s']:,.0f}/s); publish -> "
         f"scored p50 {figures['publish_to_scored_p50_ms']} ms, p99 {figures['publish_to_scored_p99_ms']} ms: "
-        f"{verdict} (target >= {TARGET_READINGS_PER_S:,.0f}/s)"
+        f"{verdict} (target >= {TARGET_READINGS_PER_S:,.0f}/s); CPU per reading: "
+        + ", ".join(f"{name} {us} µs" for name, us in figures["cpu_us_per_reading"].items())
+        + f" (load average {os.getloadavg()[0]:.2f})"
     )
     return figures
 

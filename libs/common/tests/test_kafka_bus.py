@@ -9,7 +9,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from common_samples import image_received, telemetry_received
 from edgeloop_common import topics
-from edgeloop_common.bus.base import BusUnavailableError, EventContext, PermanentError, RetryPolicy
+from edgeloop_common.bus.base import BusUnavailableError, EventContext, Outgoing, PermanentError, RetryPolicy
 from edgeloop_common.bus.codec import decode, encode
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import DeadLetter, ImageReceived, TelemetryReceived
@@ -383,3 +383,199 @@ async def test_a_poison_record_too_big_to_copy_is_dead_lettered_without_its_valu
     assert letter.original_value_b64 == ""
     assert letter.original_size_bytes == 900_000
     assert "missing header" in letter.reason and "900000 bytes not kept" in letter.reason
+
+
+# -- batches: enqueue_many and subscribe_batch ----------------------------------------------------------------------
+
+
+def seq_of(event: TelemetryReceived) -> int:
+    return int(event.readings["seq"] or 0)
+
+
+async def publish_all(bus: KafkaBus, events: Sequence[TelemetryReceived]) -> None:
+    await asyncio.gather(*await bus.enqueue_many([Outgoing(event) for event in events]))
+
+
+async def test_enqueue_many_hands_records_over_as_batches_in_order_on_each_keys_partition(
+    make_bus: BusFactory, kafka_bootstrap: str, kafka_topics: str
+) -> None:
+    bus = make_bus()
+    alone = await bus.publish(telemetry_received("cam-0", seq=-1))  # started; where enqueue puts cam-0
+    producer = bus._producer
+    assert producer is not None
+    sent_alone: list[str] = []
+    send = producer.send
+
+    async def counted_send(topic: str, *args: Any, **kwargs: Any) -> Any:
+        sent_alone.append(topic)
+        return await send(topic, *args, **kwargs)
+
+    producer.send = counted_send  # type: ignore[method-assign]
+    big = DeadLetter(
+        reason="a large one",
+        error_type="Rejected",
+        service="bus-test",
+        attempts=1,
+        original_topic="t",
+        original_value_b64=base64.b64encode(b"x" * 100_000).decode(),
+        original_size_bytes=100_000,
+    )
+    outgoing = [Outgoing(telemetry_received(f"cam-{i % 5}", seq=i)) for i in range(300)]
+    outgoing.insert(150, Outgoing(big, key="cam-3"))
+    acks = await bus.enqueue_many(outgoing)
+    event_ids = await asyncio.gather(*acks)
+
+    assert sent_alone == [f"{kafka_topics}{topics.DEAD_LETTER}"]  # the big one alone; the others in batches
+    records = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.TELEMETRY_RECEIVED}", count=301)
+    by_id = {dict(r.headers)["ce_id"].decode(): r for r in records}
+    assert set(by_id) == {alone, *[i for i, o in zip(event_ids, outgoing, strict=True) if o.event is not big]}
+    assert len(records) == 301  # each once
+    partition_of_cam_0 = by_id[alone].partition
+    for device in [f"cam-{i}" for i in range(5)]:
+        mine = [r for r in records if r.key == device.encode()]
+        assert len({r.partition for r in mine}) == 1, f"{device} on one partition"
+        sequence = [int(json_readings(r)["seq"]) for r in mine]
+        assert sequence == sorted(sequence), f"{device} in order"
+    assert {r.partition for r in records if r.key == b"cam-0"} == {partition_of_cam_0}  # where enqueue puts it
+    assert bus.stats.published == 302
+
+
+def json_readings(record: Any) -> dict[str, Any]:
+    event = decode(topic=record.topic, key=record.key, value=record.value, headers=list(record.headers))[0]
+    assert isinstance(event, TelemetryReceived)
+    return dict(event.readings)
+
+
+async def test_enqueue_many_while_kafka_is_away_fails_every_future_at_once(
+    make_bus: BusFactory, kafka_bootstrap: str
+) -> None:
+    gate = _Gate(kafka_bootstrap)
+    port = await gate.reserve_port()  # nothing listens there
+    bus = make_bus(bootstrap_servers=f"127.0.0.1:{port}", publish_timeout_s=3.0)
+    started = time.monotonic()
+    acks = await bus.enqueue_many([Outgoing(telemetry_received(seq=i)) for i in range(20)])
+    results = await asyncio.gather(*acks, return_exceptions=True)
+    assert time.monotonic() - started < 2.0
+    assert all(isinstance(result, BusUnavailableError) for result in results), results
+
+
+async def test_a_batch_subscription_gets_each_partitions_records_in_order_once_and_commits(
+    make_bus: BusFactory,
+) -> None:
+    batches: list[list[tuple[str, int]]] = []
+
+    async def handle(deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        batches.append([(event.device_id, seq_of(event)) for event, _ in deliveries])
+
+    publisher = make_bus()
+    await asyncio.gather(
+        *await publisher.enqueue_many([Outgoing(telemetry_received(f"cam-{i % 6}", seq=i)) for i in range(300)])
+    )
+    consumer = make_bus(processed=InMemoryProcessedEventStore())
+    consumer.subscribe_batch(TelemetryReceived, handle, group="scorer")
+    await consumer.start()
+    await eventually(lambda: sum(len(b) for b in batches) >= 300, timeout_s=30, what="300 handled")
+    await consumer.stop()
+
+    handled = [item for batch in batches for item in batch]
+    assert sorted(seq for _, seq in handled) == list(range(300)), "each once"
+    assert max(len(batch) for batch in batches) > 1, "handled in batches"
+    for device in {device for device, _ in handled}:
+        sequence = [seq for d, seq in handled if d == device]
+        assert sequence == sorted(sequence), f"{device} in order"
+    assert consumer.stats.handled == 300
+
+    # Committed: the group's next consumer, with an empty processed-event store, gets only what is new.
+    later: list[int] = []
+
+    async def handle_later(deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        later.extend(seq_of(event) for event, _ in deliveries)
+
+    after = make_bus(processed=InMemoryProcessedEventStore())
+    after.subscribe_batch(TelemetryReceived, handle_later, group="scorer")
+    await after.start()
+    await publisher.publish(telemetry_received("cam-1", seq=1000))
+    await eventually(lambda: later == [1000], what="only the new event")
+
+
+async def test_a_poison_record_in_a_batch_is_dead_lettered_and_the_others_handled_once(
+    make_bus: BusFactory, kafka_bootstrap: str, kafka_topics: str
+) -> None:
+    handled: list[int] = []
+
+    async def handle(deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        handled.extend(seq_of(event) for event, _ in deliveries)
+
+    topic = f"{kafka_topics}{topics.TELEMETRY_RECEIVED}"
+    publisher = make_bus()
+    await publisher.publish(telemetry_received("cam-1", seq=0))  # creates the topics
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for seq in range(1, 40):
+            if seq == 20:
+                await producer.send_and_wait(topic, b"not an event", key=b"cam-1")
+            record = encode(telemetry_received("cam-1", seq=seq), source="test")
+            await producer.send_and_wait(topic, record.value, key=record.key, headers=record.headers)
+    finally:
+        await producer.stop()
+    consumer = make_bus(processed=InMemoryProcessedEventStore())
+    consumer.subscribe_batch(TelemetryReceived, handle, group="scorer")
+    await consumer.start()
+
+    await eventually(lambda: len(handled) >= 40, what="the 40 events handled")
+    [record] = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=1)
+    letter = decode(topic=record.topic, key=record.key, value=record.value, headers=list(record.headers))[0]
+    assert isinstance(letter, DeadLetter) and "not a CloudEvents" in letter.reason
+    await asyncio.sleep(0.5)
+    assert handled == list(range(40)), "each once, in order"
+
+
+async def test_a_failing_batch_is_delivered_again_one_event_at_a_time(
+    make_bus: BusFactory, kafka_bootstrap: str, kafka_topics: str
+) -> None:
+    handled: list[int] = []
+    calls: list[int] = []
+
+    async def handle(deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        calls.append(len(deliveries))
+        if any(seq_of(event) == 13 for event, _ in deliveries):  # raises before any effect
+            raise ValueError("reading 13 is unreadable")
+        handled.extend(seq_of(event) for event, _ in deliveries)
+
+    publisher = make_bus()
+    await asyncio.gather(
+        *await publisher.enqueue_many([Outgoing(telemetry_received("cam-2", seq=i)) for i in range(30)])
+    )
+    consumer = make_bus(processed=InMemoryProcessedEventStore())
+    consumer.subscribe_batch(TelemetryReceived, handle, group="scorer")
+    await consumer.start()
+
+    await eventually(lambda: len(handled) >= 29, what="the 29 good events handled")
+    [record] = await read_topic_records(kafka_bootstrap, f"{kafka_topics}{topics.DEAD_LETTER}", count=1)
+    letter = decode(topic=record.topic, key=record.key, value=record.value, headers=list(record.headers))[0]
+    assert isinstance(letter, DeadLetter)
+    assert "reading 13 is unreadable" in letter.reason and letter.attempts == FAST_RETRY.max_attempts
+    await asyncio.sleep(0.5)
+    assert handled == [seq for seq in range(30) if seq != 13], "the others each once, in order"
+    assert calls.count(1) >= FAST_RETRY.max_attempts  # the batch's events then came one at a time
+
+
+async def test_an_event_twice_in_one_batch_is_handled_once(make_bus: BusFactory) -> None:
+    handled: list[str] = []
+
+    async def handle(deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        handled.extend(context.event_id for _, context in deliveries)
+
+    publisher = make_bus()
+    event = telemetry_received("cam-3", seq=1)
+    acks = await publisher.enqueue_many([Outgoing(event, event_id="evt-twice"), Outgoing(event, event_id="evt-twice")])
+    await asyncio.gather(*acks)
+    await publisher.publish(telemetry_received("cam-3", seq=2), event_id="evt-after")
+    consumer = make_bus(processed=InMemoryProcessedEventStore())
+    consumer.subscribe_batch(TelemetryReceived, handle, group="scorer")
+    await consumer.start()
+
+    await eventually(lambda: "evt-after" in handled, what="the events handled")
+    assert handled == ["evt-twice", "evt-after"]
+    assert consumer.stats.duplicates_skipped == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from common_samples import image_received, telemetry_received
@@ -122,3 +122,34 @@ def test_the_consumer_group_setting_renames_the_first_group_only_where_an_operat
     assert with_consumer_group_setting(SUBSCRIPTIONS, _GroupSetting()) == SUBSCRIPTIONS
     groups = with_consumer_group_setting(SUBSCRIPTIONS, _GroupSetting(consumer_group="recorder-green"))
     assert [group.name for group in groups] == ["recorder-green", "recorder-telemetry"]
+
+
+class BatchRecorder:
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    async def on_readings(self, deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        self.batches.append([int(event.readings["seq"] or 0) for event, _ in deliveries])
+
+
+async def test_batch_handlers_are_subscribed_as_batches_and_bound_to_the_object(bus: InProcessBus) -> None:
+    recorder = BatchRecorder()
+    groups = [ConsumerGroup("scorer", batch_handlers={TelemetryReceived: BatchRecorder.on_readings})]
+    with subscribed(bus, groups, recorder):
+        await bus.start()
+        for seq in range(3):
+            await bus.publish(telemetry_received(seq=seq))
+        await bus.drain()
+    [subscription] = bus.subscriptions
+    assert (subscription.event_cls, subscription.group, subscription.batch_handler is not None) == (
+        TelemetryReceived,
+        "scorer",
+        True,
+    )
+    assert recorder.batches == [[0], [1], [2]]  # the in-process bus hands over one event at a time
+
+    await bus.publish(telemetry_received(seq=3))  # after the block: the stopped service is not reached
+    await bus.drain()
+    assert recorder.batches == [[0], [1], [2]]
+    [dead] = bus.dead_letters
+    assert dead.error_type == SubscriberStoppedError.__name__

@@ -7,13 +7,13 @@ import io
 import struct
 import uuid
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edgeloop_common.bus.base import BusUnavailableError
+from edgeloop_common.bus.base import BusUnavailableError, Outgoing
 from edgeloop_common.bus.inprocess import InProcessBus
 from edgeloop_common.events import Event
 from edgeloop_ingest.validation import PNG_MAGIC
@@ -102,6 +102,12 @@ class SwitchableBus(InProcessBus):
         self.down = False
         self.hold_acks = False
         self._held: list[tuple[asyncio.Future[str], Event, dict[str, Any]]] = []
+        self.batches: list[int] = []  # the size of each enqueue_many call, in order
+        self.take_before_down: int | None = None  # Kafka goes away after taking this many more events
+
+    async def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[asyncio.Future[str]]:
+        self.batches.append(len(outgoing))
+        return await super().enqueue_many(outgoing)
 
     async def publish(self, event: Event, **kwargs: Any) -> str:
         if self.down:
@@ -109,6 +115,9 @@ class SwitchableBus(InProcessBus):
         return await super().publish(event, **kwargs)
 
     async def enqueue(self, event: Event, **kwargs: Any) -> Awaitable[str]:
+        if self.take_before_down is not None:
+            self.down = self.take_before_down <= 0
+            self.take_before_down -= 1
         if self.down:
             raise BusUnavailableError("Kafka is down (test)")
         if self.hold_acks:

@@ -26,21 +26,24 @@ keeps the subscription, and an event it delivers after this service stopped fail
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from opentelemetry.trace import SpanKind
 
 from edgeloop_common import otel
-from edgeloop_common.bus.base import EventBus, EventContext, Handler
+from edgeloop_common.bus.base import BatchHandler, Delivery, EventBus, EventContext, Handler
 from edgeloop_common.events import Event
 
 Owner = TypeVar("Owner")
 
 OwnedHandler = Callable[[Owner, Any, EventContext], Awaitable[None]]
 """A handler as the table names it: a method of the class whose object the app builds (``Handlers.on_x``)."""
+
+OwnedBatchHandler = Callable[[Owner, Sequence[Delivery]], Awaitable[None]]
+"""A handler of many events at once (``EventBus.subscribe_batch``), as the table names it."""
 
 
 class SubscriberStoppedError(RuntimeError):
@@ -53,11 +56,14 @@ class ConsumerGroup(Generic[Owner]):
 
     ``broadcast``: every replica gets every event of the topics, the log's history first (see
     :meth:`~edgeloop_common.bus.base.EventBus.subscribe`); ``name`` then only names the subscription.
+    ``batch_handlers``: handlers of many events at once (a group subscription; see
+    :meth:`~edgeloop_common.bus.base.EventBus.subscribe_batch`), for a stream of small events.
     """
 
     name: str
-    handlers: Mapping[type[Event], OwnedHandler[Owner]]
+    handlers: Mapping[type[Event], OwnedHandler[Owner]] = field(default_factory=dict)
     broadcast: bool = False
+    batch_handlers: Mapping[type[Event], OwnedBatchHandler[Owner]] = field(default_factory=dict)
 
 
 def renamed(groups: Iterable[ConsumerGroup[Owner]], names: Mapping[str, str]) -> tuple[ConsumerGroup[Owner], ...]:
@@ -87,6 +93,8 @@ def subscribed(bus: EventBus, groups: Iterable[ConsumerGroup[Owner]], owner: Own
     for group in groups:
         for event_cls, handler in group.handlers.items():
             bus.subscribe(event_cls, attachment.bind(handler, group.name), group=group.name, broadcast=group.broadcast)
+        for event_cls, batch_handler in group.batch_handlers.items():
+            bus.subscribe_batch(event_cls, attachment.bind_batch(batch_handler, group.name), group=group.name)
     try:
         yield
     finally:
@@ -116,6 +124,30 @@ class _Attachment(Generic[Owner]):
                 if span.is_recording():
                     context = dataclasses.replace(context, traceparent=otel.current_traceparent(context.traceparent))
                 await handler(owner, event, context)
+
+        return handle
+
+    def bind_batch(self, handler: OwnedBatchHandler[Owner], group: str) -> BatchHandler:
+        async def handle(deliveries: Sequence[Delivery]) -> None:
+            owner = self._owner
+            if owner is None:
+                name = getattr(handler, "__qualname__", repr(handler))
+                raise SubscriberStoppedError(f"{name}: the service has stopped")
+            # One consumer span per batch (a new trace; per event it would cost more than the event's handling);
+            # an event delivered on its own continues its trace, as with ``bind``.
+            _, first = deliveries[0]
+            attributes: dict[str, str | int] = {
+                "messaging.destination.name": first.topic,
+                "messaging.batch.message_count": len(deliveries),
+            }
+            with otel.continued_span(
+                f"{first.topic} process",
+                first.traceparent if len(deliveries) == 1 else None,
+                service=group,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            ):
+                await handler(owner, deliveries)
 
         return handle
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 
 from edgeloop_common.bus import EventBus, EventContext, PermanentError
 from edgeloop_common.events import DeploymentUpdated, ImageReceived, TelemetryReceived
@@ -77,10 +78,11 @@ class GatewayHandlers:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    async def on_telemetry_received(self, event: TelemetryReceived, context: EventContext) -> None:
-        """A reading into the failure-model scorer (docs/telemetry.md, "Scoring"); scores go out in batches."""
+    async def on_telemetry_received(self, deliveries: Sequence[tuple[TelemetryReceived, EventContext]]) -> None:
+        """Readings (a partition's fetched batch, in order) into the failure-model scorer (docs/telemetry.md,
+        "Scoring"); scores go out in batches. It raises only before taking any (the service stopped)."""
         if self.telemetry is not None:
-            await self.telemetry.take(event)
+            await self.telemetry.take([event for event, _ in deliveries])
 
     async def on_deployment_updated(self, event: DeploymentUpdated, context: EventContext) -> None:
         """Routes follow the deployer: a node group that serves a new version routes its site there (the failure
@@ -99,7 +101,10 @@ class GatewayHandlers:
 
 SUBSCRIPTIONS = (
     ConsumerGroup("inference-gateway", {ImageReceived: GatewayHandlers.on_image_received}),
-    ConsumerGroup("inference-gateway-telemetry", {TelemetryReceived: GatewayHandlers.on_telemetry_received}),
+    # Many small events: handled a batch at a time (one span, one processed-record pass and one commit per batch).
+    ConsumerGroup(
+        "inference-gateway-telemetry", batch_handlers={TelemetryReceived: GatewayHandlers.on_telemetry_received}
+    ),
     # Broadcast: every replica reads every DeploymentUpdated, the compacted topic's history first, so that each
     # holds every route (docs/gateway.md, "Routes").
     ConsumerGroup(

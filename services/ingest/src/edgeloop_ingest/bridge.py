@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError
+from edgeloop_common.bus.base import BusUnavailableError, EventBus, Outgoing, PermanentError
 
 from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.metrics import IngestMetrics
@@ -218,8 +218,7 @@ class Bridge:
         while True:
             batch, prepared = await self._prepared.get()
             outcomes = await prepared
-            for (message, on_durable), outcome in zip(batch, outcomes, strict=True):
-                await self._dispatch(message, outcome, on_durable)
+            await self._dispatch(batch, outcomes)
 
     async def _prepare(self, batch: list[tuple[DeviceMessage, OnDurable]]) -> list[Outcome]:
         """Validate, store and record; retried while the store fails (nothing is acknowledged meanwhile)."""
@@ -227,9 +226,12 @@ class Bridge:
         while True:
             started = time.perf_counter()
             try:
-                # A few jobs per batch, not one per message: each completion wakes the event loop.
-                chunks = _chunks([message for message, _ in batch], self._chunks_per_batch)
-                if len(chunks) == 1:  # a lone message (light traffic): one thread hop, not two
+                # A few jobs per batch, not one per message: each completion wakes the event loop. Telemetry alone
+                # is pure Python (no image to decode, nothing to store): threads would only take turns, one job.
+                messages = [message for message, _ in batch]
+                telemetry_only = all(message.kind == "telemetry" for message in messages)
+                chunks = _chunks(messages, 1 if telemetry_only else self._chunks_per_batch)
+                if len(chunks) == 1:  # a lone message (light traffic), or telemetry: one thread hop, not two
                     outcomes = await loop.run_in_executor(self._executor, self._prepare_and_record, chunks[0])
                 else:
                     prepared = await asyncio.gather(
@@ -253,32 +255,40 @@ class Bridge:
         self.service.record(outcomes)
         return outcomes
 
-    async def _dispatch(self, message: DeviceMessage, outcome: Outcome, on_durable: OnDurable) -> None:
-        publication = outcome.publication
-        if publication is None:  # an HTTP rejection: the client gets the reason, nothing to publish
-            self._complete(message, outcome, on_durable, "rejected")
-            return
-        entry = _Pending(message=message, outcome=outcome, publication=publication, on_durable=on_durable)
-        if not self._buffering:
+    async def _dispatch(self, batch: list[tuple[DeviceMessage, OnDurable]], outcomes: list[Outcome]) -> None:
+        """Hand a batch's events to the bus at once (``enqueue_many``: a record batch per partition), then queue them
+        for the acker in arrival order. An event the bus did not take goes to the disk buffer, and so do the batches
+        after it (while the buffer holds anything)."""
+        entries: list[_Pending] = []
+        for (message, on_durable), outcome in zip(batch, outcomes, strict=True):
+            if outcome.publication is None:  # an HTTP rejection: the client gets the reason, nothing to publish
+                self._complete(message, outcome, on_durable, "rejected")
+                continue
+            entries.append(_Pending(message, outcome, outcome.publication, on_durable))
+        if not self._buffering and entries:
+            outgoing = [Outgoing(p.event, p.key, p.event_id, p.traceparent) for p in (e.publication for e in entries)]
             try:
-                ack = await self.bus.enqueue(
-                    publication.event,
-                    key=publication.key,
-                    event_id=publication.event_id,
-                    traceparent=publication.traceparent,
-                )
-            except BusUnavailableError as exc:
-                log.warning("Kafka unavailable (%s); buffering events on disk", exc)
+                acks = await self.bus.enqueue_many(outgoing)
+            except Exception as exc:  # noqa: BLE001 - not the bus's documented failures: all kept on disk
+                log.error("the bus failed taking %d event(s): %r; buffering them", len(entries), exc)
+                acks = []
                 self._buffering = True
-            except Exception as exc:  # noqa: BLE001 - e.g. PermanentError: kept on disk, the drainer settles it
-                log.error("the bus did not take %s: %r; buffering it", publication.event_id, exc)
-                self._buffering = True
-            else:
-                entry.kafka_ack = asyncio.ensure_future(ack)
-                self._direct_in_flight += 1
-        if entry.kafka_ack is None:
-            self._to_buffer += 1
-        self._pending.append(entry)
+            for entry, ack in zip(entries, acks, strict=False):
+                error = None if not ack.done() else "cancelled" if ack.cancelled() else ack.exception()
+                if error is None:
+                    entry.kafka_ack = ack
+                    self._direct_in_flight += 1
+                    continue
+                if not self._buffering:  # the first event the bus did not take: buffered, and every batch after it
+                    if isinstance(error, BusUnavailableError):
+                        log.warning("Kafka unavailable (%s); buffering events on disk", error)
+                    else:  # e.g. PermanentError: kept on disk, the drainer settles it
+                        log.error("the bus did not take %s: %r; buffering it", entry.publication.event_id, error)
+                    self._buffering = True
+        for entry in entries:
+            if entry.kafka_ack is None:
+                self._to_buffer += 1
+            self._pending.append(entry)
         self._pending_ready.set()
 
     # -- acker: acknowledge in arrival order once durable ---------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
@@ -48,7 +47,9 @@ T = TypeVar("T")
 _KINDS: dict[str, MessageKind] = {"image": "image", "telemetry": "telemetry"}
 
 
-def device_message_from_mqtt(topic: str, payload: bytes, *, dup: bool, received_at: datetime) -> DeviceMessage:
+def device_message_from_mqtt(
+    topic: str, payload: bytes, *, dup: bool, received_at: datetime, traceparent: str | None = None
+) -> DeviceMessage:
     """``dt/edgeloop/{site}/{device}/{image|telemetry}``; the ids are checked by the service (bad ids: a reason)."""
     levels = topic.split("/")
     shaped = len(levels) == 5 and levels[:2] == ["dt", "edgeloop"] and levels[4] in _KINDS
@@ -61,6 +62,7 @@ def device_message_from_mqtt(topic: str, payload: bytes, *, dup: bool, received_
         site_id=levels[2] if shaped else None,
         mqtt_topic=topic,
         redelivered=dup,
+        traceparent=traceparent,
     )
 
 
@@ -68,9 +70,6 @@ def mqtt_message_handler(bridge: Bridge) -> Callable[[ReceivedMessage], None]:
     """The subscriber's callback: hand the message to the bridge, PUBACK once its outcome is durable."""
 
     def on_message(received: ReceivedMessage) -> None:
-        message = device_message_from_mqtt(
-            received.topic, received.payload, dup=received.dup, received_at=datetime.now(UTC)
-        )
         # From receipt to durable (in Kafka, or refused with a reason): ingest's span of the device's trace.
         span, traceparent = otel.started_span(
             "mqtt receive",
@@ -79,7 +78,9 @@ def mqtt_message_handler(bridge: Bridge) -> Callable[[ReceivedMessage], None]:
             kind=SpanKind.CONSUMER,
             attributes={"messaging.system": "mqtt", "messaging.destination.name": received.topic},
         )
-        message = replace(message, traceparent=traceparent)
+        message = device_message_from_mqtt(
+            received.topic, received.payload, dup=received.dup, received_at=datetime.now(UTC), traceparent=traceparent
+        )
         ack = received.ack
 
         def durable(_outcome: Outcome) -> None:

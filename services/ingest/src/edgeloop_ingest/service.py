@@ -134,9 +134,10 @@ class IngestService:
     def prepare(self, message: DeviceMessage) -> Outcome:
         """Validate, and say what must be stored before the event is published (``record`` stores it). Blocking."""
         outcome = self._prepare(message)
-        if message.traceparent is None or outcome.publication is None:
+        publication = outcome.publication
+        if message.traceparent is None or publication is None or publication.traceparent == message.traceparent:
             return outcome
-        return replace(outcome, publication=replace(outcome.publication, traceparent=message.traceparent))
+        return replace(outcome, publication=replace(publication, traceparent=message.traceparent))
 
     def _prepare(self, message: DeviceMessage) -> Outcome:
         try:
@@ -233,7 +234,11 @@ class IngestService:
             mqtt_topic=message.mqtt_topic,
             machine_event=telemetry.machine_event,
         )
-        return Accepted(publication=Publication(event=event, event_id=str(uuid.uuid4()), key=device_id))
+        # The message's trace from the start (``prepare`` would otherwise copy the outcome to set it).
+        traceparent = message.traceparent or new_traceparent()
+        return Accepted(
+            publication=Publication(event=event, event_id=str(uuid.uuid4()), key=device_id, traceparent=traceparent)
+        )
 
     def get_sample(self, sample_id: str) -> SampleRecord | None:
         return self.samples.get(sample_id)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -68,6 +68,19 @@ class EventContext:
 
 
 Handler = Callable[[Any, EventContext], Awaitable[None]]
+Delivery = tuple[Any, EventContext]
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One event for :meth:`EventBus.enqueue_many`, with the key, id and trace it keeps (None: the bus chooses, as
+    for ``publish``)."""
+
+    event: Event
+    key: str | None = None
+    event_id: str | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,8 @@ class Subscription:
     handler: Handler
     group: str
     broadcast: bool = False
+    # Set by ``subscribe_batch``: the handler of many events; ``handler`` then hands it one event at a time.
+    batch_handler: BatchHandler | None = None
 
 
 @dataclass
@@ -122,7 +137,34 @@ class EventBus(abc.ABC):
         other processes subscribed; ``group`` then only names the subscription (dead-letter reasons, logs). The
         handler must be idempotent over a replay: a restart delivers the history again.
         """
-        self.subscriptions.append(Subscription(event_cls=event_cls, handler=handler, group=group, broadcast=broadcast))
+        self._add_subscription(Subscription(event_cls=event_cls, handler=handler, group=group, broadcast=broadcast))
+
+    def subscribe_batch(
+        self,
+        event_cls: type[E],
+        handler: Callable[[Sequence[tuple[E, EventContext]]], Awaitable[None]],
+        *,
+        group: str,
+    ) -> None:
+        """Register ``handler`` for many events of ``event_cls`` at once, in consumer group ``group`` (a group
+        subscription; call before ``start``).
+
+        The Kafka bus hands it each partition's fetched records together, in order, skipping ids already processed;
+        when it returns, every one of them is recorded as processed and committed. Anything else -- a record that is
+        not an event of the topic, the handler raising -- and the bus delivers that batch's events again one at a
+        time, with the usual retries and dead letters (``handler`` called with one event). So the handler must have
+        no effect when it raises, or only effects that a second delivery of the same events does not repeat. The
+        in-process bus delivers one event at a time.
+        """
+        batch_handler: BatchHandler = handler
+
+        async def one(event: Any, context: EventContext) -> None:
+            await batch_handler([(event, context)])
+
+        self._add_subscription(Subscription(event_cls=event_cls, handler=one, group=group, batch_handler=batch_handler))
+
+    def _add_subscription(self, subscription: Subscription) -> None:
+        self.subscriptions.append(subscription)
 
     def caught_up(self) -> bool:
         """True once every broadcast subscription has handled the events its topic held when the bus started
@@ -172,6 +214,35 @@ class EventBus(abc.ABC):
         done.set_result(event_id)
         return done
 
+    async def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[asyncio.Future[str]]:
+        """Hand many events to the bus in order; one future per event, in the same order, resolving to its event id
+        once it is durable, or failing (:class:`BusUnavailableError`, :class:`PermanentError`) when it is not.
+
+        What the bus takes of each partition (of each key) is a prefix of that partition's events: after one it
+        could not take, it takes none of the same partition, and their futures fail at once with
+        :class:`BusUnavailableError`. A caller that sends the failed ones elsewhere, and the same keys' later events
+        after them (ingest's disk buffer), keeps every key's order. Await or inspect every future. The default
+        enqueues one at a time and stops at the first failure; the Kafka bus builds a record batch per partition
+        (aiokafka's ``send_batch``), a fraction of the cost of a ``send`` per record.
+        """
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[str]] = []
+        failure: BaseException | None = None
+        for item in outgoing:
+            if failure is None:
+                try:
+                    ack = await self.enqueue(
+                        item.event, key=item.key, event_id=item.event_id, traceparent=item.traceparent
+                    )
+                except (BusUnavailableError, PermanentError) as exc:
+                    failure = exc
+                    futures.append(failed_future(loop, exc))
+                else:
+                    futures.append(asyncio.ensure_future(ack))
+                continue
+            futures.append(failed_future(loop, not_handed_over(failure)))
+        return futures
+
     async def publish_dead_letter(self, dead_letter: DeadLetter, *, event_id: str | None = None) -> str:
         """Publish ``dead_letter``. ``event_id``: a stable id, so that the same failure reported again (a replayed
         broadcast record, by every replica) is one event to consumers, who skip the duplicates."""
@@ -180,3 +251,14 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     async def ready(self) -> bool:
         """True when the bus can publish now (broker reachable)."""
+
+
+def not_handed_over(failure: BaseException) -> BusUnavailableError:
+    """The error of an event :meth:`EventBus.enqueue_many` did not hand over because an earlier one failed."""
+    return BusUnavailableError(f"not handed over: an earlier event of the batch was not ({failure})")
+
+
+def failed_future(loop: asyncio.AbstractEventLoop, error: BaseException) -> asyncio.Future[str]:
+    future: asyncio.Future[str] = loop.create_future()
+    future.set_exception(error)
+    return future

@@ -54,14 +54,17 @@ class InProcessBus(EventBus):
         any order. Events published before a group subscription exists are not delivered to it; a broadcast
         subscription gets them first, in publication order."""
         super().subscribe(event_cls, handler, group=group, broadcast=broadcast)
+
+    def _add_subscription(self, subscription: Subscription) -> None:
+        super()._add_subscription(subscription)
         queue: asyncio.Queue[_Delivery] = asyncio.Queue()
-        if broadcast:
+        if subscription.broadcast:
             for event, context in self.published:
-                if isinstance(event, event_cls):
+                if isinstance(event, subscription.event_cls):
                     queue.put_nowait((event, context))
-        self._queues.append((self.subscriptions[-1], queue))
+        self._queues.append((subscription, queue))
         if self._started:
-            self._start_worker(self.subscriptions[-1], queue)
+            self._start_worker(subscription, queue)
 
     async def start(self) -> None:
         if self._started:

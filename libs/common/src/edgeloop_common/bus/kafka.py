@@ -20,6 +20,11 @@ for it). A failure of the bus itself (dead-letter topic or processed-event store
 unreachable) commits nothing: the consumer seeks back and tries the record again
 after a backoff.
 
+Batches (docs/bus.md, "Batches"): ``enqueue_many`` hands many events over as one
+record batch per partition (``send_batch``); a ``subscribe_batch`` handler gets a
+partition's fetched records at once and they are committed together, and any
+trouble with a batch sends its records down the per-record path above.
+
 Broadcast subscriptions (``subscribe(..., broadcast=True)``): one consumer per
 subscription name with no consumer group: it is assigned every partition of its
 topics, reads them from the beginning, commits nothing, and deduplicates event
@@ -35,7 +40,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -51,11 +58,20 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
 from edgeloop_common import topics
-from edgeloop_common.bus.base import BusUnavailableError, EventBus, PermanentError, RetryPolicy, Subscription
-from edgeloop_common.bus.codec import decode, encode, headers_dict
+from edgeloop_common.bus.base import (
+    BusUnavailableError,
+    EventBus,
+    Outgoing,
+    PermanentError,
+    RetryPolicy,
+    Subscription,
+)
+from edgeloop_common.bus.codec import EncodedRecord, decode, encode, encode_many, headers_dict
 from edgeloop_common.bus.dispatch import dead_letter_for, deliver
 from edgeloop_common.events import DeadLetter, Event
 from edgeloop_common.idempotency import InMemoryProcessedEventStore, ProcessedEventStore
@@ -76,6 +92,8 @@ _DYNAMIC_TOPIC = 1  # DescribeConfigs config_source of a config set on the topic
 DEFAULT_TOPIC_PARTITIONS = 3
 POLL_TIMEOUT_MS = 250
 MAX_POLL_RECORDS = 100
+# Records a group with a batch subscription (``subscribe_batch``) takes per poll: a partition's share is one batch.
+BATCH_MAX_POLL_RECORDS = 500
 # How long the broker may hold a fetch that finds no new record. aiokafka's default, 500 ms, is a latency trap:
 # a partition whose fetched records wait over 100 ms to be taken (one slow handler) is left out of the next fetch
 # request and fetched again only when that request returns, up to this long later; the records that pile up
@@ -88,6 +106,18 @@ PROBE_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_S = 0.5
 MAX_RETRY_BACKOFF_S = 5.0
 TOPIC_VISIBLE_TIMEOUT_S = 10.0
+# Most bytes of one partition's records in one of ``enqueue_many``'s record batches (below the broker's default
+# ``message.max.bytes``, 1 MiB). The producer's own batches, which ``send`` fills, keep aiokafka's 16 KiB: the
+# producer has one produce request in flight per broker, and a second batch of a partition waits for the first to
+# leave, a round trip; at 16 KiB (about ten TelemetryScored) that capped a producer near 5,000 events/s here
+# (docs/telemetry.md). Larger producer batches for ``send`` too would also change how finely a consumer interleaves
+# partitions behind a burst (the drift service's site windows noticed).
+BATCH_BYTES = 512 * 1024
+_NO_COMPRESSION = 0  # the bus's producer compresses nothing; a batch it is given must not either
+# A record larger than this goes through ``send`` (``enqueue``'s path), not into ``enqueue_many``'s batches: one over
+# the producer's ``max_request_size`` is then refused at once, alone, as ``enqueue`` refuses it.
+BATCH_RECORD_MAX_BYTES = 64 * 1024
+_PARTITIONER = DefaultPartitioner()  # the producer's own: murmur2 of the key, as the Java client
 
 
 class _Outcome(enum.Enum):
@@ -326,39 +356,138 @@ class KafkaBus(EventBus):
             raise BusUnavailableError(f"Kafka could not take {event.event_type}: {exc}") from exc
         return self._ack_future(delivery, topic=topic, event_id=record.event_id, deadline=deadline)
 
+    async def enqueue_many(self, outgoing: Sequence[Outgoing]) -> list[asyncio.Future[str]]:
+        """Hand the events to the producer in order, as one record batch per partition (aiokafka's ``send_batch``:
+        a few microseconds a record against tens for a ``send`` and a future of its own); see
+        :meth:`EventBus.enqueue_many`. A partition's records keep their order, and go to the partition ``send``
+        would pick for their key. Each future resolves on its batch's ack, or fails as ``enqueue``'s would; a
+        record over ``BATCH_RECORD_MAX_BYTES`` goes through ``send``, as with ``enqueue``. The records handed over
+        before a failure stay handed over; the others' futures fail at once with :class:`BusUnavailableError`."""
+        if not outgoing:
+            return []
+        loop = asyncio.get_running_loop()
+        records = encode_many(outgoing, source=self.source)
+        acks: list[asyncio.Future[str]] = [loop.create_future() for _ in records]
+        handed = [False] * len(records)
+        deadline = loop.time() + self.publish_timeout_s
+        current: int | None = None  # the record being handed over on its own
+        try:
+            async with asyncio.timeout_at(deadline), self._send_lock:
+                producer = await self._started_producer()
+                if self._suspect_down and not await self.ready():
+                    raise BusUnavailableError(f"Kafka at {self.bootstrap_servers} is unreachable: {self._last_error}")
+                partitions: dict[str, list[int]] = {}
+                open_batches: dict[TopicPartition, _OpenBatch] = {}
+
+                async def hand_over(tp: TopicPartition) -> None:
+                    batch = open_batches.pop(tp)
+                    delivery = await producer.send_batch(batch.builder, tp.topic, partition=tp.partition)
+                    self._settle(delivery, [(acks[i], records[i].event_id) for i in batch.indices], tp.topic, deadline)
+                    for i in batch.indices:
+                        handed[i] = True
+
+                for index, record in enumerate(records):
+                    topic = self.topic_name(record.topic)
+                    if topic not in partitions:
+                        partitions[topic] = list(await producer.partitions_for(topic))
+                    tp = TopicPartition(topic, _PARTITIONER(record.key, partitions[topic], partitions[topic]))
+                    if _fits_a_batch(record):
+                        batch = open_batches.get(tp)
+                        if batch is None:
+                            batch = open_batches[tp] = _OpenBatch.new()
+                        if not batch.add(record):
+                            await hand_over(tp)  # full
+                            batch = open_batches[tp] = _OpenBatch.new()
+                            batch.add(record)  # an empty batch takes a record up to its size
+                        batch.indices.append(index)
+                        continue
+                    if tp in open_batches:
+                        await hand_over(tp)  # what came before it on its partition goes first
+                    current = index
+                    delivery = await producer.send(
+                        topic, value=record.value, key=record.key, headers=record.headers, partition=tp.partition
+                    )
+                    current = None
+                    self._settle(delivery, [(acks[index], record.event_id)], topic, deadline)
+                    handed[index] = True
+                for tp in list(open_batches):
+                    await hand_over(tp)
+        except TimeoutError:
+            self._suspect_down = True
+            self._fail_unhanded(acks, handed, f"Kafka did not take {len(records)} events in {self.publish_timeout_s}s")
+        except _REFUSED_RECORD_ERRORS as exc:
+            if current is not None:  # the record sent on its own is refused for good
+                event_type = outgoing[current].event.event_type
+                acks[current].set_exception(PermanentError(f"Kafka refuses {event_type}: {exc}"))
+                handed[current] = True
+            self._fail_unhanded(acks, handed, f"not handed over: an earlier event was refused ({exc})")
+        except KafkaError as exc:
+            self._fail_unhanded(acks, handed, f"Kafka could not take the events: {exc}")
+        except BusUnavailableError as exc:
+            self._fail_unhanded(acks, handed, str(exc))
+        return acks
+
+    @staticmethod
+    def _fail_unhanded(acks: list[asyncio.Future[str]], handed: list[bool], reason: str) -> None:
+        """Every record not handed over is not durable: its future fails with :class:`BusUnavailableError`."""
+        for ack, done in zip(acks, handed, strict=True):
+            if not done and not ack.done():
+                ack.set_exception(BusUnavailableError(reason))
+
     def _ack_future(
         self, delivery: asyncio.Future[RecordMetadata], *, topic: str, event_id: str, deadline: float
     ) -> asyncio.Future[str]:
         """A future for ``event_id`` that resolves on the broker's ack or fails at ``deadline`` (no task per record)."""
+        ack: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._settle(delivery, [(ack, event_id)], topic, deadline)
+        return ack
+
+    def _settle(
+        self,
+        delivery: asyncio.Future[Any],
+        waiting: list[tuple[asyncio.Future[str], str]],
+        topic: str,
+        deadline: float,
+    ) -> None:
+        """Resolve each ``(future, event id)`` of ``waiting`` when ``delivery`` (a record's or a batch's) is
+        acknowledged; fail them when it fails or at ``deadline``. One timer and one callback for them all."""
         loop = asyncio.get_running_loop()
-        ack: asyncio.Future[str] = loop.create_future()
 
         def expire() -> None:
-            if not ack.done():
-                self._suspect_down = True
-                reason = f"Kafka did not acknowledge {event_id} on {topic} within {self.publish_timeout_s}s"
-                ack.set_exception(BusUnavailableError(reason))
+            self._suspect_down = True
+            for ack, event_id in waiting:
+                if not ack.done():
+                    reason = f"Kafka did not acknowledge {event_id} on {topic} within {self.publish_timeout_s}s"
+                    ack.set_exception(BusUnavailableError(reason))
 
         timer = loop.call_at(deadline, expire)
 
-        def delivered(done: asyncio.Future[RecordMetadata]) -> None:
+        def delivered(done: asyncio.Future[Any]) -> None:
             timer.cancel()
-            if ack.done():
-                return
             error = BaseException("delivery cancelled") if done.cancelled() else done.exception()
             if error is None:
                 self._suspect_down = False
-                self.stats.published += 1
-                self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + 1
-                ack.set_result(event_id)
-            elif isinstance(error, _REFUSED_RECORD_ERRORS):
-                ack.set_exception(PermanentError(f"Kafka refused {event_id} on {topic}: {error!r}"))
-            else:
+                acknowledged = 0
+                for ack, event_id in waiting:
+                    if not ack.done():
+                        ack.set_result(event_id)
+                        acknowledged += 1
+                self.stats.published += acknowledged
+                self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + acknowledged
+                return
+            if not isinstance(error, _REFUSED_RECORD_ERRORS):
                 self._producer_out_of_sequence |= isinstance(error, OutOfOrderSequenceNumber)
-                ack.set_exception(BusUnavailableError(f"Kafka did not acknowledge {event_id} on {topic}: {error!r}"))
+            for ack, event_id in waiting:
+                if ack.done():
+                    continue
+                if isinstance(error, _REFUSED_RECORD_ERRORS):
+                    ack.set_exception(PermanentError(f"Kafka refused {event_id} on {topic}: {error!r}"))
+                else:
+                    ack.set_exception(
+                        BusUnavailableError(f"Kafka did not acknowledge {event_id} on {topic}: {error!r}")
+                    )
 
         delivery.add_done_callback(delivered)
-        return ack
 
     async def publish_dead_letter(self, dead_letter: DeadLetter, *, event_id: str | None = None) -> str:
         """Publish ``dead_letter``; one Kafka refuses (an original near the size limit) goes without its value, so a
@@ -499,6 +628,44 @@ class KafkaBus(EventBus):
             raw_headers=headers_dict(headers),
             publish_dead_letter=functools.partial(self.publish_dead_letter, event_id=dead_letter_id),
         )
+
+    async def _handle_batch(self, group: _GroupConsumer, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Decode a partition's records and hand the events not processed yet to the subscription's batch handler
+        at once, then record them as processed. False, with nothing done, when a record is not an event of the
+        topic (the per-record path dead-letters it); the handler's exception is raised."""
+        subscription = group.subscription_for(records[0].topic)
+        batch_handler = subscription.batch_handler
+        assert batch_handler is not None
+        decoded = []
+        for record in records:
+            try:
+                event, context = decode(
+                    topic=record.topic,
+                    key=record.key,
+                    value=record.value,
+                    headers=list(record.headers),
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+            except PermanentError:
+                return False
+            if not isinstance(event, subscription.event_cls):
+                return False
+            decoded.append((event, context))
+        fresh = []
+        ids: set[str] = set()  # an event twice in one batch (published again after a timeout) is handled once
+        for event, context in decoded:
+            if context.event_id in ids or await group.processed.seen(subscription.group, context.event_id):
+                continue
+            ids.add(context.event_id)
+            fresh.append((event, context))
+        if fresh:
+            await batch_handler(fresh)
+            for _, context in fresh:
+                await group.processed.mark(subscription.group, context.event_id)
+        self.stats.handled += len(fresh)
+        self.stats.duplicates_skipped += len(decoded) - len(fresh)
+        return True
 
     async def _dead_letter_undecodable(
         self,
@@ -650,13 +817,21 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _consume(self, consumer: AIOKafkaConsumer, committer: _OffsetCommitter) -> None:
         backoff = self.bus.retry.initial_backoff_s
+        batched = any(s.batch_handler is not None for s in self._by_topic.values())
+        max_records = BATCH_MAX_POLL_RECORDS if batched else MAX_POLL_RECORDS
         while not self.bus._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=MAX_POLL_RECORDS)
+            batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=max_records)
             # getmany only returns records of the current assignment; a rebalance from here on makes them stale.
             generation = self.generation
             failed = False
             for tp, records in batches.items():
-                for record in records:
+                if self.bus._stopping.is_set():
+                    return  # not committed: the next consumer of the group reads them
+                if self.subscription_for(tp.topic).batch_handler is not None and await self._process_batch(
+                    committer, records, generation
+                ):
+                    continue
+                for record in records:  # one at a time: a per-event subscription, or a batch not handled as one
                     if self.bus._stopping.is_set():
                         return  # not committed: the next consumer of the group reads it
                     outcome = await self._process(committer, record, generation)
@@ -690,6 +865,32 @@ class _GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 return _Outcome.FAILED
             committer.handled(record)
             return _Outcome.HANDLED
+
+    async def _process_batch(
+        self, committer: _OffsetCommitter, records: list[ConsumerRecord[bytes, bytes]], generation: int
+    ) -> bool:
+        """A partition's fetched records through the subscription's batch handler, then committed past the last.
+        False when they were not handled as one (stale, a record that is not an event, the handler raised): the
+        caller then takes them one at a time, with the usual retries and dead letters."""
+        async with self._in_flight:
+            if generation != self.generation:
+                return False
+            try:
+                handled = await self.bus._handle_batch(self, records)
+            except Exception as exc:  # noqa: BLE001 - logged, and each record is delivered on its own
+                log.warning(
+                    "group %s: batch of %d record(s) of %s[%d] from @%d failed (%r); delivering them one at a time",
+                    self.group_id,
+                    len(records),
+                    records[0].topic,
+                    records[0].partition,
+                    records[0].offset,
+                    exc,
+                )
+                return False
+            if handled:
+                committer.handled(records[-1])
+            return handled
 
 
 class _BroadcastConsumer:
@@ -912,3 +1113,31 @@ def _by_group(subscriptions: Iterable[Subscription]) -> dict[str, list[Subscript
             )
         members.append(subscription)
     return groups
+
+
+@dataclass
+class _OpenBatch:
+    """A record batch ``enqueue_many`` fills for one partition, and which of its records are in it."""
+
+    builder: BatchBuilder
+    indices: list[int] = field(default_factory=list)
+
+    @classmethod
+    def new(cls) -> _OpenBatch:
+        # ``producer.create_batch()`` would give the producer's batch size (16 KiB); the same builder, larger.
+        return cls(BatchBuilder(BATCH_BYTES, _NO_COMPRESSION))
+
+    def add(self, record: EncodedRecord) -> bool:
+        """Append ``record``; False when the batch is full."""
+        appended = self.builder.append(timestamp=None, key=record.key, value=record.value, headers=record.headers)
+        return appended is not None
+
+
+def _fits_a_batch(record: EncodedRecord) -> bool:
+    """Whether ``record`` is at most ``BATCH_RECORD_MAX_BYTES`` (its value is most of it: the rest is counted only
+    when the value alone is large)."""
+    size = len(record.value)
+    if size <= BATCH_RECORD_MAX_BYTES // 2:
+        return True
+    size += len(record.key or b"") + sum(len(name) + len(value) for name, value in record.headers)
+    return size <= BATCH_RECORD_MAX_BYTES
