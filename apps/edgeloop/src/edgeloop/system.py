@@ -34,6 +34,9 @@ MODEL_SERVER = "model-server"
 EDGE = "edge"
 # The web console (services/console): reads and asks the other services over HTTP; started by whoever wants it.
 CONSOLE = "console"
+# The federated service (services/federated): retrains the failure model across sites with Flower; not one of
+# SERVICES (only the telemetry demo and whoever wants it start it: it opens a Flower server for each training).
+FEDERATED = "federated"
 # The HTTP services in the order they start: each after the ones it calls (drift and the trainer call the
 # registry, the trainer calls ingest).
 SERVICES: tuple[str, ...] = ("registry", "ingest", "inference-gateway", "drift", "trainer", "deployer")
@@ -45,6 +48,7 @@ DOCUMENTED_PORTS: Mapping[str, int] = {
     "trainer": 8084,
     "drift": 8085,
     "deployer": 8086,
+    FEDERATED: 8088,
     CONSOLE: 8080,
     MODEL_SERVER: 8501,
     f"{MODEL_SERVER}-grpc": 8500,
@@ -59,6 +63,7 @@ _PACKAGES: Mapping[str, str] = {
     MODEL_SERVER: "edgeloop_model_server",
     EDGE: "edgeloop_edge",
     CONSOLE: "edgeloop_console",
+    FEDERATED: "edgeloop_federated",
 }
 # The services whose app takes no event bus: the edge talks to the cloud over HTTPS only (docs/edge.md).
 _WITHOUT_BUS: frozenset[str] = frozenset({EDGE, CONSOLE})
@@ -165,7 +170,8 @@ class System:
         elif service == "ingest":
             wiring = {"mqtt_client_id": f"edgeloop-ingest-{uuid.uuid4().hex[:8]}"}  # one session per run
         elif service == "inference-gateway":
-            wiring = {"metadata_refresh_s": 0.5} | _given(model_name=model_name)
+            # The registry gives each failure-model version's alert threshold.
+            wiring = {"metadata_refresh_s": 0.5} | _given(model_name=model_name, registry_url=urls.get("registry"))
             if MODEL_SERVER in urls:
                 wiring |= {"model_server_rest_url": urls[MODEL_SERVER], "model_server_grpc_target": urls["grpc"]}
         elif service == "drift":
@@ -173,6 +179,8 @@ class System:
         elif service == "trainer":
             wiring = _given(registry_url=urls.get("registry"), ingest_url=urls.get("ingest"), models=model_name)
             wiring |= _given(model_base=model_base)
+        elif service == FEDERATED:  # it exports versions where the model server loads them, registers them
+            wiring = _given(registry_url=urls.get("registry"), model_base=model_base)
         elif service == "deployer":
             wiring = _given(model_server_url=urls.get(MODEL_SERVER))  # the local target's model server
         elif service == EDGE:  # the deep model is the cloud gateway's; the uplink goes to ingest
