@@ -98,3 +98,47 @@ def test_the_user_kubeconfig_gains_and_loses_only_the_edgeloop_context(tmp_path:
     assert restored["clusters"] == [other]
     assert [c["name"] for c in restored["contexts"]] == ["prod"]
     assert user_config.stat().st_mode & 0o077 == 0  # it holds a private key
+
+
+def test_a_stopped_real_node_leaves_no_pod_network_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real node's pods' veths on the bridge, their `cni-*` namespaces and the IPAM leases go when the node
+    stops: a later node that hands out the same address would otherwise share it with a dead pod's namespace.
+    Real links and a real namespace on a bridge of the test's own."""
+    import shutil
+    import subprocess
+    import types
+    import uuid
+
+    from edgeloop.kube import node
+
+    if shutil.which("ip") is None:
+        pytest.skip("no iproute2")
+    if node.containerd_running():
+        pytest.skip("a real node is running here: its pods' namespaces are not this test's to remove")
+    suffix = uuid.uuid4().hex[:6]
+    bridge, host_side, namespace = f"eltb{suffix}", f"eltv{suffix}", f"cni-edgeloop-test-{suffix}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    monkeypatch.setattr(node, "BRIDGE", bridge)
+    ip("link", "add", bridge, "type", "bridge")
+    try:
+        ip("netns", "add", namespace)
+        ip("link", "add", host_side, "type", "veth", "peer", "name", f"eltp{suffix}", "netns", namespace)
+        ip("link", "set", host_side, "master", bridge)
+        leases = tmp_path / "cni" / "ipam" / "edgeloop"
+        leases.mkdir(parents=True)
+        (leases / "10.85.0.6").write_text("a dead pod's lease")
+        said: list[str] = []
+
+        node._remove_pod_networks(types.SimpleNamespace(root=tmp_path), said.append)  # type: ignore[arg-type]
+
+        links = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True)
+        assert links.stdout.strip() == ""
+        assert namespace not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not (tmp_path / "cni" / "ipam").exists()
+        assert said and "1 pod network link(s)" in said[0]
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)

@@ -18,6 +18,7 @@ identity, and lists it in the group's NodeGroup.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -308,6 +309,8 @@ def up(api: ApiClient, binaries: Binaries, pki: Pki, server: str, group: str, ec
     pki.ensure_cert(node_cert(name))
     kubeconfig.write(paths.root / "kubelet.kubeconfig", kubeconfig.kubeconfig(server, pki, f"kubelet-{name}"))
     kubeconfig.write(paths.root / "kube-proxy.kubeconfig", kubeconfig.kubeconfig(server, pki, "kube-proxy"))
+    if _running("containerd") is None:
+        _remove_pod_networks(paths, echo)  # what a node that was not stopped cleanly (or another checkout's) left
     _write_if_changed(paths.containerd_config, containerd_config(paths))
     _write_if_changed(paths.cni_conf_dir / "10-edgeloop.conflist", json.dumps(cni_config(paths), indent=2) + "\n")
     _write_if_changed(paths.root / "kubelet-config.yaml", yaml.safe_dump(kubelet_config(paths, pki, ports, group)))
@@ -397,6 +400,7 @@ def down(echo: Echo, api: ApiClient | None = None) -> list[str]:
         stopped.append("containerd")
     paths.pid("containerd").unlink(missing_ok=True)
     if stopped:
+        _remove_pod_networks(paths, echo)
         _unmount_under(paths.root, echo)
         _remove_kubelet_rules()
     if api is not None and name:
@@ -548,6 +552,31 @@ def _remove_containers(paths: NodePaths, echo: Echo) -> None:
             time.sleep(0.5)
     if tasks:
         echo(f"removed {len(tasks)} container(s) of the real node")
+
+
+def _remove_pod_networks(paths: NodePaths, echo: Echo) -> None:
+    """Remove what the bridge CNI made for the node's pods: their veths on the bridge, their network namespaces
+    (containerd's ``cni-*``) and the IPAM's leases. Killing the containers leaves all three, and the bridge is the
+    host's, not the checkout's: a node started later (here, or from another checkout with IPAM leases of its own)
+    hands a pod an address a dead pod's namespace still holds on the same bridge, and connections to the new pod
+    are refused (found by a fresh-clone CI run: the chart's model server never answered its startup probe)."""
+    listed = subprocess.run(
+        ["ip", "-o", "link", "show", "master", BRIDGE], capture_output=True, text=True, timeout=30, check=False
+    )
+    links = [line.split(":")[1].strip().split("@")[0] for line in listed.stdout.splitlines() if ":" in line]
+    for link in links:
+        subprocess.run(["ip", "link", "delete", link], capture_output=True, timeout=30, check=False)
+    namespaces = sorted(Path("/var/run/netns").glob("cni-*")) if Path("/var/run/netns").is_dir() else []
+    for namespace in namespaces:
+        deleted = subprocess.run(["ip", "netns", "delete", namespace.name], capture_output=True, timeout=30)
+        if deleted.returncode != 0:
+            # A mount this process cannot detach (another mount namespace holds it): the namespace stays, empty
+            # once its veth is gone, which is what matters.
+            with suppress(OSError):
+                namespace.unlink(missing_ok=True)
+    shutil.rmtree(paths.root / "cni" / "ipam", ignore_errors=True)
+    if links or namespaces:
+        echo(f"removed {len(links)} pod network link(s) and {len(namespaces)} network namespace(s) of the real node")
 
 
 def _unmount_under(root: Path, echo: Echo) -> None:
