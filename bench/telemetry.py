@@ -11,6 +11,8 @@ Every section runs against the real components, with a failure model trained on 
 * ``pipeline``: readings/s through ingest -> scoring, as deployed: simulated sensors publish over MQTT (QoS 1) to
   Mosquitto; ``edgeloop ingest`` (its own process) validates and publishes TelemetryReceived on Kafka;
   ``edgeloop inference-gateway`` (its own process) scores them and publishes TelemetryScored on Kafka, read here.
+  Run once per ``--samples-per-message`` value: 1, a message per reading; N, each device sends its readings in
+  batches of N samples per message (docs/telemetry.md), as devices that wake their radio now and then do.
   Throughput: scored readings / (last TelemetryScored - first publish); latency: publish -> TelemetryScored's
   ``scored_at``, p50/p99 (the sensors stamp ``measured_at`` when they publish); and the CPU time per reading of
   ingest, the gateway and this process (the sensors and the reader; Kafka, Mosquitto and the model server are not
@@ -22,6 +24,7 @@ Target (issue 14): >= 5,000 readings/s through ingest -> scoring on 2 cores, wit
     .venv/bin/python bench/telemetry.py --sections federated          # federated vs centralised, FedAvg and FedProx
     .venv/bin/python bench/telemetry.py --sections scoring --rate 5000
     .venv/bin/python bench/telemetry.py --sections pipeline --devices 300 --readings 40000
+    .venv/bin/python bench/telemetry.py --sections pipeline --samples-per-message 1,5,10,30
 
 A section is a function of the parsed arguments returning a dict of figures, printed and written into
 ``--json`` (``SECTIONS``).
@@ -217,12 +220,36 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _messages(
+    readings: list[tuple[str, dict[str, float], str | None]], samples_per_message: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The sensors' messages, in order: a message per reading, or each device's readings in batches of
+    ``samples_per_message`` samples (docs/telemetry.md), the last ones flushed at the end. Each stamped now."""
+    unsent: dict[str, list[dict[str, Any]]] = {}
+    for device, values, event in readings:
+        sample: dict[str, Any] = {"measured_at": datetime.now(UTC).isoformat(), "readings": values}
+        if event:
+            sample["machine_event"] = event
+        if samples_per_message == 1:
+            yield device, sample
+            continue
+        batch = unsent.setdefault(device, [])
+        batch.append(sample)
+        if len(batch) == samples_per_message:
+            yield device, {"samples": batch}
+            unsent[device] = []
+    for device, batch in unsent.items():
+        if batch:
+            yield device, {"samples": batch}
+
+
 async def _pipeline(
     prefix: str,
     readings: list[tuple[str, dict[str, float], str | None]],
     expected: int,
     timeout_s: float,
     pids: dict[str, int],
+    samples_per_message: int,
 ) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer
     from edgeloop_common import topics
@@ -263,12 +290,9 @@ async def _pipeline(
     # Where the CPU goes (the services' processes, and this one's sensors and reader), per reading.
     cpu_before = {name: process_cpu_s(pid) for name, pid in pids.items()} | {"bench": time.process_time()}
     acks = []
-    for index, (device, values_, event) in enumerate(readings):
-        message: dict[str, Any] = {"measured_at": datetime.now(UTC).isoformat(), "readings": values_}
-        if event:
-            message["machine_event"] = event
+    for index, (device, message) in enumerate(_messages(readings, samples_per_message)):
         acks.append(sensors.publish(f"dt/edgeloop/bench-site/{device}/telemetry", json.dumps(message), qos=1))
-        if index % 200 == 199:
+        if index % max(1, 200 // samples_per_message) == 0:
             await asyncio.sleep(0)
     await asyncio.gather(*acks)
     published = time.time()
@@ -289,6 +313,7 @@ async def _pipeline(
     last = max(arrived, default=started)
     ingested = max(received, default=started)
     return {
+        "samples_per_message": samples_per_message,
         "readings": len(readings),
         "scored": len(values),
         "publish_seconds": round(published - started, 3),
@@ -307,6 +332,8 @@ async def _pipeline(
 
 
 def pipeline_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline once per ``--samples-per-message`` value (a message per reading; devices' batches), each with
+    fresh services, topics and sensors; the target is judged on each."""
     from edgeloop_common.telemetry.features import WINDOW_READINGS, DeviceWindows
 
     readings = simulated_readings(args.devices, args.readings)
@@ -318,26 +345,34 @@ def pipeline_section(args: argparse.Namespace) -> dict[str, Any]:
         elif windows.add("bench-site", device, values) is not None:
             expected += 1
     threshold = float(failure_model_metadata(args.model_base)["metrics"]["threshold"])
-    with (
-        model_server(args.model_base, FAILURE_MODEL_NAME, args.server_threads) as (rest_url, _grpc),
-        services(rest_url, threshold) as deployed,
-    ):
-        figures = asyncio.run(_pipeline(deployed["prefix"], readings, expected, args.timeout_s, deployed["pids"]))
-    figures["expected_scored"] = expected
-    figures["window_readings"] = WINDOW_READINGS
-    verdict = "PASS" if figures["readings_per_s"] >= TARGET_READINGS_PER_S and figures["scored"] == expected else "MISS"
-    figures["verdict"] = verdict
-    print(
-        f"pipeline (MQTT -> ingest -> Kafka -> gateway scoring -> Kafka; {args.devices} devices): "
-        f"{figures['readings']:,} readings, {figures['scored']:,}/{expected:,} scored in {figures['seconds']} s = "
-        f"{figures['readings_per_s']:,.0f} readings/s (published in {figures['publish_seconds']} s, all on Kafka "
-        f"after {figures['ingest_seconds']} s: ingest {figures['ingest_readings_per_s']:,.0f}/s); publish -> "
-        f"scored p50 {figures['publish_to_scored_p50_ms']} ms, p99 {figures['publish_to_scored_p99_ms']} ms: "
-        f"{verdict} (target >= {TARGET_READINGS_PER_S:,.0f}/s); CPU per reading: "
-        + ", ".join(f"{name} {us} µs" for name, us in figures["cpu_us_per_reading"].items())
-        + f" (load average {os.getloadavg()[0]:.2f})"
-    )
-    return figures
+    runs: dict[str, Any] = {}
+    with model_server(args.model_base, FAILURE_MODEL_NAME, args.server_threads) as (rest_url, _grpc):
+        for samples_per_message in args.samples_per_message:
+            with services(rest_url, threshold) as deployed:
+                figures = asyncio.run(
+                    _pipeline(
+                        deployed["prefix"], readings, expected, args.timeout_s, deployed["pids"], samples_per_message
+                    )
+                )
+            figures["expected_scored"] = expected
+            figures["window_readings"] = WINDOW_READINGS
+            passed = figures["readings_per_s"] >= TARGET_READINGS_PER_S and figures["scored"] == expected
+            figures["verdict"] = "PASS" if passed else "MISS"
+            shape = "a message per reading" if samples_per_message == 1 else f"{samples_per_message} samples/message"
+            print(
+                f"pipeline (MQTT -> ingest -> Kafka -> gateway scoring -> Kafka; {args.devices} devices, {shape}): "
+                f"{figures['readings']:,} readings, {figures['scored']:,}/{expected:,} scored in "
+                f"{figures['seconds']} s = {figures['readings_per_s']:,.0f} readings/s (published in "
+                f"{figures['publish_seconds']} s, all on "
+                f"Kafka after {figures['ingest_seconds']} s: ingest {figures['ingest_readings_per_s']:,.0f}/s); "
+                f"publish -> scored p50 {figures['publish_to_scored_p50_ms']} ms, p99 "
+                f"{figures['publish_to_scored_p99_ms']} ms: {figures['verdict']} (target >= "
+                f"{TARGET_READINGS_PER_S:,.0f}/s); CPU per reading: "
+                + ", ".join(f"{name} {us} µs" for name, us in figures["cpu_us_per_reading"].items())
+                + f" (load average {os.getloadavg()[0]:.2f})"
+            )
+            runs[f"samples_per_message_{samples_per_message}"] = figures
+    return runs
 
 
 def federated_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -366,9 +401,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--server-threads", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=180.0, help="pipeline: longest wait for the scores")
+    parser.add_argument(
+        "--samples-per-message",
+        default="1,10",
+        help="pipeline: comma separated; a run per value: 1 = a message per reading, N = each device's readings in "
+        "batches of N samples per message",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    args.samples_per_message = [int(value) for value in args.samples_per_message.split(",") if value.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")

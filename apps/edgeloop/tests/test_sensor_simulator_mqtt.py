@@ -13,6 +13,7 @@ from edgeloop.main import app
 from edgeloop_common import topics
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient
 from edgeloop_common.telemetry.features import SIGNALS
+from edgeloop_common.telemetry.messages import parse_telemetry_samples
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.mqtt
@@ -127,3 +128,36 @@ def test_cli_refuses_unknown_profile_and_change() -> None:
         assert result.exit_code == 2 and value in result.output
     camera_without_images = CliRunner().invoke(app, ["device", "simulate", "--site", "s", "--device", "d"])
     assert camera_without_images.exit_code == 2 and "--images is needed" in camera_without_images.output
+
+
+def test_cli_sends_batches_of_samples_the_same_readings_in_fewer_messages(
+    mqtt_broker: tuple[str, int], site: str
+) -> None:
+    host, port = mqtt_broker
+
+    async def run_cli(samples_per_message: int) -> tuple[str, int, Listener]:
+        listener = Listener(host, port, site)
+        await listener.start()
+        args = ["device", "simulate", "--kind", "sensor", "--site", site, "--device", "mill", "--devices", "3"]
+        args += ["--rate", "0", "--count", "25", "--seed", "4", "--mqtt-host", host, "--mqtt-port", str(port)]
+        args += ["--samples-per-message", str(samples_per_message), "--timeout", "10"]
+        result = await asyncio.to_thread(CliRunner().invoke, app, args)
+        await asyncio.sleep(0.2)
+        await listener.client.close()
+        return result.output, result.exit_code, listener
+
+    output, code, batched = asyncio.run(run_cli(10))
+    assert code == 0, output
+    _, _, single = asyncio.run(run_cli(1))
+    # 25 readings of each of 3 machines: batches of 10, 10 and the last 5, each parsed as ingest parses it.
+    assert len(batched.received) == 9
+    samples = {
+        device: [s for d, m in batched.received if d == device for s in parse_telemetry_samples(json.dumps(m).encode())]
+        for device in ("mill-000", "mill-001", "mill-002")
+    }
+    assert [len(each) for each in samples.values()] == [25, 25, 25]
+    for device, taken in samples.items():
+        assert [s.readings for s in taken] == [m["readings"] for d, m in single.received if d == device]
+        times = [s.measured_at for s in taken]
+        assert times == sorted(times)  # type: ignore[type-var]
+    assert "sent 75 readings, acked 75" in output

@@ -369,6 +369,43 @@ async def test_kafka_failing_mid_batch_loses_nothing_and_keeps_each_devices_orde
         assert sequence == sorted(sequence), f"{device}'s readings in the order it sent them"
 
 
+def batch_of(first: int, count: int) -> bytes:
+    samples = [
+        {"measured_at": f"2026-12-03T10:00:{(first + i) % 60:02d}+00:00", "readings": {"seq": first + i}}
+        for i in range(count)
+    ]
+    return json.dumps({"samples": samples}).encode()
+
+
+async def test_a_batch_message_is_acknowledged_once_every_sample_is_on_kafka(rig: Rig) -> None:
+    rig.bus.hold_acks = True
+    rig.send("dt/edgeloop/site-b/pump-1/telemetry", batch_of(0, 30), tag="batch-1")
+    rig.send("dt/edgeloop/site-b/pump-1/telemetry", batch_of(30, 30), tag="batch-2")
+    await wait_for(lambda: rig.bus.held == 60, what="both batches' samples handed to the bus")
+
+    assert rig.acked == []  # not before Kafka acknowledged every sample of the message
+    await rig.bus.release_acks()
+    await rig.wait_acked(2)
+    assert rig.acked == ["batch-1", "batch-2"]
+    events = [e for e in rig.bus.events_of(TelemetryReceived) if isinstance(e, TelemetryReceived)]
+    assert [int(e.readings["seq"] or 0) for e in events] == list(range(60))
+    assert rig.metric("edgeloop_bridge_messages_total", kind="telemetry", outcome="published") == 2
+
+
+async def test_kafka_failing_inside_a_batch_keeps_the_rest_on_disk_and_acknowledges_the_message_once(rig: Rig) -> None:
+    rig.bus.take_before_down = 12  # Kafka takes 12 of the batch's 30 samples, then goes away
+    rig.send("dt/edgeloop/site-b/pump-1/telemetry", batch_of(0, 30), tag="batch")
+    await rig.wait_acked(1)  # durable: 12 in Kafka, 18 on disk
+
+    assert rig.acked == ["batch"]
+    assert rig.bridge.buffered_count == 18
+    rig.bus.take_before_down = None
+    rig.bus.down = False
+    await wait_for(lambda: rig.bridge.buffered_count == 0, what="the buffer to drain")
+    events = [e for e in rig.bus.events_of(TelemetryReceived) if isinstance(e, TelemetryReceived)]
+    assert [int(e.readings["seq"] or 0) for e in events] == list(range(30))  # each once, in order
+
+
 class FlakyBlobStore(LocalBlobStore):
     """A blob store whose disk fails the first ``failures`` writes (full disk, unmounted volume)."""
 

@@ -213,6 +213,38 @@ async def test_hostile_payloads_become_dead_letters_with_reasons_and_the_next_ph
     assert json.loads(image.value)["image"]["sha256"] == hashlib.sha256(photo).hexdigest()
 
 
+async def test_a_devices_batch_of_samples_becomes_one_event_per_sample_in_order_and_a_bad_batch_one_dead_letter(
+    ingest: Ingest, mqtt_broker: tuple[str, int], kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A sensor sending 40 samples in one message (docs/telemetry.md), through mosquitto_pub as any device would."""
+    samples = [
+        {"measured_at": f"2026-12-03T10:00:{second:02d}+00:00", "readings": {"seq": second, "rpm": 1480 - second}}
+        for second in range(40)
+    ]
+    samples[-1]["machine_event"] = "failure"
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps({"samples": samples}))
+    await mosquitto_pub(mqtt_broker, f"dt/edgeloop/{ingest.site}/pump-9/telemetry", batch)
+    bad = {"samples": [*samples[:3], {"measured_at": "2026-12-03T10:01:00+00:00", "readings": {"rpm": [1]}}]}
+    batch.write_text(json.dumps(bad))
+    await mosquitto_pub(mqtt_broker, f"dt/edgeloop/{ingest.site}/pump-9/telemetry", batch)
+
+    records = await read_topic_records(
+        kafka_bootstrap, ingest.topic(topics.TELEMETRY_RECEIVED), count=40, where=of_site(ingest.site)
+    )
+    events = [json.loads(record.value) for record in records]
+    assert [event["readings"]["seq"] for event in events] == list(range(40))  # every sample, in the device's order
+    assert {record.key for record in records} == {b"pump-9"}
+    assert events[5]["measured_at"].startswith("2026-12-03T10:00:05")
+    assert [event.get("machine_event") for event in events][-2:] == [None, "failure"]
+    assert len({dict(record.headers)["ce_id"] for record in records}) == 40
+    [letter] = await read_topic_records(
+        kafka_bootstrap, ingest.topic(topics.DEAD_LETTER), count=1, where=of_site(ingest.site)
+    )
+    assert "samples[3]: reading 'rpm' must be a number" in json.loads(letter.value)["reason"]
+    assert base64.b64decode(json.loads(letter.value)["original_value_b64"]) == batch.read_bytes()  # kept whole
+
+
 async def _metric(port: int, name: str) -> float | None:
     try:
         async with httpx.AsyncClient(timeout=2) as http:

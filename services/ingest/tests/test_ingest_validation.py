@@ -118,7 +118,7 @@ def test_format_is_sniffed_not_trusted(photos: list[Path]) -> None:
 
 
 def test_telemetry_with_readings_and_time() -> None:
-    telemetry = parse_telemetry(
+    [telemetry] = parse_telemetry(
         b'{"readings": {"temperature_c": 21.5, "door": "open", "motion": true}, "measured_at": "2025-01-02T03:04:05Z"}',
         max_bytes=65536,
     )
@@ -127,23 +127,35 @@ def test_telemetry_with_readings_and_time() -> None:
 
 
 def test_flat_telemetry_object_is_readings() -> None:
-    telemetry = parse_telemetry(b'{"temperature_c": 20, "battery": 0.8}', max_bytes=65536)
+    [telemetry] = parse_telemetry(b'{"temperature_c": 20, "battery": 0.8}', max_bytes=65536)
     assert telemetry.readings == {"temperature_c": 20, "battery": 0.8}
     assert telemetry.measured_at is None
 
 
 @pytest.mark.parametrize("machine_event", ["failure", "maintenance"])
 def test_telemetry_carries_a_machine_event(machine_event: str) -> None:
-    nested = parse_telemetry(
+    [nested] = parse_telemetry(
         b'{"readings": {"rpm": 1480}, "machine_event": "%s"}' % machine_event.encode(), max_bytes=65536
     )
-    flat = parse_telemetry(b'{"rpm": 1480, "machine_event": "%s"}' % machine_event.encode(), max_bytes=65536)
+    [flat] = parse_telemetry(b'{"rpm": 1480, "machine_event": "%s"}' % machine_event.encode(), max_bytes=65536)
     assert nested.machine_event == flat.machine_event == machine_event
     assert nested.readings == flat.readings == {"rpm": 1480}  # the label is not a reading
 
 
 def test_telemetry_without_machine_event_has_none() -> None:
-    assert parse_telemetry(b'{"readings": {"rpm": 1480}}', max_bytes=65536).machine_event is None
+    assert parse_telemetry(b'{"readings": {"rpm": 1480}}', max_bytes=65536)[0].machine_event is None
+
+
+def test_a_batch_of_samples_is_taken_in_order_each_with_its_time_and_event() -> None:
+    samples = parse_telemetry(
+        b'{"samples": [{"measured_at": "2025-01-02T03:04:05Z", "readings": {"rpm": 1480}},'
+        b' {"measured_at": "2025-01-02T03:04:06Z", "readings": {"rpm": 1475, "ok": true}, "machine_event": "failure"},'
+        b' {"measured_at": "2025-01-02T03:04:07+01:00", "readings": {"rpm": 0}}]}',
+        max_bytes=65536,
+    )
+    assert [sample.readings for sample in samples] == [{"rpm": 1480}, {"rpm": 1475, "ok": True}, {"rpm": 0}]
+    assert [sample.machine_event for sample in samples] == [None, "failure", None]
+    assert [sample.measured_at.second for sample in samples if sample.measured_at] == [5, 6, 7]
 
 
 @pytest.mark.parametrize(
@@ -163,9 +175,26 @@ def test_telemetry_without_machine_event_has_none() -> None:
         (b'{"readings": {"t": 1}, "machine_event": "exploded"}', "'machine_event' must be one of 'failure'"),
         (b'{"t": 1, "machine_event": 1}', "'machine_event' must be one of"),
         (b'{"readings": {"t": 1}, "machine_event": ["failure"]}', "'machine_event' must be one of"),
+        # A batch is taken or refused whole; the reason names the sample.
+        (b'{"samples": []}', "non-empty JSON array"),
+        (b'{"samples": {"t": 1}}', "non-empty JSON array"),
+        (b'{"samples": [{"measured_at": "2025-01-02T03:04:05Z", "readings": {"t": 1}}], "site": "x"}', "beside"),
+        (
+            b'{"samples": [{"measured_at": "2025-01-02T03:04:05Z", "readings": {"t": 1}}, {"readings": {"t": 2}}]}',
+            "samples[1]: a sample must be a JSON object with 'measured_at' and 'readings'",
+        ),
+        (b'{"samples": [{"measured_at": "2025-01-02T03:04:05Z", "t": 1}]}', "samples[0]: a sample must be"),
+        (b'{"samples": [{"measured_at": "2025-01-02T03:04:05Z", "readings": {"t": NaN}}]}', "samples[0]: reading 't'"),
+        (b'{"samples": [{"measured_at": "soon", "readings": {"t": 1}}]}', "samples[0]: 'measured_at'"),
+        (
+            b'{"samples": ['
+            + b",".join([b'{"measured_at": "2025-01-02T03:04:05Z", "readings": {"t": 1}}'] * 1001)
+            + b"]}",
+            "the limit is 1000",
+        ),
     ],
 )
 def test_bad_telemetry_is_refused_with_reason(payload: bytes, words: str) -> None:
     with pytest.raises(RejectedInput) as caught:
-        parse_telemetry(payload, max_bytes=65536)
+        parse_telemetry(payload, max_bytes=128 * 1024)
     assert words in caught.value.reason

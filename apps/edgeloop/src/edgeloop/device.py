@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -39,6 +40,7 @@ from edgeloop_common import topics
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient, MqttUnavailableError
 from edgeloop_common.mqtt_auth import MqttAuth
 from edgeloop_common.settings import CommonSettings
+from edgeloop_common.telemetry.messages import MAX_SAMPLES
 from edgeloop_common.tracing import new_traceparent, trace_id
 
 from edgeloop import sensors
@@ -311,6 +313,9 @@ class SensorSimulatorConfig:
     """How long to wait for the broker's acknowledgements after the last reading."""
     linger_s: float = 1.0
     """How long to keep listening for alerts after the last acknowledgement."""
+    samples_per_message: int = 1
+    """Each device sends this many readings in one message (a batch of samples, docs/telemetry.md), as a device
+    that wakes its radio now and then would; 1: a message per reading."""
 
 
 @dataclass(frozen=True)
@@ -359,8 +364,9 @@ class SensorSimulator:
             topics.mqtt_topic(topics.MQTT_ALERT, site=config.site, device=name): name for name in names
         }
         self._stop = asyncio.Event()
-        self._unacked = 0
+        self._unacked = 0  # readings sent and not acknowledged yet
         self._acks_done = asyncio.Event()
+        self._unsent: dict[str, list[dict[str, Any]]] = {name: [] for name in names}  # a batch being filled
 
     @property
     def devices(self) -> list[str]:
@@ -394,6 +400,8 @@ class SensorSimulator:
                 step += 1
                 if config.rate <= 0 and step % 50 == 0:
                     await asyncio.sleep(0)  # let acknowledgements and alerts in
+            for device in self._unsent:  # what the batches being filled hold goes out before the end
+                self._send(client, device)
             if self._unacked:
                 self._acks_done.clear()
                 with contextlib.suppress(TimeoutError):
@@ -410,24 +418,33 @@ class SensorSimulator:
 
     def _publish_step(self, client: AsyncMqttClient) -> None:
         for record in self.fleet.step(datetime.now(UTC)):
-            message: dict[str, Any] = {"measured_at": record.measured_at.isoformat(), "readings": record.readings}
+            sample: dict[str, Any] = {"measured_at": record.measured_at.isoformat(), "readings": record.readings}
             if record.machine_event is not None:
-                message["machine_event"] = record.machine_event
+                sample["machine_event"] = record.machine_event
                 if record.machine_event == "failure":
                     self.summary.failures += 1
                 else:
                     self.summary.maintenances += 1
-            acked = client.publish(
-                self.telemetry_topics[record.device_id], json.dumps(message).encode(), qos=self.config.qos
-            )
-            self._unacked += 1
-            acked.add_done_callback(self._count_ack)
-            self.summary.sent += 1
+            self._unsent[record.device_id].append(sample)
+            if len(self._unsent[record.device_id]) >= self.config.samples_per_message:
+                self._send(client, record.device_id)
 
-    def _count_ack(self, acked: asyncio.Future[None]) -> None:
-        self._unacked -= 1
+    def _send(self, client: AsyncMqttClient, device: str) -> None:
+        """The device's readings not sent yet: one message (a batch of samples when there are several)."""
+        samples = self._unsent[device]
+        if not samples:
+            return
+        self._unsent[device] = []
+        message = samples[0] if self.config.samples_per_message == 1 else {"samples": samples}
+        acked = client.publish(self.telemetry_topics[device], json.dumps(message).encode(), qos=self.config.qos)
+        self._unacked += len(samples)
+        self.summary.sent += len(samples)
+        acked.add_done_callback(functools.partial(self._count_ack, len(samples)))
+
+    def _count_ack(self, readings: int, acked: asyncio.Future[None]) -> None:
+        self._unacked -= readings
         if not acked.cancelled() and acked.exception() is None:
-            self.summary.acked += 1
+            self.summary.acked += readings
         if self._unacked == 0:
             self._acks_done.set()
 
@@ -506,6 +523,15 @@ def simulate(
         int, typer.Option("--change-at", min=0, help="Sensor: the change applies from this reading on.")
     ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Sensor: seed of the machines' wear and noise.")] = 0,
+    samples_per_message: Annotated[
+        int,
+        typer.Option(
+            "--samples-per-message",
+            min=1,
+            max=MAX_SAMPLES,
+            help="Sensor: readings each device sends in one message (a batch of samples); 1: one per message.",
+        ),
+    ] = 1,
     loop: Annotated[bool, typer.Option("--loop", help="Start over at the first image after the last.")] = False,
     mqtt_host: Annotated[str | None, typer.Option("--mqtt-host", help="Broker host [EDGELOOP_MQTT_HOST].")] = None,
     mqtt_port: Annotated[int | None, typer.Option("--mqtt-port", help="Broker port [EDGELOOP_MQTT_PORT].")] = None,
@@ -570,6 +596,7 @@ def simulate(
             auth=auth,
             qos=qos,
             timeout_s=timeout,
+            samples_per_message=samples_per_message,
         )
         try:
             sensor_summary = asyncio.run(_simulate_sensors(sensor_config))

@@ -234,9 +234,12 @@ def _mqtt_channels() -> list[tuple[str, dict[str, Any], tuple[str, ...], str, st
         (
             "deviceTelemetry",
             _mqtt_channel(
-                topics.MQTT_TELEMETRY, "Device telemetry", "Sensor readings from a device.", ("DeviceTelemetry",)
+                topics.MQTT_TELEMETRY,
+                "Device telemetry",
+                "Sensor readings from a device: one sample, or a batch of samples.",
+                ("DeviceTelemetry", "DeviceTelemetryBatch"),
             ),
-            ("DeviceTelemetry",),
+            ("DeviceTelemetry", "DeviceTelemetryBatch"),
             "receiveDeviceTelemetry",
             "receive",
         ),

@@ -12,16 +12,36 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeloop_common.events import ImageQuality, JsonScalar
+from edgeloop_common.events import ImageQuality, JsonScalar, MachineEvent
+from edgeloop_common.telemetry.messages import MAX_SAMPLES
 
 
 class DeviceTelemetry(BaseModel):
-    """JSON a device publishes on its telemetry topic: named scalar readings, optionally when it measured them."""
+    """JSON a device publishes on its telemetry topic: named scalar readings, optionally when it measured them.
+    (A flat object of readings is taken too; docs/telemetry.md.)"""
 
     model_config = ConfigDict(extra="forbid")
 
-    readings: dict[str, JsonScalar] = Field(description="reading name -> value (number, string, boolean or null)")
+    readings: dict[str, JsonScalar] = Field(description="reading name -> value (number, string or boolean)")
     measured_at: datetime | None = Field(default=None, description="when the device measured; default: received time")
+    machine_event: MachineEvent | None = Field(
+        default=None, description="the machine broke down (failure) or was serviced (maintenance) with this reading"
+    )
+
+
+class DeviceTelemetrySample(DeviceTelemetry):
+    """One sample of a batch: its time is required."""
+
+    measured_at: datetime = Field(description="when the device measured")  # type: ignore[assignment]
+
+
+class DeviceTelemetryBatch(BaseModel):
+    """Readings a device collected before sending, oldest first, as one message: taken or refused whole (a bad
+    sample refuses the message, its index in the dead letter's reason)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: list[DeviceTelemetrySample] = Field(min_length=1, max_length=MAX_SAMPLES)
 
 
 class DeviceResult(BaseModel):
@@ -57,4 +77,4 @@ class CaptureCommand(BaseModel):
     request_id: str | None = Field(default=None, description="echoed in the logs of the image it leads to")
 
 
-DEVICE_MODELS: tuple[type[BaseModel], ...] = (DeviceTelemetry, DeviceResult, CaptureCommand)
+DEVICE_MODELS: tuple[type[BaseModel], ...] = (DeviceTelemetry, DeviceTelemetryBatch, DeviceResult, CaptureCommand)

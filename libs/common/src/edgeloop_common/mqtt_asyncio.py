@@ -42,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_common.mqtt_auth import MqttAuth
+from edgeloop_common.mqtt_paho import SyscallThriftyClient
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +180,13 @@ class AsyncMqttClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._closing = False
 
-    def _make_client(self, max_inflight: int, connect_timeout_s: float) -> mqtt.Client:
+    def _make_client(self, max_inflight: int, connect_timeout_s: float) -> SyscallThriftyClient:
         if self.protocol == "5":  # MQTT 5 keeps the session with clean_start and the expiry interval (connect)
-            client = mqtt.Client(
+            client = SyscallThriftyClient(
                 CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=self.manual_ack
             )
         else:
-            client = mqtt.Client(
+            client = SyscallThriftyClient(
                 CallbackAPIVersion.VERSION2,
                 client_id=self.client_id,
                 protocol=mqtt.MQTTv311,
@@ -467,7 +468,10 @@ class AsyncMqttClient:
         for _ in range(self.read_burst):
             received_before = self._messages_received
             if self._client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._messages_received == received_before:
-                return
+                break
+        # Packets already read into the client's buffer no longer make the socket readable: take them next.
+        if self._client.buffered_bytes() and not self._reading_paused:
+            self._require_loop().call_soon(self._read)
 
     def _write(self) -> None:
         self._client.loop_write()

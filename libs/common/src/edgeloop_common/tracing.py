@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-import secrets
+
+from edgeloop_common.ids import random_hex
 
 _TRACEPARENT = re.compile(r"^00-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})$")
 
 
 def new_traceparent(trace_id: str | None = None) -> str:
     """A ``traceparent`` with a fresh span id, continuing ``trace_id`` when given."""
-    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    return f"00-{trace_id or random_hex(16)}-{random_hex(8)}-01"
 
 
 def child_traceparent(parent: str | None) -> str:

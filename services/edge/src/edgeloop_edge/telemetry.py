@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 from edgeloop_common.mqtt_asyncio import ReceivedMessage
 from edgeloop_common.telemetry.history import SiteHistory
-from edgeloop_common.telemetry.messages import InvalidTelemetryError, TelemetryMessage, parse_telemetry_message
+from edgeloop_common.telemetry.messages import InvalidTelemetryError, TelemetryMessage, parse_telemetry_samples
 from edgeloop_common.telemetry.scoring import ScoredReading, TelemetryScorer
 from edgeloop_common.topics import MQTT_ALERT, mqtt_topic, parse_device_topic
 from edgeloop_common.uplink import RECORD_PART, UPLINK_PATH, ScoredTelemetryRecord, UplinkAnswer
@@ -171,7 +171,8 @@ class EdgeTelemetry:
                 rejected.append((message, "unknown", f"not a telemetry topic of site {self.site_id!r}"))
                 continue
             try:
-                accepted.append((where.device_id, parse_telemetry_message(message.payload, max_bytes=self.max_bytes)))
+                samples = parse_telemetry_samples(message.payload, max_bytes=self.max_bytes)  # one, or a batch
+                accepted.extend((where.device_id, sample) for sample in samples)
             except InvalidTelemetryError as exc:
                 rejected.append((message, where.device_id, f"{exc.code}: {exc.reason}"))
         if accepted:

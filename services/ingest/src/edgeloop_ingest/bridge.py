@@ -33,6 +33,7 @@ from edgeloop_common.bus.base import BusUnavailableError, EventBus, Outgoing, Pe
 from edgeloop_ingest.adapters.disk_buffer import DiskBuffer
 from edgeloop_ingest.metrics import IngestMetrics
 from edgeloop_ingest.service import (
+    Accepted,
     DeviceMessage,
     IngestService,
     Outcome,
@@ -48,12 +49,15 @@ OnDurable = Callable[[Outcome], None]
 
 @dataclass
 class _Pending:
+    """One event on its way (a telemetry batch's message has one per sample, in order)."""
+
     message: DeviceMessage
     outcome: Outcome
     publication: Publication
     on_durable: OnDurable
     kafka_ack: asyncio.Future[Any] | None = None  # None: the event goes to the disk buffer
     enqueued_at: float = field(default_factory=time.perf_counter)
+    completes_message: bool = True  # the message's last event: once it is durable, so are the others (in order)
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,11 @@ class Bridge:
             if outcome.publication is None:  # an HTTP rejection: the client gets the reason, nothing to publish
                 self._complete(message, outcome, on_durable, "rejected")
                 continue
-            entries.append(_Pending(message, outcome, outcome.publication, on_durable))
+            publications = outcome.publications if isinstance(outcome, Accepted) else (outcome.publication,)
+            for index, publication in enumerate(publications, start=1):
+                entries.append(
+                    _Pending(message, outcome, publication, on_durable, completes_message=index == len(publications))
+                )
         if not self._buffering and entries:
             outgoing = [Outgoing(p.event, p.key, p.event_id, p.traceparent) for p in (e.publication for e in entries)]
             try:
@@ -302,7 +310,8 @@ class Bridge:
             head = self._pending[0]
             if head.kafka_ack is not None and await self._kafka_acknowledged(head):
                 self._pending.popleft()
-                self._complete(head.message, head.outcome, head.on_durable, "published")
+                if head.completes_message:
+                    self._complete(head.message, head.outcome, head.on_durable, "published")
                 continue
             await self._buffer_run()
 
@@ -349,7 +358,8 @@ class Bridge:
         for _ in run:
             self._pending.popleft()
         for entry in run:
-            self._complete(entry.message, entry.outcome, entry.on_durable, "buffered")
+            if entry.completes_message:
+                self._complete(entry.message, entry.outcome, entry.on_durable, "buffered")
         self._drain_wanted.set()
 
     async def _append_to_buffer(self, publications: list[Publication]) -> None:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from edgeloop_common.events import BlobRef, DeadLetter, Event, ImageFormat, ImageReceived, Ingress, TelemetryReceived
+from edgeloop_common.ids import random_uuid_str
 from edgeloop_common.tracing import new_traceparent
 
 from edgeloop_ingest.blobs import BlobStore, sha256_hex
@@ -106,10 +107,17 @@ class Publication:
 @dataclass(frozen=True)
 class Accepted:
     publication: Publication
+    # A telemetry batch's later samples' events, published after ``publication`` in order; the message is
+    # acknowledged once all are durable.
+    more_publications: tuple[Publication, ...] = ()
     new_sample: SampleRecord | None = None  # to record before publishing; None for telemetry and redeliveries
     blob: bytes | None = field(default=None, repr=False)  # the new sample's image, stored by ``record``
     sample: SampleRecord | None = None
     redelivery: bool = False
+
+    @property
+    def publications(self) -> tuple[Publication, ...]:
+        return (self.publication, *self.more_publications)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ class IngestService:
         outcome = self._prepare(message)
         publication = outcome.publication
         if message.traceparent is None or publication is None or publication.traceparent == message.traceparent:
-            return outcome
+            return outcome  # (a telemetry batch's publications all carry the message's trace already)
         return replace(outcome, publication=replace(publication, traceparent=message.traceparent))
 
     def _prepare(self, message: DeviceMessage) -> Outcome:
@@ -224,21 +232,28 @@ class IngestService:
         return Accepted(publication=image_publication(record), new_sample=record, sample=record, blob=message.payload)
 
     def _accept_telemetry(self, message: DeviceMessage, *, device_id: str, site_id: str) -> Accepted:
-        telemetry = parse_telemetry(message.payload, max_bytes=self.max_telemetry_bytes)
-        event = TelemetryReceived(
-            device_id=device_id,
-            site_id=site_id,
-            received_at=message.received_at,
-            measured_at=telemetry.measured_at,
-            readings=telemetry.readings,
-            mqtt_topic=message.mqtt_topic,
-            machine_event=telemetry.machine_event,
-        )
+        """A TelemetryReceived per sample (a batch's in order, on the device's key), all in the message's trace."""
+        samples = parse_telemetry(message.payload, max_bytes=self.max_telemetry_bytes)
         # The message's trace from the start (``prepare`` would otherwise copy the outcome to set it).
         traceparent = message.traceparent or new_traceparent()
-        return Accepted(
-            publication=Publication(event=event, event_id=str(uuid.uuid4()), key=device_id, traceparent=traceparent)
-        )
+        publications = [
+            Publication(
+                event=TelemetryReceived(
+                    device_id=device_id,
+                    site_id=site_id,
+                    received_at=message.received_at,
+                    measured_at=sample.measured_at,
+                    readings=sample.readings,
+                    mqtt_topic=message.mqtt_topic,
+                    machine_event=sample.machine_event,
+                ),
+                event_id=random_uuid_str(),
+                key=device_id,
+                traceparent=traceparent,
+            )
+            for sample in samples
+        ]
+        return Accepted(publication=publications[0], more_publications=tuple(publications[1:]))
 
     def get_sample(self, sample_id: str) -> SampleRecord | None:
         return self.samples.get(sample_id)

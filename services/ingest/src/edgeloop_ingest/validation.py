@@ -11,24 +11,20 @@ by a consumer later.
 from __future__ import annotations
 
 import io
-import json
-import math
 import re
 import struct
 import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast, get_args
 
-from edgeloop_common.events import ImageFormat, JsonScalar, MachineEvent
+from edgeloop_common.events import ImageFormat
+from edgeloop_common.telemetry.messages import InvalidTelemetryError, TelemetryMessage, parse_telemetry_samples
 from edgeloop_common.topics import ID_PATTERN
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONTENT_TYPES: dict[ImageFormat, str] = {"jpeg": "image/jpeg", "png": "image/png"}
-MAX_READINGS = 256
 _ID = re.compile(rf"^{ID_PATTERN}$")
 # What Pillow raises on malformed input (its decoders were fuzzed into all of these): a corrupt file, not a crash.
 _DECODE_ERRORS = (
@@ -80,16 +76,6 @@ class ImageInfo:
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES[self.format]
-
-
-@dataclass(frozen=True)
-class Telemetry:
-    readings: dict[str, JsonScalar]
-    measured_at: datetime | None
-    machine_event: MachineEvent | None = None
-
-
-MACHINE_EVENTS: tuple[str, ...] = get_args(MachineEvent)
 
 
 def check_id(value: str | None, what: str) -> str:
@@ -209,81 +195,14 @@ def _decode_fully(payload: bytes, sniffed: ImageFormat) -> None:
         ) from exc
 
 
-def parse_telemetry(payload: bytes, *, max_bytes: int) -> Telemetry:
-    """``{"readings": {...}, "measured_at": ISO time?, "machine_event": ...?}``, or a flat object of readings.
+def parse_telemetry(payload: bytes, *, max_bytes: int) -> list[TelemetryMessage]:
+    """A telemetry message's samples, oldest first: one (``{"readings": {...}, "measured_at": ISO time?,
+    "machine_event": ...?}``, or a flat object of readings) or a device's batch (``{"samples": [...]}``).
 
-    ``machine_event`` (optional, docs/telemetry.md): ``"failure"`` or ``"maintenance"``, the failure model's label.
+    The rules are ``edgeloop_common.telemetry.messages``' (the edge agent applies the same ones, docs/telemetry.md);
+    ``machine_event``: ``"failure"`` or ``"maintenance"``, the failure model's label.
     """
-    if not payload:
-        raise RejectedInput(RejectionCode.EMPTY, "empty payload: expected a JSON object of readings")
-    if len(payload) > max_bytes:
-        raise RejectedInput(
-            RejectionCode.TOO_LARGE, f"telemetry is {len(payload)} bytes; the limit is {max_bytes} bytes"
-        )
     try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"telemetry is not JSON: {exc}") from exc
-    except RecursionError as exc:  # '[[[[...' under the size limit: the parser gives up; a poison message otherwise
-        raise RejectedInput(
-            RejectionCode.BAD_TELEMETRY, "telemetry is JSON nested too deeply (readings are a flat object)"
-        ) from exc
-    if not isinstance(document, dict):
-        raise RejectedInput(
-            RejectionCode.BAD_TELEMETRY, f"telemetry must be a JSON object, got {type(document).__name__}"
-        )
-    measured_at = _parse_time(document.get("measured_at"))
-    machine_event = _parse_machine_event(document.get("machine_event"))
-    if "readings" in document:
-        extra = sorted(set(document) - {"readings", "measured_at", "machine_event"})
-        if extra:
-            raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"unexpected field(s) beside 'readings': {extra}")
-        raw_readings = document["readings"]
-        if not isinstance(raw_readings, dict):
-            raise RejectedInput(RejectionCode.BAD_TELEMETRY, "'readings' must be a JSON object of name: value")
-    else:
-        raw_readings = {name: value for name, value in document.items() if name not in {"measured_at", "machine_event"}}
-    return Telemetry(readings=_check_readings(raw_readings), measured_at=measured_at, machine_event=machine_event)
-
-
-def _parse_machine_event(value: Any) -> MachineEvent | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or value not in MACHINE_EVENTS:
-        raise RejectedInput(
-            RejectionCode.BAD_TELEMETRY,
-            f"'machine_event' must be one of {', '.join(map(repr, MACHINE_EVENTS))}, got {json.dumps(value)[:60]}",
-        )
-    return cast(MachineEvent, value)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"'measured_at' must be an ISO 8601 string, got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"'measured_at' {value!r} is not an ISO 8601 time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _check_readings(readings: dict[str, Any]) -> dict[str, JsonScalar]:
-    if not readings:
-        raise RejectedInput(RejectionCode.BAD_TELEMETRY, "telemetry has no readings")
-    if len(readings) > MAX_READINGS:
-        raise RejectedInput(
-            RejectionCode.BAD_TELEMETRY, f"telemetry has {len(readings)} readings; the limit is {MAX_READINGS}"
-        )
-    for name, value in readings.items():
-        if not name or len(name) > 128:
-            raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"reading name {name!r} must be 1-128 characters")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise RejectedInput(RejectionCode.BAD_TELEMETRY, f"reading {name!r} is {value}, not a finite number")
-        if not isinstance(value, str | int | float | bool):
-            raise RejectedInput(
-                RejectionCode.BAD_TELEMETRY,
-                f"reading {name!r} must be a number, string or boolean, got {json.dumps(value)[:60]}",
-            )
-    return dict(readings)
+        return parse_telemetry_samples(payload, max_bytes=max_bytes)
+    except InvalidTelemetryError as exc:
+        raise RejectedInput(RejectionCode(exc.code), exc.reason) from exc

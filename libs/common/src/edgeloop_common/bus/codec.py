@@ -10,7 +10,6 @@ A record's value is the event's JSON body; its attributes travel as headers
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from edgeloop_common.bus.base import EventContext, Outgoing, PermanentError
 from edgeloop_common.events import EVENTS_BY_TYPE, Event
+from edgeloop_common.ids import random_uuid_str
 from edgeloop_common.tracing import new_traceparent
 
 SPEC_VERSION = "1.0"
@@ -57,7 +57,7 @@ def encode_many(outgoing: Sequence[Outgoing], *, source: str) -> list[EncodedRec
 def _encode(
     event: Event, source: str, key: str | None, event_id: str | None, time: bytes, traceparent: str | None
 ) -> EncodedRecord:
-    event_id = event_id or str(uuid.uuid4())
+    event_id = event_id or random_uuid_str()
     record_key = key if key is not None else event.partition_key()
     headers: Headers = [
         ("ce_id", event_id.encode()),
@@ -95,7 +95,18 @@ def _ascii(text: str) -> bytes:
 
 
 def headers_dict(headers: Headers | None) -> dict[str, str]:
-    return {name: value.decode("utf-8", errors="replace") for name, value in headers or []}
+    return {name: _header_text(value) for name, value in headers or []}
+
+
+def _header_text(value: bytes) -> str:
+    # Most headers repeat record after record (type, source, spec version, content type; a batch's time): decoded
+    # once each. An id or a traceparent is new every time: decoded, not remembered.
+    return _repeated_header_text(value) if len(value) < 36 else value.decode("utf-8", errors="replace")
+
+
+@functools.lru_cache(maxsize=1024)
+def _repeated_header_text(value: bytes) -> str:
+    return value.decode("utf-8", errors="replace")
 
 
 def decode(

@@ -1,9 +1,13 @@
-"""A sensor's telemetry message, checked: what the edge agent takes from its site's devices (docs/telemetry.md).
+"""A sensor's telemetry message, checked: the one set of rules ingest (``edgeloop_ingest.validation``) and the
+edge agent (whose image installs only ``edgeloop-common``) both apply (docs/telemetry.md, docs/ingest.md).
 
-The rules are ingest's (``edgeloop_ingest.validation.parse_telemetry``, docs/ingest.md), kept here where the edge
-agent can reach them (its image installs only ``edgeloop-common``): ``{"readings": {name: number|string|bool},
-"measured_at": ISO time?, "machine_event": "failure"|"maintenance"?}``, or a flat object of readings. A message
-that breaks them raises :class:`InvalidTelemetryError` with ingest's rejection code and the reason in words.
+A message is one sample -- ``{"readings": {name: number|string|bool}, "measured_at": ISO time?,
+"machine_event": "failure"|"maintenance"?}``, or a flat object of readings -- or a batch of samples a device
+collected before sending: ``{"samples": [{"measured_at": ISO time, "readings": {...}, "machine_event": ...?},
+...]}`` (1 to ``MAX_SAMPLES``, oldest first, each with its time). A batch saves the device and the whole pipeline
+the per-message cost (an MQTT message, its acknowledgement); it is taken or refused whole: one bad sample refuses
+the message, with the sample's index in the reason. A message that breaks the rules raises
+:class:`InvalidTelemetryError` with ingest's rejection code and the reason in words.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, cast, get_args
 from edgeloop_common.events import JsonScalar, MachineEvent
 
 MAX_READINGS = 256
+MAX_SAMPLES = 1000
 MAX_TELEMETRY_BYTES = 64 * 1024
 MACHINE_EVENTS: tuple[str, ...] = get_args(MachineEvent)
 
@@ -37,7 +42,8 @@ class TelemetryMessage:
     machine_event: MachineEvent | None = None
 
 
-def parse_telemetry_message(payload: bytes, *, max_bytes: int = MAX_TELEMETRY_BYTES) -> TelemetryMessage:
+def parse_telemetry_samples(payload: bytes, *, max_bytes: int = MAX_TELEMETRY_BYTES) -> list[TelemetryMessage]:
+    """The message's samples, oldest first: one, or a batch's."""
     if not payload:
         raise InvalidTelemetryError("empty", "empty payload: expected a JSON object of readings")
     if len(payload) > max_bytes:
@@ -50,6 +56,32 @@ def parse_telemetry_message(payload: bytes, *, max_bytes: int = MAX_TELEMETRY_BY
         raise _bad("telemetry is JSON nested too deeply (readings are a flat object)") from exc
     if not isinstance(document, dict):
         raise _bad(f"telemetry must be a JSON object, got {type(document).__name__}")
+    if "samples" in document:
+        return _batch(document)
+    return [_sample(document)]
+
+
+def _batch(document: dict[str, Any]) -> list[TelemetryMessage]:
+    extra = sorted(set(document) - {"samples"})
+    if extra:
+        raise _bad(f"unexpected field(s) beside 'samples': {extra}")
+    samples = document["samples"]
+    if not isinstance(samples, list) or not samples:
+        raise _bad("'samples' must be a non-empty JSON array of samples")
+    if len(samples) > MAX_SAMPLES:
+        raise _bad(f"the batch has {len(samples)} samples; the limit is {MAX_SAMPLES}")
+    parsed = []
+    for index, sample in enumerate(samples):
+        try:
+            if not isinstance(sample, dict) or "readings" not in sample or "measured_at" not in sample:
+                raise _bad("a sample must be a JSON object with 'measured_at' and 'readings'")
+            parsed.append(_sample(sample))
+        except InvalidTelemetryError as exc:
+            raise _bad(f"samples[{index}]: {exc.reason}") from exc
+    return parsed
+
+
+def _sample(document: dict[str, Any]) -> TelemetryMessage:
     measured_at = _parse_time(document.get("measured_at"))
     machine_event = _parse_machine_event(document.get("machine_event"))
     if "readings" in document:
