@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 # Made by the operator before the first start (the compose file's header says how).
-OPERATOR_MADE = {"./models", "./seed"}
+OPERATOR_MADE = {"./models", "./seed", "./camera"}
 # The services built from their own Dockerfile (the api-tokens job runs the all-in-one image's `edgeloop` command).
 PACKAGES = {
     name: "edgeloop_" + name.replace("-", "_")

@@ -277,23 +277,44 @@ async def test_the_services_log_in_over_tls_and_a_device_added_by_the_admin_reac
     try:
         await ingest.subscribe([topics.MQTT_IMAGE_SUBSCRIPTION])
         async with DynsecAdmin("127.0.0.1", compose_broker.port, admin_auth) as admin:
-            await admin.add_device("site-a", "cam-1", "cam-1-password")
+            await admin.add_device("site-a", "cam-2", "cam-2-password")
         device = AsyncMqttClient(
             "127.0.0.1",
             compose_broker.port,
             protocol="5",
-            auth=MqttAuth(device_username("site-a", "cam-1"), "cam-1-password", ca_file=compose_broker.ca()),
+            auth=MqttAuth(device_username("site-a", "cam-2"), "cam-2-password", ca_file=compose_broker.ca()),
         )
         await device.connect(timeout_s=5)
-        image = topics.mqtt_topic(topics.MQTT_IMAGE, site="site-a", device="cam-1")
+        image = topics.mqtt_topic(topics.MQTT_IMAGE, site="site-a", device="cam-2")
         await device.publish(image, b"a picture")
         await eventually(lambda: (image, b"a picture") in seen, timeout_s=5)
         # The services' rights are their own: ingest may not answer as the gateway.
-        result = topics.mqtt_topic(topics.MQTT_RESULT, site="site-a", device="cam-1")
+        result = topics.mqtt_topic(topics.MQTT_RESULT, site="site-a", device="cam-2")
         with pytest.raises(MqttRefusedError):
             await ingest.publish(result, b"{}")
         await gateway.publish(result, b"{}")
         await device.close()
+        # The simulated camera's identity, made by the job, its password where the camera service reads it: it may
+        # publish its own pictures only.
+        camera_env = {key: str(value) for key, value in SERVICES["camera"]["environment"].items()}
+        camera_password = compose_broker.path("camera", camera_env["EDGELOOP_MQTT_PASSWORD_FILE"]).read_text().strip()
+        camera = AsyncMqttClient(
+            "127.0.0.1",
+            compose_broker.port,
+            protocol="5",
+            auth=MqttAuth(camera_env["EDGELOOP_MQTT_USERNAME"], camera_password, ca_file=compose_broker.ca()),
+        )
+        await camera.connect(timeout_s=5)
+        own = topics.mqtt_topic(topics.MQTT_IMAGE, site="site-a", device="cam-1")
+        await camera.publish(own, b"the camera's picture")
+        await eventually(lambda: (own, b"the camera's picture") in seen, timeout_s=5)
+        with pytest.raises(MqttRefusedError):
+            await camera.publish(image, b"as another device")
+        await camera.close()
+        assert [name for name in SERVICES if "camera-credentials" in _mounts(name).values()] == [
+            "mqtt-identities",
+            "camera",
+        ], "only the job and the camera see the camera's password"
     finally:
         await ingest.close()
         await gateway.close()
@@ -319,5 +340,5 @@ def test_a_second_run_of_the_job_keeps_every_password_and_the_devices_and_adds_a
     after = {path.name: path.read_text() for path in credentials.iterdir()}
     assert {name: after[name] for name in before} == before and admin_file.read_text() == admin
     clients = {client["username"] for client in json.loads(dynsec.read_text())["clients"]}
-    assert {"edgeloop-admin", "ingest", "inference-gateway", "edge-site-a", "site-a/cam-1"} <= clients
+    assert {"edgeloop-admin", "ingest", "inference-gateway", "edge-site-a", "site-a/cam-1", "site-a/cam-2"} <= clients
     assert _run_job(compose_broker.volumes).count("none (all kept)") == 1

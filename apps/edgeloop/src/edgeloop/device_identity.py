@@ -271,14 +271,24 @@ def bootstrap_identities(
     broker_hosts: tuple[str, ...] = (),
     owner: int | None = None,
     broker_uid: int | None = None,
+    devices: tuple[tuple[str, str], ...] = (),
+    devices_dir: Path | None = None,
 ) -> BootstrapResult:
     """The broker's first identities, before it starts: the admin's password (``admin_password_file``), a password
     per service (``passwords_dir/<username>.password``, 0600, given to ``owner``), the plugin's file holding them
     all hashed (given to ``broker_uid``, who rewrites it), and with ``tls_dir`` the broker's certificate
     (``mosquitto.pem``/``mosquitto.key``) signed by the CA there (``ca.pem``, ``ca.key``). What exists is kept: a
-    second run adds only what is missing (a new service), so the devices added since stay."""
+    second run adds only what is missing (a new service), so the devices added since stay.
+
+    ``devices`` ((site, device) pairs): device identities made the same way, each with its own topics' rights and
+    its password in ``devices_dir/<site>/<device>.password`` (a folder apart from the services': a device, e.g.
+    compose's simulated camera, mounts only its own)."""
     for username in services:
         service_kind(username)  # an unknown service: DeviceIdentityError before anything is written
+    for site, device in devices:
+        device_username(site, device)  # an invalid id: DeviceIdentityError before anything is written
+    if devices and devices_dir is None:
+        raise DeviceIdentityError("device identities need a folder for their passwords (devices_dir)")
     passwords_dir.mkdir(parents=True, exist_ok=True)
     admin_password_file.parent.mkdir(parents=True, exist_ok=True)
     admin_password_file.parent.chmod(0o700)  # the admin's password is for the operator, never a service
@@ -291,6 +301,22 @@ def bootstrap_identities(
         if not path.exists():
             made.append(username)
         passwords[username] = _kept_or_new(path)
+    device_clients = []
+    for site, device in devices:
+        assert devices_dir is not None
+        (devices_dir / site).mkdir(parents=True, exist_ok=True)
+        username = device_username(site, device)
+        if not (devices_dir / site / f"{device}.password").exists():
+            made.append(username)
+        device_clients.append(
+            DynsecClient(
+                username=username,
+                password=_kept_or_new(devices_dir / site / f"{device}.password"),
+                rolename=device_role(site, device),
+                acls=tuple(device_acls(site, device)),
+                text_name=f"device {device} at {site}",
+            )
+        )
     renewed = {name for name in made} | ({admin_username} if admin_new else set())
     clients = tuple(
         DynsecClient(
@@ -301,7 +327,7 @@ def bootstrap_identities(
             text_name=f"EdgeLoop {name} service",
         )
         for name in services
-    )
+    ) + tuple(device_clients)
     written = _write_dynsec(dynsec_file, admin_username, admin_password, clients, renewed)
     certificate_made = False
     if tls_dir is not None:
@@ -321,10 +347,20 @@ def bootstrap_identities(
     if owner is not None:
         for path in [passwords_dir, *passwords_dir.iterdir()]:
             os.chown(path, owner, owner)
+        if devices_dir is not None and devices:
+            for path in [devices_dir, *devices_dir.rglob("*")]:
+                os.chown(path, owner, owner)
     if broker_uid is not None:  # the plugin rewrites its file (write, rename): the folder is the broker's too
         for path in [dynsec_file.parent, dynsec_file]:
             os.chown(path, broker_uid, broker_uid)
     return BootstrapResult(tuple(made), written, certificate_made)
+
+
+def _site_device(name: str) -> tuple[str, str]:
+    site, slash, device = name.partition("/")
+    if not slash:
+        raise DeviceIdentityError(f"{name!r}: a device is named SITE/DEVICE")
+    return site, device
 
 
 def _kept_or_new(path: Path) -> str:
@@ -506,6 +542,16 @@ def bootstrap(
     broker_uid: Annotated[
         int, typer.Option("--broker-uid", help="Give the plugin's file and the broker's key to this uid (1883).")
     ] = -1,
+    devices: Annotated[
+        str,
+        typer.Option(
+            "--devices", help="Comma-separated SITE/DEVICE identities to make too (e.g. a simulated camera's)."
+        ),
+    ] = "",
+    devices_dir: Annotated[
+        Path | None,
+        typer.Option("--devices-dir", help="With --devices: where each device's SITE/DEVICE.password goes."),
+    ] = None,
 ) -> None:
     """The secured broker's first identities, before it starts (docker-compose.yml's mqtt-identities job): the
     admin, a password per service, the plugin's file, the broker's TLS certificate. Kept across runs."""
@@ -519,6 +565,8 @@ def bootstrap(
             broker_hosts=tuple(host.strip() for host in broker_hosts.split(",") if host.strip()),
             owner=owner if owner >= 0 else None,
             broker_uid=broker_uid if broker_uid >= 0 else None,
+            devices=tuple(_site_device(name.strip()) for name in devices.split(",") if name.strip()),
+            devices_dir=devices_dir,
         )
     except (DeviceIdentityError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
