@@ -161,7 +161,7 @@ def scoring_section(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def services(rest_url: str, threshold: float) -> Iterator[dict[str, Any]]:
+def services(rest_url: str, grpc_target: str, protocol: str, threshold: float) -> Iterator[dict[str, Any]]:
     run = f"tele-{uuid.uuid4().hex[:8]}"
     run_dir = RUNS_DIR / run
     ingest_port, gateway_port = free_port(), free_port()
@@ -181,6 +181,8 @@ def services(rest_url: str, threshold: float) -> Iterator[dict[str, Any]]:
         "EDGELOOP_INFERENCE_GATEWAY_HTTP_PORT": str(gateway_port),
         "EDGELOOP_INFERENCE_GATEWAY_MODEL_NAME": FAILURE_MODEL_NAME,  # ready once the model server serves it
         "EDGELOOP_INFERENCE_GATEWAY_MODEL_SERVER_REST_URL": rest_url,
+        "EDGELOOP_INFERENCE_GATEWAY_MODEL_SERVER_GRPC_TARGET": grpc_target,
+        "EDGELOOP_INFERENCE_GATEWAY_MODEL_SERVER_PROTOCOL": protocol,
         "EDGELOOP_INFERENCE_GATEWAY_MQTT_RESULTS": "true",
         "EDGELOOP_INFERENCE_GATEWAY_REGISTRY_URL": "",
         "EDGELOOP_INFERENCE_GATEWAY_TELEMETRY_ALERT_THRESHOLD": str(threshold),
@@ -346,21 +348,23 @@ def pipeline_section(args: argparse.Namespace) -> dict[str, Any]:
             expected += 1
     threshold = float(failure_model_metadata(args.model_base)["metrics"]["threshold"])
     runs: dict[str, Any] = {}
-    with model_server(args.model_base, FAILURE_MODEL_NAME, args.server_threads) as (rest_url, _grpc):
+    with model_server(args.model_base, FAILURE_MODEL_NAME, args.server_threads) as (rest_url, grpc_target):
         for samples_per_message in args.samples_per_message:
-            with services(rest_url, threshold) as deployed:
+            with services(rest_url, grpc_target, args.protocol, threshold) as deployed:
                 figures = asyncio.run(
                     _pipeline(
                         deployed["prefix"], readings, expected, args.timeout_s, deployed["pids"], samples_per_message
                     )
                 )
             figures["expected_scored"] = expected
+            figures["protocol"] = args.protocol
             figures["window_readings"] = WINDOW_READINGS
             passed = figures["readings_per_s"] >= TARGET_READINGS_PER_S and figures["scored"] == expected
             figures["verdict"] = "PASS" if passed else "MISS"
             shape = "a message per reading" if samples_per_message == 1 else f"{samples_per_message} samples/message"
             print(
-                f"pipeline (MQTT -> ingest -> Kafka -> gateway scoring -> Kafka; {args.devices} devices, {shape}): "
+                f"pipeline (MQTT -> ingest -> Kafka -> gateway scoring -> Kafka; {args.devices} devices, {shape}, "
+                f":predict over {args.protocol}): "
                 f"{figures['readings']:,} readings, {figures['scored']:,}/{expected:,} scored in "
                 f"{figures['seconds']} s = {figures['readings_per_s']:,.0f} readings/s (published in "
                 f"{figures['publish_seconds']} s, all on "
@@ -395,12 +399,17 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="scoring,pipeline", help=f"comma separated: {', '.join(SECTIONS)}")
     parser.add_argument("--devices", type=int, default=200, help="simulated machines")
-    parser.add_argument("--readings", type=int, default=30_000, help="readings in all")
+    parser.add_argument(
+        "--readings", type=int, default=100_000, help="readings in all (the pipeline needs ~20 s to reach its pace)"
+    )
     parser.add_argument("--rate", type=float, default=TARGET_READINGS_PER_S, help="scoring: the paced rate")
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--server-threads", type=int, default=2)
     parser.add_argument("--timeout-s", type=float, default=180.0, help="pipeline: longest wait for the scores")
+    parser.add_argument(
+        "--protocol", choices=("grpc", "rest"), default="grpc", help="pipeline: the gateway's :predict API"
+    )
     parser.add_argument(
         "--samples-per-message",
         default="1,10",

@@ -19,6 +19,7 @@ from edgeloop_common.bus import EventContext
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import MaintenanceAlert, TelemetryScored
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient
+from edgeloop_common.serving import ModelServerProtocol
 from edgeloop_common.settings import CommonSettings
 from edgeloop_common.telemetry.features import FEATURE_NAMES, WINDOW_READINGS, DeviceWindows
 from edgeloop_common.topics import MQTT_ALERT, MQTT_TELEMETRY, mqtt_topic
@@ -78,7 +79,9 @@ def failing_and_healthy(site: str) -> tuple[list[SensorRecord], list[SensorRecor
     return prefixes[failing], prefixes[healthy][:200]
 
 
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])  # the failure model's :predict over either API
 async def test_readings_are_scored_and_a_failing_machine_alerts_on_kafka_and_mqtt(
+    protocol: ModelServerProtocol,
     kafka_bootstrap: str,
     kafka_topics: str,
     mqtt_broker: tuple[str, int],
@@ -106,6 +109,8 @@ async def test_readings_are_scored_and_a_failing_machine_alerts_on_kafka_and_mqt
         Settings(
             common=common,
             model_server_rest_url=model_server.rest_url,
+            model_server_protocol=protocol,
+            model_server_grpc_target=model_server.grpc_target,
             registry_url="",
             telemetry_alert_threshold=threshold,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import cast
 
 from edgeloop_common.api_auth import install_api_auth, service_auth
 from edgeloop_common.blobs import BlobReader
@@ -26,7 +27,13 @@ from edgeloop_common.serving import (
     create_model_client,
 )
 from edgeloop_common.subscriptions import subscribed, with_consumer_group_setting
-from edgeloop_common.telemetry.scoring import NoThresholds, RegistryThresholds, ScoringConfig, TelemetryScorer
+from edgeloop_common.telemetry.scoring import (
+    NoThresholds,
+    RegistryThresholds,
+    ScoringConfig,
+    TelemetryScorer,
+    TensorPredictor,
+)
 from fastapi import FastAPI
 
 from edgeloop_inference_gateway import api
@@ -164,8 +171,13 @@ def create_app(
                 service=service, passthrough=passthrough, routes_caught_up=event_bus.caught_up
             )
             app.state.results = publisher
+            # The failure model's windows go over gRPC when the settings say gRPC (packed float tensors, no JSON
+            # to encode: cheaper per reading), else over REST.
+            predictor: TensorPredictor = passthrough
+            if settings.model_server_protocol == "grpc" and hasattr(client, "predict_tensors"):
+                predictor = cast(TensorPredictor, client)
             telemetry = (
-                await _start_telemetry(settings, event_bus, passthrough, publisher, metrics, stack)
+                await _start_telemetry(settings, event_bus, predictor, publisher, metrics, stack)
                 if settings.telemetry_scoring
                 else None
             )
@@ -223,7 +235,7 @@ def create_app(
 async def _start_telemetry(
     settings: Settings,
     bus: EventBus,
-    client: TfServingRestClient,
+    client: TensorPredictor,
     publisher: ResultPublisher | None,
     metrics: GatewayMetrics,
     stack: AsyncExitStack,

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     http_port: int = 8082
 
     # The model server (TF Serving or `edgeloop model-server`).
-    model_server_protocol: ModelServerProtocol = Field("rest", description="rest or grpc, for classification.")
+    model_server_protocol: ModelServerProtocol = Field(
+        "rest", description="rest or grpc, for classification and the failure model's scoring."
+    )
     model_server_rest_url: str = Field(
         "http://127.0.0.1:8501", description="TF Serving REST base URL (also used by the :predict passthrough)."
     )

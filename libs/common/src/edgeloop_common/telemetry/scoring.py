@@ -71,7 +71,8 @@ RETRY_MAX_S = 5.0
 
 
 class TensorPredictor(Protocol):
-    """A TF Serving API client that runs ``:predict`` on named tensors (``TfServingRestClient``)."""
+    """A TF Serving API client that runs ``:predict`` on named tensors, given as arrays (``TfServingRestClient``,
+    ``TfServingGrpcClient``)."""
 
     async def predict_tensors(self, route: ModelRoute, inputs: dict[str, Any]) -> tuple[int, Any]: ...
 
@@ -342,10 +343,7 @@ class TelemetryScorer:
         delay = RETRY_FIRST_S
         while True:
             try:
-                # Six decimals: far below the sensors' noise, and half the JSON of full float reprs (encoding the
-                # batch is most of a call's CPU on this side).
-                rows = np.round(features.astype(np.float64), 6).tolist()
-                version, outputs = await self.predictor.predict_tensors(route, {FEATURES_INPUT: rows})
+                version, outputs = await self.predictor.predict_tensors(route, {FEATURES_INPUT: features})
                 return version, _probabilities(outputs, expected=len(features))
             except (ModelServerUnavailableError, ModelNotFoundError) as exc:
                 self.stats.retries += 1
@@ -518,4 +516,5 @@ __all__ = [
     "ScoredReading",
     "ScoringConfig",
     "TelemetryScorer",
+    "TensorPredictor",
 ]
