@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Protocol
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, func, insert, select
@@ -27,14 +28,29 @@ class ProcessedEventStore(Protocol):
 
 
 class InMemoryProcessedEventStore:
-    def __init__(self) -> None:
-        self._ids: set[tuple[str, str]] = set()
+    """The latest ``max_ids_per_group`` processed ids of each consumer group, in memory (a bus's default).
+
+    A redelivery is what was not committed before a rebalance or a crash -- seconds of traffic -- so the latest ids
+    are the ones that matter; keeping every id grew without end (the gateway takes thousands of readings a
+    second). Forgotten at a restart anyway; a service whose effects must survive that uses
+    :class:`SqlProcessedEventStore`.
+    """
+
+    def __init__(self, max_ids_per_group: int = 200_000) -> None:
+        if max_ids_per_group < 1:
+            raise ValueError("max_ids_per_group must be at least 1")
+        self.max_ids_per_group = max_ids_per_group
+        self._ids: dict[str, OrderedDict[str, None]] = {}
 
     async def seen(self, group: str, event_id: str) -> bool:
-        return (group, event_id) in self._ids
+        ids = self._ids.get(group)
+        return ids is not None and event_id in ids
 
     async def mark(self, group: str, event_id: str) -> None:
-        self._ids.add((group, event_id))
+        ids = self._ids.setdefault(group, OrderedDict())
+        ids[event_id] = None
+        if len(ids) > self.max_ids_per_group:
+            ids.popitem(last=False)  # the oldest
 
 
 class SqlProcessedEventStore:
