@@ -161,7 +161,9 @@ def read_dockerfile(path: Path) -> Image:
     for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
         instruction, _, rest = line.strip().partition(" ")
         instruction = instruction.upper()
-        if instruction == "ENV":
+        if instruction == "FROM":  # a new stage: the image is its last stage's (a multi-stage build)
+            image = Image()
+        elif instruction == "ENV":
             words = shlex.split(rest)
             if words and "=" not in words[0]:
                 image.env[words[0]] = " ".join(words[1:])
