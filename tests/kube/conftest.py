@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from edgeloop.kube import KubeError, cluster
+from edgeloop import images
+from edgeloop.kube import KubeError, cluster, node
 from edgeloop.kube.layout import kubeconfig_path
 from kube_helpers import KubeCluster, wait_for
 from kubernetes import client
@@ -35,9 +36,9 @@ def kube_cluster() -> Iterator[KubeCluster]:
     if status.bin_dir is None:
         pytest.fail("`edgeloop kube up` recorded no binaries directory", pytrace=False)
     groups: dict[str, list[str]] = {}
-    for node in status.nodes:
-        if node.simulated:  # a real node (`up --real-node`, tests/kube/test_kube_real_node.py) is not counted
-            groups.setdefault(node.group, []).append(node.name)
+    for each in status.nodes:
+        if each.simulated:  # a real node (`up --real-node`, tests/kube/test_kube_real_node.py) is not counted
+            groups.setdefault(each.group, []).append(each.name)
     # helm and kubectl on the PATH of the tests, pointed at this cluster.
     patch = pytest.MonkeyPatch()
     patch.setenv("KUBECONFIG", str(kubeconfig_path()))
@@ -46,6 +47,31 @@ def kube_cluster() -> Iterator[KubeCluster]:
     patch.undo()
     if started_here:
         cluster.down(echo=_progress)
+
+
+@pytest.fixture(scope="module")
+def real_node(kube_cluster: KubeCluster) -> Iterator[str]:
+    """The real node (kubelet + containerd) in the default node group; stopped after the module if it started it."""
+    started_here = node.running_group() is None
+    try:
+        cluster.up(echo=print, real_node=node.DEFAULT_GROUP)
+    except KubeError as exc:
+        pytest.fail(f"`edgeloop kube up --real-node` failed: {exc}", pytrace=False)
+    yield node.node_name(node.DEFAULT_GROUP)
+    if started_here:
+        with cluster.api_client() as api:
+            node.down(print, api)
+
+
+@pytest.fixture(scope="module")
+def edgeloop_image(real_node: str) -> images.BuiltImage:
+    """The EdgeLoop image (``edgeloop images build``, cached by content), imported into the real node."""
+    try:
+        built = images.build(echo=print)
+        images.import_image(built.layout, built.tag, built.name, node.containerd_address(), echo=print)
+    except images.ImageError as exc:
+        pytest.fail(f"`edgeloop images build` failed: {exc}", pytrace=False)
+    return built
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +121,48 @@ def describe_namespace(core: client.CoreV1Api, namespace: str, *, log_lines: int
             f"x{event.count or 1}: {event.message}"
         )
     return "\n".join(lines) or f"(nothing in namespace {namespace})"
+
+
+def host_folder_claim(core: client.CoreV1Api, namespace: str, claim: str, folder: Path) -> str:
+    """A PersistentVolumeClaim ``claim`` bound to ``folder`` on the real node (a hostPath volume, ReadWriteMany: no
+    provisioner runs here). Returns the PersistentVolume's name, for the caller to delete (it is not namespaced)."""
+    volume = f"{namespace}-{claim}"
+    core.create_persistent_volume(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume, "labels": {"edgeloop.io/test": "1"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(folder), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    return volume
+
+
+def get_json(url: str) -> dict[str, Any] | None:
+    """The JSON at ``url``, or None while it does not answer (for ``wait_for``)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None

@@ -183,7 +183,8 @@ def test_an_edge_agent_per_site_serves_with_the_model_server_the_deployer_rolls_
         )
         assert env["EDGELOOP_EDGE_CLOUD_URL"] == "http://loop-inference-gateway:8082"
         assert env["EDGELOOP_EDGE_INGEST_URL"] == "http://loop-ingest:8081"
-        assert pod["volumes"][0]["hostPath"]["path"] == f"/var/lib/edgeloop/edge/{site}"
+        store = {volume["name"]: volume for volume in pod["volumes"]}["store"]
+        assert store["hostPath"] == {"path": f"/var/lib/edgeloop/edge/{site}", "type": "Directory"}
     one = _render(kube_cluster, "--set", "edgeAgents.sites=site-b")
     assert [name for kind, name in one if kind == "Deployment" and "-edge-" in name] == ["loop-edge-site-b"]
     assert not any("-edge-" in name for _, name in _render(kube_cluster, "--set", "edgeAgents.enabled=false"))
@@ -480,3 +481,139 @@ def test_only_the_deployer_gets_a_service_account_token() -> None:
     with_token = sorted(name for name, spec in pods.items() if spec.get("automountServiceAccountToken", True))
     assert with_token == ["loop-deployer"]
     assert pods["loop-deployer"]["serviceAccountName"] == "loop-deployer"
+
+
+# -- securityContext (issue 12; values.yaml, global.podSecurityContext and global.securityContext) -----------------
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+
+
+def _pod_specs(rendered: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{"Kind/name": its pod spec} of every object that makes pods (a `helm test` Pod, a hook Job, a CronJob too)."""
+    pods: dict[str, dict[str, Any]] = {}
+    for (kind, name), document in rendered.items():
+        if kind not in WORKLOAD_KINDS:
+            continue
+        spec = document["spec"]
+        if kind == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        pods[f"{kind}/{name}"] = spec if kind == "Pod" else spec["template"]["spec"]
+    return pods
+
+
+def _unconfined(pods: dict[str, dict[str, Any]]) -> list[str]:
+    """What each pod and container lacks of issue 12's securityContext, one line each (empty: nothing)."""
+    from edgeloop import images
+
+    missing: list[str] = []
+    for name, pod in pods.items():
+        context = pod.get("securityContext") or {}
+        if context.get("runAsNonRoot") is not True:
+            missing.append(f"{name}: runAsNonRoot is not true")
+        if context.get("runAsUser") != images.USER_ID:
+            missing.append(f"{name}: runAsUser is {context.get('runAsUser')!r}, not the image's {images.USER_ID}")
+        for key in ("runAsGroup", "fsGroup"):
+            if not isinstance(context.get(key), int):
+                missing.append(f"{name}: {key} is {context.get(key)!r}, not a number")
+        if context.get("seccompProfile") != {"type": "RuntimeDefault"}:
+            missing.append(f"{name}: seccompProfile is {context.get('seccompProfile')!r}")
+        volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{name} container {container['name']}"
+            own = container.get("securityContext") or {}
+            if own.get("allowPrivilegeEscalation") is not False:
+                missing.append(f"{where}: allowPrivilegeEscalation is not false")
+            if own.get("readOnlyRootFilesystem") is not True:
+                missing.append(f"{where}: readOnlyRootFilesystem is not true")
+            if (own.get("capabilities") or {}).get("drop") != ["ALL"]:
+                missing.append(f"{where}: capabilities drop {(own.get('capabilities') or {}).get('drop')!r}")
+            for key in ("runAsUser", "runAsNonRoot", "privileged"):  # nothing may undo the pod's
+                if key in own and own[key] != context.get(key, False):
+                    missing.append(f"{where}: {key} {own[key]!r} overrides the pod's")
+            tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}) or tmp[0].get("readOnly"):
+                missing.append(f"{where}: no writable emptyDir at /tmp")
+    return missing
+
+
+def test_every_pod_and_container_runs_as_the_images_numeric_non_root_user_on_a_read_only_root() -> None:
+    """Issue 12: every pod of the chart (each service, each site's edge agent, the tensorflow/serving model server,
+    the MQTT identities Job, the `helm test` pods) and every container and init container in it."""
+    default = _rendered()
+    everything = _rendered(
+        "global.mqtt.adminSecret=mqtt-admin",  # the Job
+        "tests.deviceSecret=camera",  # both `helm test` pods
+        "trainer.seedData.existingClaim=seed,ingest.blobStorage.existingClaim=blobs,modelServer.modelsClaim=models",
+    )
+    serving = _rendered("modelServer.image=tensorflow/serving:2.19.0")
+    pods = {
+        f"{label}: {name}": pod
+        for label, rendered in (("default", default), ("everything", everything), ("tf-serving", serving))
+        for name, pod in _pod_specs(rendered).items()
+    }
+    made = {name.split(": ", 1)[1] for name in pods}
+    services = ("ingest", "inference-gateway", "model-server", "deployer", "registry", "trainer", "drift")
+    expected = {f"Deployment/loop-{service}" for service in services} | {
+        "Deployment/loop-edge-site-a",
+        "Deployment/loop-edge-site-b",
+        "Job/loop-mqtt-identities",
+        "Pod/loop-test-readiness",
+        "Pod/loop-test-classify",
+    }
+    assert expected <= made, sorted(expected - made)
+    assert _unconfined(pods) == []
+
+    # The check itself finds a pod under another user, and a container that drops nothing (a component's key
+    # replaces the global one whole: capabilities with an add and no drop).
+    broken = _pod_specs(
+        _rendered("ingest.securityContext.capabilities.add[0]=NET_RAW", "drift.podSecurityContext.runAsUser=0")
+    )
+    assert sorted(_unconfined(broken)) == [
+        "Deployment/loop-drift: runAsUser is 0, not the image's 10001",
+        "Deployment/loop-ingest container ingest: capabilities drop None",
+    ]
+
+
+def test_the_security_context_is_overridable_per_component_and_for_all_and_matches_the_deployers_model_servers() -> (
+    None
+):
+    from edgeloop_deployer.adapters.manifests import ServingSpec, container_security_context, pod_security_context
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["global"]
+    # The model servers the deployer rolls out run under the same contexts as the chart's pods.
+    assert pod_security_context(ServingSpec()) == values["podSecurityContext"]
+    assert container_security_context() == values["securityContext"]
+
+    moved = _pod_specs(
+        _rendered(
+            "global.podSecurityContext.runAsUser=20000",
+            "trainer.securityContext.readOnlyRootFilesystem=false",  # a false replaces the global true
+            "trainer.podSecurityContext.fsGroup=30000",
+        )
+    )
+    for name, pod in moved.items():
+        assert pod["securityContext"]["runAsUser"] == 20000, name
+        trainer = name == "Deployment/loop-trainer"
+        assert pod["securityContext"]["fsGroup"] == (30000 if trainer else 10001), name
+        assert pod["securityContext"]["runAsGroup"] == 10001, name
+        container = pod["containers"][0]["securityContext"]
+        assert container["readOnlyRootFilesystem"] is not trainer, name
+        assert container["capabilities"] == {"drop": ["ALL"]}, name  # the keys not replaced stay
+    wrong = _template("global.podSecurityContext.runAsUser=root")
+    assert wrong.returncode != 0 and "/global/podSecurityContext/runAsUser" in wrong.stderr, wrong.stderr
+
+
+def test_the_edge_store_is_a_prepared_host_folder_never_one_the_kubelet_creates_root_owned_or_an_empty_dir() -> None:
+    """A non-root agent cannot write a folder the kubelet would create as root (DirectoryOrCreate), and a hostPath
+    is never given the pod's fsGroup: the folder is made beforehand, owned by the agent's user (values.yaml), and the
+    pod waits for it with the reason; or the store is an emptyDir, lost with the pod."""
+    on_disk = _pod_specs(_rendered("edgeAgents.storeHostPath=/srv/edge"))["Deployment/loop-edge-site-a"]
+    store = {volume["name"]: volume for volume in on_disk["volumes"]}["store"]
+    assert store == {"name": "store", "hostPath": {"path": "/srv/edge/site-a", "type": "Directory"}}
+    mounts = {mount["name"]: mount for mount in on_disk["containers"][0]["volumeMounts"]}
+    assert mounts["store"]["mountPath"] == "/var/lib/edgeloop" and not mounts["store"].get("readOnly")
+
+    trial = _pod_specs(_rendered("edgeAgents.store=emptyDir"))["Deployment/loop-edge-site-b"]
+    assert {volume["name"]: volume for volume in trial["volumes"]}["store"] == {"name": "store", "emptyDir": {}}
+    refused = _template("edgeAgents.store=hostpath")
+    assert refused.returncode != 0 and "/edgeAgents/store" in refused.stderr, refused.stderr

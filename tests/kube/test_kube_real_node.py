@@ -16,15 +16,13 @@ import subprocess
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from edgeloop import images
-from edgeloop.kube import KubeError, edge, node
-from edgeloop.kube import cluster as kube
+from edgeloop.kube import edge, node
 from edgeloop.paths import repo_root
-from kube_helpers import KubeCluster, describe_namespace, wait_for
+from kube_helpers import KubeCluster, describe_namespace, get_json, host_folder_claim, wait_for
 from kubernetes import client
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
@@ -51,30 +49,6 @@ SECURITY_CONTEXT = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-
-
-@pytest.fixture(scope="module")
-def real_node(kube_cluster: KubeCluster) -> Iterator[str]:
-    """The real node in its own node group; stopped afterwards if this module started it."""
-    started_here = node.running_group() is None
-    try:
-        kube.up(echo=print, real_node=GROUP)
-    except KubeError as exc:
-        pytest.fail(f"`edgeloop kube up --real-node` failed: {exc}", pytrace=False)
-    yield node.node_name(GROUP)
-    if started_here:
-        with kube.api_client() as api:
-            node.down(print, api)
-
-
-@pytest.fixture(scope="module")
-def edgeloop_image(real_node: str) -> images.BuiltImage:
-    try:
-        built = images.build(echo=print)
-        images.import_image(built.layout, built.tag, built.name, node.containerd_address(), echo=print)
-    except images.ImageError as exc:
-        pytest.fail(f"`edgeloop images build` failed: {exc}", pytrace=False)
-    return built
 
 
 def test_real_node_is_an_edge_node_of_its_group_beside_the_simulated_ones(
@@ -127,7 +101,7 @@ def test_edgeloop_image_serves_a_model_through_a_service_from_the_host(
 
     # From the host, through the Service's ClusterIP: kube-proxy's rules lead to the pod.
     base = f"http://{service.spec.cluster_ip}:8501/v1/models/{MODEL}"
-    status = wait_for(lambda: _get_json(base), f"{base} through kube-proxy", timeout=60)
+    status = wait_for(lambda: get_json(base), f"{base} through kube-proxy", timeout=60)
     assert [v["state"] for v in status["model_version_status"]] == ["AVAILABLE"]
     xs = [round(random.uniform(-100, 100), 2) for _ in range(3)]
     answer = _post_json(f"{base}:predict", {"instances": [[x] for x in xs]})
@@ -242,14 +216,6 @@ def _ready_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Po
     return pod if ready else None
 
 
-def _get_json(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
 def _post_json(url: str, body: dict[str, Any], *, token: str | None = None) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
@@ -277,37 +243,8 @@ def test_the_chart_s_model_server_runs_on_the_real_node_and_answers_with_a_token
     folder = node.node_paths().root / "volumes" / namespace
     folder.mkdir(parents=True)
     os.chown(folder, images.USER_ID, images.USER_ID)
-    volume = f"{namespace}-models"
-    core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": str(folder), "type": "Directory"},
-                "claimRef": {"namespace": namespace, "name": "edgeloop-models"},
-            },
-        }
-    )
+    volume = host_folder_claim(core, namespace, "edgeloop-models", folder)
     try:
-        core.create_namespaced_persistent_volume_claim(
-            namespace,
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "edgeloop-models"},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": volume,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        )
         writer = _model_server_pod("write-model", edgeloop_image.name.reference)
         writer["spec"] |= {
             "restartPolicy": "Never",

@@ -142,3 +142,24 @@ def test_a_stopped_real_node_leaves_no_pod_network_behind(tmp_path: Path, monkey
     finally:
         subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
         subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+
+
+def test_the_cni_plugins_are_found_by_their_files_not_by_a_bridge_command_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iproute2's /usr/sbin/bridge on PATH made `kube up --real-node` skip installing the CNI plugins, and every
+    pod then failed: 'failed to find plugin "loopback" in path [/usr/lib/cni]'."""
+    from edgeloop.infra.packages import Requirement as InfraRequirement
+    from edgeloop.kube import node
+
+    for command in ("bridge", "ip"):
+        fake = tmp_path / command
+        fake.write_text("#!/bin/sh\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    [cni] = [r for r in node.PACKAGES if r.package == "containernetworking-plugins"]
+    missing = InfraRequirement(cni.program, cni.package, (str(tmp_path / "no-cni" / "loopback"),))
+    assert not missing.present()  # a `bridge` command does not stand for the plugins
+    there = InfraRequirement(cni.program, cni.package, (str(tmp_path / "bridge"),))
+    assert there.present()  # the plugin's file does
+    assert cni.location == str(node.CNI_BIN_DIR / "loopback")

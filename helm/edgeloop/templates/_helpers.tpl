@@ -213,3 +213,45 @@ http://{{ .Release.Name }}-ingest:{{ .Values.ingest.port }}
     items: [{key: ca.crt, path: ca.crt}]
 {{- end }}
 {{- end -}}
+
+
+{{- /* securityContext (issue 12, docs/security.md): every pod runs as the image's numeric non-root user under the
+runtime's default seccomp profile; every container (init containers, jobs, test pods too) without privilege
+escalation, capabilities or a writable root filesystem: what it writes goes to a mounted volume, temporary files
+to /tmp (edgeloop.tmpMount). The global defaults, each key of a component's own podSecurityContext/securityContext
+replacing the global one (a shallow merge: `readOnlyRootFilesystem: false` does override). (dict "root" $ "own" {}) */ -}}
+{{- define "edgeloop.podSecurityContext" -}}
+{{- $context := deepCopy (.root.Values.global.podSecurityContext | default (dict)) -}}
+{{- range $key, $value := .own | default (dict) }}{{ $_ := set $context $key $value }}{{ end -}}
+{{- toYaml $context -}}
+{{- end -}}
+
+{{- define "edgeloop.securityContext" -}}
+{{- $context := deepCopy (.root.Values.global.securityContext | default (dict)) -}}
+{{- range $key, $value := .own | default (dict) }}{{ $_ := set $context $key $value }}{{ end -}}
+{{- toYaml $context -}}
+{{- end -}}
+
+{{- /* A writable /tmp on a read-only root (Python's tempfile, TensorFlow, uvicorn), emptied with the pod. */ -}}
+{{- define "edgeloop.tmpMount" -}}
+- {name: tmp, mountPath: /tmp}
+{{- end -}}
+
+{{- define "edgeloop.tmpVolume" -}}
+- name: tmp
+  emptyDir: {}
+{{- end -}}
+
+
+{{- /* Where the cloud-side pods go (every pod but the model server and the edge agents, which go to their node
+group): global.nodeSelector and global.tolerations. */ -}}
+{{- define "edgeloop.cloudPlacement" -}}
+{{- with .Values.global.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.global.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

@@ -108,12 +108,52 @@ def test_the_lite_server_pins_the_version_by_environment_and_needs_no_config_map
     # What the lite server makes of that environment: the model's own folder on the models volume.
     served = served_folders(env)
     assert served == [Path(container["volumeMounts"][0]["mountPath"]) / "catdog"]
-    assert template["spec"]["volumes"] == [{"name": "models", "hostPath": {"path": "/srv/models", "type": "Directory"}}]
+    assert template["spec"]["volumes"] == [
+        {"name": "models", "hostPath": {"path": "/srv/models", "type": "Directory"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
     assert template["metadata"]["annotations"] == {
         "team": "vision",
         "edgeloop.io/model-name": "catdog",
         "edgeloop.io/model-version": "4",
     }
+
+
+@pytest.mark.parametrize("server_kind", ["tf-serving", "edgeloop-lite"])
+@pytest.mark.parametrize("canary", [False, True], ids=["stable", "canary"])
+def test_every_model_server_pod_runs_as_a_numeric_non_root_user_on_a_read_only_root(
+    server_kind: str, canary: bool
+) -> None:
+    """Issue 12: what the chart asks of its own pods, the deployer asks of the model servers it rolls out."""
+    spec = ServingSpec(server_kind=server_kind)  # type: ignore[arg-type]
+    plan = WorkloadPlan("catdog", "site-a", 3, canary=canary)
+    pods = [deployment(plan, spec)["spec"]["template"]["spec"]]
+    pods += [
+        manifest["spec"]["template"]["spec"]
+        for manifest in edge_application(plan, spec)["spec"]["workloadTemplate"]["manifests"]
+        if manifest["kind"] == "Deployment"
+    ]
+    for pod in pods:
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        [container] = pod["containers"]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        # a read-only root: temporary files go to an emptyDir at /tmp
+        mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+        assert mounts["tmp"] == "/tmp"
+        assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    other = ServingSpec(run_as_user=20000, run_as_group=20001, fs_group=20002)
+    context = deployment(plan, other)["spec"]["template"]["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (20000, 20001, 20002)
 
 
 def test_resources_follow_the_settings() -> None:

@@ -44,6 +44,10 @@ class Postgres(Component):
     # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") would wait for every client to disconnect.
     stop_signal = signal.SIGINT
     stop_timeout_s = 30.0
+    # Secure mode: networks besides the server's own address whose clients may log in over TLS (the TLS roles
+    # only, with their password or certificate); none by default. A test's server on the real node's bridge
+    # lets its pods in (tests/kube/test_helm_real_install.py).
+    tls_client_networks: tuple[str, ...] = ()
 
     @property
     def socket_dir(self) -> Path:
@@ -188,6 +192,11 @@ class Postgres(Component):
             f"hostssl   all      {POSTGRES_TLS_ROLE}  {self.host}/32  scram-sha-256\n"
             f"hostssl   all      {POSTGRES_CERT_ROLE}  {self.host}/32  cert\n"
             f"host      all      all  {self.host}/32  scram-sha-256\n"
+            + "".join(
+                f"hostssl   all      {POSTGRES_TLS_ROLE}  {network}  scram-sha-256\n"
+                f"hostssl   all      {POSTGRES_CERT_ROLE}  {network}  cert\n"
+                for network in self.tls_client_networks
+            )
         )
         self._give_to_server_user(self.hba_file)
 

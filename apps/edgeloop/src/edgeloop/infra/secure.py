@@ -34,6 +34,9 @@ POSTGRES_TLS_ROLE = "edgeloop_tls"  # password over TLS; refused in plain text
 POSTGRES_CERT_ROLE = "edgeloop_tls_cert"  # a client certificate over TLS (its common name), no password
 POSTGRES_TLS_DATABASE = "edgeloop_tls"
 CA_NAME = "EdgeLoop local infrastructure CA"
+# The names the server certificate is made for; a stack listening elsewhere too (a test's servers on the real
+# node's bridge, where its pods reach them: tests/kube/test_helm_real_install.py) adds its address.
+SERVER_HOSTS: Final = ("127.0.0.1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,9 @@ class Credentials:
 class SecureLinks:
     """The TLS material and credentials of one state dir (``<state_dir>/secure``)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, hosts: tuple[str, ...] = SERVER_HOSTS) -> None:
         self.directory = state_dir / "secure"
+        self.hosts = hosts  # the server certificate's names (subject alternative names), when it is made
 
     @property
     def credentials_file(self) -> Path:
@@ -88,7 +92,7 @@ class SecureLinks:
         self.directory.chmod(0o700)
         tls = self.tls
         if not (tls.ca_file.exists() and tls.key_file.exists() and tls.ca_key_file and tls.ca_key_file.exists()):
-            tls = make_tls_material(self.directory, hosts=("127.0.0.1", "localhost"), ca_name=CA_NAME)
+            tls = make_tls_material(self.directory, hosts=self.hosts, ca_name=CA_NAME)
             self.kafka_keystore.unlink(missing_ok=True)  # a new server certificate: a new keystore
             for path in self.postgres_client_cert:
                 path.unlink(missing_ok=True)

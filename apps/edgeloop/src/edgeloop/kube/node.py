@@ -74,7 +74,8 @@ class Requirement:
 PACKAGES = (
     Requirement("containerd", "containerd"),
     Requirement("runc", "runc"),
-    Requirement("bridge", "containernetworking-plugins", str(CNI_BIN_DIR / "bridge")),
+    # Found by its file: the plugins are not on PATH, and iproute2's /usr/sbin/bridge would pass for "bridge".
+    Requirement("loopback", "containernetworking-plugins", str(CNI_BIN_DIR / "loopback")),
     Requirement("debootstrap", "debootstrap"),
     Requirement("umoci", "umoci"),
     Requirement("iptables", "iptables"),

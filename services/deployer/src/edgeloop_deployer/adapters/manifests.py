@@ -41,6 +41,10 @@ CONFIG_MOUNT_PATH = "/etc/edgeloop/serving"
 CONFIG_FILE = "models.config"
 _MAX_NAME = 63  # a Service name is a DNS-1035 label
 DEFAULT_ENDPOINT_TEMPLATE = "http://{service}.{namespace}.svc:{port}"
+# The EdgeLoop image's numeric user (`edgeloop images build`, and the Helm chart's global.podSecurityContext). The
+# tensorflow/serving image runs as it too: it only reads the models volume.
+RUN_AS_USER = 10001
+TMP_MOUNT_PATH = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class ServingSpec:
     cpu_limit: str = ""
     memory_limit: str = "2Gi"
     progress_deadline_s: int = 120
+    run_as_user: int = RUN_AS_USER
+    run_as_group: int = RUN_AS_USER
+    fs_group: int = RUN_AS_USER
 
 
 def _slug(text: str) -> str:
@@ -162,7 +169,11 @@ def _container(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
             "failureThreshold": 4,
         },
         "resources": _resources(spec),
-        "volumeMounts": [{"name": "models", "mountPath": spec.models_mount_path, "readOnly": True}],
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": spec.models_mount_path, "readOnly": True},
+            {"name": "tmp", "mountPath": TMP_MOUNT_PATH},  # the root filesystem is read-only
+        ],
     }
     if spec.server_kind == "tf-serving":
         # The image's entrypoint runs tensorflow_model_server with these appended. --model_config_file wins over
@@ -192,6 +203,23 @@ def _container(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
     return container
 
 
+def container_security_context() -> dict[str, Any]:
+    """Nothing writable but the mounts, no privilege to gain, no capability (the chart's global.securityContext)."""
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security_context(spec: ServingSpec) -> dict[str, Any]:
+    """A numeric non-root user (the kubelet refuses to start a container that would run as root) under the
+    runtime's default seccomp profile; the volumes the kubelet prepares (emptyDir, most claims) get fsGroup."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": spec.run_as_user,
+        "runAsGroup": spec.run_as_group,
+        "fsGroup": spec.fs_group,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _resources(spec: ServingSpec) -> dict[str, dict[str, str]]:
     limits = {"memory": spec.memory_limit} if spec.memory_limit else {}
     if spec.cpu_limit:
@@ -207,7 +235,7 @@ def _volumes(plan: WorkloadPlan, spec: ServingSpec) -> list[dict[str, Any]]:
         models: dict[str, Any] = {"name": "models", "hostPath": {"path": spec.models_host_path, "type": "Directory"}}
     else:
         models = {"name": "models", "persistentVolumeClaim": {"claimName": spec.models_claim, "readOnly": True}}
-    volumes = [models]
+    volumes = [models, {"name": "tmp", "emptyDir": {}}]
     if spec.server_kind == "tf-serving":
         name = config_map_name(plan.model_name, plan.node_group, plan.version, canary=plan.canary)
         volumes.append({"name": "serving-config", "configMap": {"name": name}})
@@ -237,6 +265,7 @@ def deployment(plan: WorkloadPlan, spec: ServingSpec) -> dict[str, Any]:
             }
         ],
         "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(spec),
         "containers": [_container(plan, spec)],
         "volumes": _volumes(plan, spec),
     }
