@@ -647,6 +647,20 @@ def seed_tls_volume(translation: Translation) -> None:
 # -- the tests ----------------------------------------------------------------------------------------------------
 
 
+def _project_with_secrets(project: Path) -> Path:
+    """A project folder as the operator makes it (the infra configs, the secrets in .env, the folders the file
+    binds); returns the .env file."""
+    (project / "infra").symlink_to(REPO / "infra")
+    env_file = project / ".env"
+    env_file.write_text(
+        "EDGELOOP_KAFKA_PASSWORD=k\nEDGELOOP_POSTGRES_PASSWORD=p\nEDGELOOP_S3_ACCESS_KEY_ID=a\n"
+        "EDGELOOP_S3_SECRET_ACCESS_KEY=s\n"
+    )
+    for folder in ("models", "seed", "camera"):
+        (project / folder).mkdir()
+    return env_file
+
+
 def test_the_loader_interpolates_and_refuses_a_missing_secret(tmp_path: Path) -> None:
     """Compose's own interpolation: no .env, and the file's ${VAR:?...} refuses to load, saying what to set."""
     (tmp_path / "infra").symlink_to(REPO / "infra")
@@ -672,14 +686,7 @@ def test_a_wrong_port_path_or_bind_address_in_the_file_fails(tmp_path: Path) -> 
     """What the running test relies on: a name with a port the service does not listen on is refused, a path no
     mount covers is the container's own (empty) folder, and a service bound to 127.0.0.1 in its container
     cannot be reached."""
-    (tmp_path / "infra").symlink_to(REPO / "infra")
-    env_file = tmp_path / ".env"
-    env_file.write_text(
-        "EDGELOOP_KAFKA_PASSWORD=k\nEDGELOOP_POSTGRES_PASSWORD=p\nEDGELOOP_S3_ACCESS_KEY_ID=a\n"
-        "EDGELOOP_S3_SECRET_ACCESS_KEY=s\n"
-    )
-    for folder in ("models", "seed", "camera"):
-        (tmp_path / folder).mkdir()
+    env_file = _project_with_secrets(tmp_path)
     config = loaded(tmp_path, env_file)
     infra = shared_endpoints(config, "127.0.0.1:9095")
     translation = Translation(config, tmp_path / "run", {**infra, ("mosquitto", 8883): "127.0.0.1:1"})
@@ -715,14 +722,7 @@ def test_a_wrong_port_path_or_bind_address_in_the_file_fails(tmp_path: Path) -> 
 def test_a_service_runs_as_its_images_user_with_its_ro_mounts_read_only(tmp_path: Path) -> None:
     """The model server runs as the image's uid 10001: /models (`:ro`) cannot be written, even where that uid
     owns it, and neither can the folders of its image that are root's; the volume it writes to can."""
-    (tmp_path / "infra").symlink_to(REPO / "infra")
-    env_file = tmp_path / ".env"
-    env_file.write_text(
-        "EDGELOOP_KAFKA_PASSWORD=k\nEDGELOOP_POSTGRES_PASSWORD=p\nEDGELOOP_S3_ACCESS_KEY_ID=a\n"
-        "EDGELOOP_S3_SECRET_ACCESS_KEY=s\n"
-    )
-    for folder in ("models", "seed", "camera"):
-        (tmp_path / folder).mkdir()
+    env_file = _project_with_secrets(tmp_path)
     os.chown(tmp_path / "models", 10001, 10001)
     config = loaded(tmp_path, env_file)
     translation = Translation(config, tmp_path / "run", shared_endpoints(config, "127.0.0.1:9095"))

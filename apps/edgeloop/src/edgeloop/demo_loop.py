@@ -40,10 +40,10 @@ import httpx
 
 from edgeloop.drifts import DEFAULT_DRIFT, Drift, parse_drift
 from edgeloop.local_mqtt import LocalBroker
+from edgeloop.narration import BusNarrator, Echo, Handler
 from edgeloop.system import CONSOLE, DOCUMENTED_PORTS, System, SystemConfig, wait_ready
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-Echo = Callable[[str], None]
 
 
 # -- photos ----------------------------------------------------------------------------------------------------
@@ -450,22 +450,20 @@ class LoopScenario:
         )
 
 
-class _Narrator:
+class _Narrator(BusNarrator):
     """Prints the loop's steps as their events pass on the bus."""
 
+    group = "demo-narrator"
+
     def __init__(self, echo: Echo, started: float) -> None:
-        self.echo = echo
-        self.started = started
+        super().__init__(echo, started)
         self.drift_alarms = 0
         self.alarmed: dict[str, set[str]] = {}  # feature -> the tests that alarmed on it
         self.labels = 0
         self.deployments: list[Any] = []
         self.changed = asyncio.Event()
 
-    def say(self, who: str, text: str) -> None:
-        self.echo(f"[{time.monotonic() - self.started:6.1f} s] {who:<9} {text}")
-
-    def subscribe(self, bus: Any) -> None:
+    def handlers(self) -> list[tuple[type[Any], Handler]]:
         from edgeloop_common.events import (
             DeploymentUpdated,
             DriftDetected,
@@ -475,7 +473,7 @@ class _Narrator:
             TrainingRequested,
         )
 
-        handlers: list[tuple[type[Any], Callable[[Any, Any], Awaitable[None]]]] = [
+        return [
             (DriftDetected, self._drift),
             (TrainingRequested, self._training),
             (ModelRegistered, self._registered),
@@ -483,8 +481,6 @@ class _Narrator:
             (DeploymentUpdated, self._deployment),
             (SampleLabeled, self._labeled),
         ]
-        for event_cls, handler in handlers:
-            bus.subscribe(event_cls, handler, group="demo-narrator")
 
     async def _drift(self, event: Any, context: Any) -> None:
         self.drift_alarms += 1

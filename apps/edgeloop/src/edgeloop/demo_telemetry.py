@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,11 +48,11 @@ from edgeloop_common.telemetry.model import MODEL_NAME
 from edgeloop.demo_loop import wait_until
 from edgeloop.device import SensorAlert, SensorSimulator, SensorSimulatorConfig
 from edgeloop.local_mqtt import LocalBroker, start_local_broker
+from edgeloop.narration import BusNarrator, Echo, Handler
 from edgeloop.processes import any_free_port
 from edgeloop.sensors import CHANGES, PROFILES, TEMPERATURE_OFFSET_C, SensorFleet, SensorRecord
 from edgeloop.system import DOCUMENTED_PORTS, FEDERATED, System, SystemConfig
 
-Echo = Callable[[str], None]
 T = TypeVar("T")
 
 DEFAULT_CHANGE = "new-machine-type"
@@ -160,12 +160,13 @@ class TelemetryOutcome:
 # -- the narrator ----------------------------------------------------------------------------------------------
 
 
-class _Narrator:
+class _Narrator(BusNarrator):
     """Prints each step as its event passes (on the bus, or at a device on MQTT) and counts what it saw."""
 
+    group = "demo-telemetry-narrator"
+
     def __init__(self, echo: Echo, started: float, scenario: TelemetryScenario) -> None:
-        self.echo = echo
-        self.started = started
+        super().__init__(echo, started)
         self.scenario = scenario
         self.phase = "before the change"
         self.alerts: Counter[tuple[str, str, int]] = Counter()  # (phase, site, version) -> alerts at the devices
@@ -181,10 +182,7 @@ class _Narrator:
         self.deployments: list[Any] = []
         self.changed = asyncio.Event()
 
-    def say(self, who: str, text: str) -> None:
-        self.echo(f"[{time.monotonic() - self.started:6.1f} s] {who:<9} {text}")
-
-    def subscribe(self, bus: Any) -> None:
+    def handlers(self) -> list[tuple[type[Any], Handler]]:
         from edgeloop_common.events import (
             DeploymentUpdated,
             DriftDetected,
@@ -194,7 +192,7 @@ class _Narrator:
             TrainingRequested,
         )
 
-        handlers: list[tuple[type[Any], Callable[[Any, Any], Awaitable[None]]]] = [
+        return [
             (TelemetryScored, self._scored),
             (DriftDetected, self._drift),
             (TrainingRequested, self._training),
@@ -202,8 +200,6 @@ class _Narrator:
             (ModelPromoted, self._promoted),
             (DeploymentUpdated, self._deployment),
         ]
-        for event_cls, handler in handlers:
-            bus.subscribe(event_cls, handler, group="demo-telemetry-narrator")
 
     # -- at the devices (MQTT) --
 
