@@ -65,7 +65,14 @@ async def test_new_labels_train_register_and_promote_a_version(tmp_path: Path, c
         assert loop.ingest is not None
         sample_ids = await upload_and_label(loop.ingest, labeled)
         await wait_for(lambda: len(loop.bus.events_of(TrainingRequested)) == 1)
-        first_id = (await loop.trainer.get("/v1/trainings")).json()["trainings"][0]["run_id"]
+
+        async def listed_runs() -> list[dict]:  # type: ignore[type-arg]
+            runs: list[dict] = (await loop.trainer.get("/v1/trainings")).json()["trainings"]  # type: ignore[type-arg]
+            return runs
+
+        # the request is on the bus before the trainer has consumed it and recorded its run
+        await wait_for(listed_runs)
+        first_id = (await listed_runs())[0]["run_id"]
         first = await run_to_end(loop.trainer, first_id)
 
         manual = await loop.trainer.post("/v1/trainings", json={"model_name": MODEL, "requested_by": "alice"})
