@@ -159,10 +159,21 @@ def host_folder_claim(core: client.CoreV1Api, namespace: str, claim: str, folder
     return volume
 
 
-def get_json(url: str) -> dict[str, Any] | None:
+def _authorized(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def get_json(url: str, *, token: str | None = None) -> dict[str, Any] | None:
     """The JSON at ``url``, or None while it does not answer (for ``wait_for``)."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=_authorized(token)), timeout=5) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+
+
+def post_json(url: str, body: dict[str, Any], *, token: str | None = None) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"} | _authorized(token)
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]

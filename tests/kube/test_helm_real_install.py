@@ -1,11 +1,11 @@
 """The whole chart on the real node, checked by its own ``helm test`` (issue 12).
 
-Every service of the chart (ingest, the gateway, registry, trainer, drift, the model server and the edge agent of
-the real node's site) runs as a real pod of the EdgeLoop image on the kubelet + containerd node, under the chart's
-securityContext, and ``helm test`` then checks from pods of the image that each answers 200 on its readiness
-endpoint and that a picture a device publishes comes back classified. Not the deployer: a pod cannot reach this
-control plane's API server (helm-real-install-values.yaml says why); the model server it rolls out runs here under
-its securityContext all the same (its manifests applied as it applies them, the second test).
+Every service of the chart (ingest, the gateway, registry, trainer, drift, the deployer, the model server and the
+edge agent of the real node's site) runs as a real pod of the EdgeLoop image on the kubelet + containerd node, under
+the chart's securityContext, and ``helm test`` then checks from pods of the image that each answers 200 on its
+readiness endpoint and that a picture a device publishes comes back classified. Then the deployer, asked through
+its API, rolls the model out to the node's group: it reaches the API server through the ``kubernetes`` Service
+(the node's api-forward) and its model server runs on the real node under its securityContext, serving the version.
 
 The pods reach brokers of this test's own, started from ``edgeloop.infra``'s components on the real node's bridge
 address (the host as the pods see it): Kafka over SASL_SSL (SCRAM), PostgreSQL over TLS (verify-full) and the
@@ -18,6 +18,7 @@ model is the session's small trained one. About 5 to 8 minutes on 2 busy cores, 
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from edgeloop import images
@@ -38,7 +40,7 @@ from edgeloop.infra.secure import KAFKA_USER, POSTGRES_TLS_DATABASE, POSTGRES_TL
 from edgeloop.kube import edge, node
 from edgeloop.paths import repo_root
 from edgeloop.processes import pick_port
-from kube_helpers import KubeCluster, describe_namespace, get_json, host_folder_claim, wait_for
+from kube_helpers import KubeCluster, describe_namespace, get_json, host_folder_claim, post_json, wait_for
 from kubernetes import client
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow, pytest.mark.tf]
@@ -260,8 +262,7 @@ def test_the_whole_chart_runs_on_the_real_node_and_passes_helm_test(
         )
         pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/instance=loop").items
         names = {pod.metadata.labels.get("app.kubernetes.io/name") for pod in pods}
-        # (not the deployer: see helm-real-install-values.yaml)
-        expected = {"ingest", "inference-gateway", "registry", "trainer", "drift", "model-server", "edge"}
+        expected = {"ingest", "inference-gateway", "registry", "trainer", "drift", "deployer", "model-server", "edge"}
         assert expected <= names, sorted(names)
         for pod in pods:
             assert pod.spec.node_name == real_node, (pod.metadata.name, pod.spec.node_name)
@@ -279,65 +280,49 @@ def test_the_whole_chart_runs_on_the_real_node_and_passes_helm_test(
         )
         assert "loop-test-readiness" in tested.stdout and "loop-test-classify" in tested.stdout, tested.stdout
         assert "Phase:          Failed" not in tested.stdout
-        assert "7 of 7 ready" in tested.stdout, tested.stdout  # six services and the site's edge agent
+        assert "8 of 8 ready" in tested.stdout, tested.stdout  # seven services and the site's edge agent
         # the picture's result, as the device printed it: "helm-test.png -> <label> <confidence>  (<model> v1) ..."
         assert "helm-test.png -> " in tested.stdout and f"({trained_model_name} v1)" in tested.stdout, tested.stdout
+
+        _the_deployer_rolls_the_model_out_to_the_real_node(core, namespace, trained_model_name, real_node)
     finally:
         for volume in volumes:
             core.delete_persistent_volume(volume)
         shutil.rmtree(folders, ignore_errors=True)
 
 
-def test_the_model_server_the_deployer_rolls_out_runs_under_its_security_context_on_the_real_node(
-    edgeloop_image: images.BuiltImage,
-    trained_model_base: Path,
-    trained_model_name: str,
-    real_node: str,
-    kube_api: client.ApiClient,
-    namespace: str,
+def _the_deployer_rolls_the_model_out_to_the_real_node(
+    core: client.CoreV1Api, namespace: str, model: str, real_node: str
 ) -> None:
-    """The deployer's own manifests (edgeloop-lite, the version pinned) on the real node: a numeric non-root user,
-    seccomp RuntimeDefault, a read-only root with /tmp an emptyDir, no capability; Ready on the pinned version."""
-    from edgeloop_deployer.adapters.manifests import ServingSpec, serving_objects, workload_name
-    from edgeloop_deployer.service import WorkloadPlan
+    """The Deploy button's request to the deployer pod: a rollout to the group, watched to ready; its model server
+    (the deployer's own manifests: the lite server, the version pinned) Ready on the real node under its
+    securityContext, serving that version through the group's Service."""
+    from edgeloop_deployer.adapters.manifests import workload_name
 
-    core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
-    folders = node.node_paths().root / "volumes" / namespace
-    models = _owned_folder(folders / "models")
-    shutil.copytree(trained_model_base, models, dirs_exist_ok=True)
-    for path in [models, *models.rglob("*")]:
-        os.chown(path, images.USER_ID, images.USER_ID)
-    volume = host_folder_claim(core, namespace, "edgeloop-models", models)
-    try:
-        spec = ServingSpec(
-            server_kind="edgeloop-lite",
-            image=edgeloop_image.name.reference,
-            image_pull_policy="Never",
-            replicas=1,
-            cpu_request="20m",
-            memory_request="128Mi",
-        )
-        deployment, service = serving_objects(WorkloadPlan(trained_model_name, GROUP, 1), spec)
-        apps.create_namespaced_deployment(namespace, deployment)
-        created = core.create_namespaced_service(namespace, service)
-        selector = f"app.kubernetes.io/instance={workload_name(trained_model_name, GROUP)}"
-        deadline = time.monotonic() + 300
-        while True:
-            pods = core.list_namespaced_pod(namespace, label_selector=selector).items
-            statuses = [status for pod in pods for status in pod.status.container_statuses or []]
-            if pods and statuses and all(status.ready for status in statuses):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"the deployer's model server not Ready in 300 s:\n{describe_namespace(core, namespace)}")
-            time.sleep(2)
-        [pod] = pods
-        assert pod.spec.node_name == real_node
-        assert pod.spec.security_context.run_as_user == images.USER_ID and pod.spec.security_context.run_as_non_root
-        assert pod.spec.containers[0].security_context.read_only_root_filesystem
-        # From the host through its Service: the pinned version is the one served.
-        url = f"http://{created.spec.cluster_ip}:8501/v1/models/{trained_model_name}"
-        status = wait_for(lambda: get_json(url), f"{url} through kube-proxy", timeout=60)
-        assert [(v["version"], v["state"]) for v in status["model_version_status"]] == [("1", "AVAILABLE")]
-    finally:
-        core.delete_persistent_volume(volume)
-        shutil.rmtree(folders, ignore_errors=True)
+    began = time.monotonic()
+    token = base64.b64decode(core.read_namespaced_secret("loop-api-tokens", namespace).data["admin.token"]).decode()
+    deployer = f"http://{core.read_namespaced_service('loop-deployer', namespace).spec.cluster_ip}:8086"
+    started = post_json(
+        f"{deployer}/v1/deployments",
+        {"model_name": model, "node_group": GROUP, "version": 1, "reason": "helm real install test"},
+        token=token,
+    )
+    followed = f"{deployer}{started['deployment']}"
+
+    def ended() -> dict[str, Any] | None:
+        state = get_json(followed, token=token)
+        return state if state and state["phase"] in ("ready", "rolled_back", "failed") else None
+
+    state = wait_for(ended, f"the deployer's rollout of {model} v1 to {GROUP}", timeout=300)
+    _echo(f"the deployer's rollout: {state['phase']} in {time.monotonic() - began:.0f} s")
+    assert (state["phase"], state["actual_version"]) == ("ready", 1), f"{state}\n{describe_namespace(core, namespace)}"
+
+    selector = f"app.kubernetes.io/instance={workload_name(model, GROUP)}"
+    [pod] = core.list_namespaced_pod(namespace, label_selector=selector).items
+    assert pod.spec.node_name == real_node
+    assert pod.spec.security_context.run_as_user == images.USER_ID and pod.spec.security_context.run_as_non_root
+    assert pod.spec.containers[0].security_context.read_only_root_filesystem
+    service = core.read_namespaced_service(workload_name(model, GROUP), namespace)
+    url = f"http://{service.spec.cluster_ip}:8501/v1/models/{model}"
+    status = wait_for(lambda: get_json(url, token=token), f"{url} through kube-proxy", timeout=60)
+    assert [(v["version"], v["state"]) for v in status["model_version_status"]] == [("1", "AVAILABLE")]

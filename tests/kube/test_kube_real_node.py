@@ -22,7 +22,7 @@ import pytest
 from edgeloop import images
 from edgeloop.kube import edge, node
 from edgeloop.paths import repo_root
-from kube_helpers import KubeCluster, describe_namespace, get_json, host_folder_claim, wait_for
+from kube_helpers import KubeCluster, describe_namespace, get_json, host_folder_claim, post_json, wait_for
 from kubernetes import client
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
@@ -104,7 +104,7 @@ def test_edgeloop_image_serves_a_model_through_a_service_from_the_host(
     status = wait_for(lambda: get_json(base), f"{base} through kube-proxy", timeout=60)
     assert [v["state"] for v in status["model_version_status"]] == ["AVAILABLE"]
     xs = [round(random.uniform(-100, 100), 2) for _ in range(3)]
-    answer = _post_json(f"{base}:predict", {"instances": [[x] for x in xs]})
+    answer = post_json(f"{base}:predict", {"instances": [[x] for x in xs]})
     assert [row[0] for row in answer["predictions"]] == pytest.approx([2 * x + 1 for x in xs], rel=1e-5)
 
     # The API server reaches the kubelet (kubectl logs): the init container said nothing, the server logged.
@@ -216,13 +216,6 @@ def _ready_pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Po
     return pod if ready else None
 
 
-def _post_json(url: str, body: dict[str, Any], *, token: str | None = None) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
-
-
 CHART = repo_root() / "helm" / "edgeloop"
 ONLY_THE_MODEL_SERVER = [
     f"{service}.enabled=false"
@@ -281,7 +274,7 @@ def test_the_chart_s_model_server_runs_on_the_real_node_and_answers_with_a_token
         secret = core.read_namespaced_secret("loop-api-tokens", namespace)
         token = base64.b64decode(secret.data["admin.token"]).decode()
         x = round(random.uniform(-100, 100), 2)
-        answer = _post_json(f"{base}:predict", {"instances": [[x]]}, token=token)
+        answer = post_json(f"{base}:predict", {"instances": [[x]]}, token=token)
         assert answer["predictions"][0][0] == pytest.approx(2 * x + 1, rel=1e-5)
     finally:
         core.delete_persistent_volume(volume)

@@ -141,8 +141,8 @@ def apiserver_argv(binaries: Binaries, paths: Paths, ports: Ports) -> list[str]:
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         f"--proxy-client-cert-file={pki.cert('front-proxy-client')}",
         f"--proxy-client-key-file={pki.key('front-proxy-client')}",
-        # A loopback address may not be an Endpoints address; no pod here needs to reach the API
-        # through the `kubernetes` Service, so its endpoints are not reconciled.
+        # A loopback address may not be an Endpoints address, so the `kubernetes` Service's endpoints are not
+        # reconciled: the real node (node.py, api-forward) gives it the one pods reach.
         "--endpoint-reconciler-type=none",
         # How the API server authenticates to a real node's kubelet (logs, exec); the simulated ones have none.
         f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",

@@ -13,6 +13,12 @@ the kubelet keeps its own score (``oomScoreAdj: 0``).
 The node registers as ``edge-<group>-kubelet``; the kubelet may not set ``node-role.kubernetes.io/*`` labels on
 itself (NodeRestriction), so ``up`` labels it as an edge node of its group, like the simulated ones, with the admin
 identity, and lists it in the group's NodeGroup.
+
+Pods reach the API server through the ``kubernetes`` Service (10.96.0.1:443, what in-cluster clients read from
+their environment). The control plane listens on 127.0.0.1 only, which inside a pod is the pod itself, so the node
+runs ``api-forward``: Debian's socat listening on the host's address (as the cluster DNS does) and passing each
+connection through, TLS untouched, to the API server on loopback; an EndpointSlice makes it the Service's endpoint.
+The API server's certificate already names 10.96.0.1, so a pod's client verifies it as in any cluster.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from contextlib import suppress
@@ -56,11 +63,14 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 PAUSE_IMAGE = "edgeloop.local/pause:1"
 RUNC = "/usr/sbin/runc"
 NODE_READY_TIMEOUT = 180.0
-PROCESS_NAMES = ("containerd", "kubelet", "kube-proxy", "dns")
+PROCESS_NAMES = ("containerd", "kubelet", "kube-proxy", "dns", "api-forward")
 # Cluster DNS (infra/kube/dns, see its main.go): the kube-dns Service at the address kubeadm clusters give it,
 # its endpoint the dns process on the host; pods get it as their nameserver from the kubelet (clusterDNS).
 CLUSTER_DNS_IP = "10.96.0.10"
 DNS_SERVICE = ("kube-system", "kube-dns")
+# The API server's Service (made by the API server itself) and the EndpointSlice naming api-forward as its endpoint.
+API_SERVICE = ("default", "kubernetes")
+API_ENDPOINTS = "kubernetes-host"
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ PACKAGES = (
     Requirement("debootstrap", "debootstrap"),
     Requirement("umoci", "umoci"),
     Requirement("iptables", "iptables"),
+    # api-forward: pods reach the API server (on 127.0.0.1) through it.
+    Requirement("socat", "socat"),
 )
 
 
@@ -345,8 +357,44 @@ def up(api: ApiClient, binaries: Binaries, pki: Pki, server: str, group: str, ec
     ]
     _start("dns", dns, paths, echo, _tcp_open(address, ports["dns"]), 60)
     apply_manifests(api, dns_objects(address, ports["dns"]))
+    _start("api-forward", api_forward_argv(paths, address, ports["api_forward"], server), paths, echo,
+           _tcp_open(address, ports["api_forward"]), 30)  # fmt: skip
+    apply_manifests(api, [api_endpoints(address, ports["api_forward"])])
     _label_and_wait(api, name, group, echo)
     return name
+
+
+def api_forward_argv(paths: NodePaths, address: str, port: int, server: str) -> list[str]:
+    """socat passing each connection to ``address:port`` through to the API server (``server``, on loopback)."""
+    upstream = urllib.parse.urlsplit(server)
+    return [
+        "socat",
+        # its own log file (it names paths.root, by which owned_process knows the process is the node's)
+        "-lf", str(paths.root / "logs" / "api-forward.socat.log"),
+        f"TCP-LISTEN:{port},bind={address},reuseaddr,fork",
+        f"TCP:{upstream.hostname}:{upstream.port}",
+    ]  # fmt: skip
+
+
+def api_endpoints(address: str, port: int) -> dict[str, Any]:
+    """The ``kubernetes`` Service's EndpointSlice: api-forward. (The API server does not reconcile that Service's
+    endpoints here: ``--endpoint-reconciler-type=none``, its own address being loopback.)"""
+    namespace, service = API_SERVICE
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": API_ENDPOINTS,
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "edgeloop-kube",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "protocol": "TCP", "port": port}],
+    }
 
 
 def dns_objects(address: str, port: int) -> list[dict[str, Any]]:
@@ -388,7 +436,7 @@ def down(echo: Echo, api: ApiClient | None = None) -> list[str]:
     paths = node_paths()
     stopped: list[str] = []
     name = json.loads(paths.record.read_text()).get("name") if paths.record.is_file() else None
-    for process_name in ("dns", "kube-proxy", "kubelet"):
+    for process_name in ("api-forward", "dns", "kube-proxy", "kubelet"):
         if (proc := _running(process_name)) is not None:
             echo(f"{process_name} (pid {proc.pid}): {processes.terminate(proc)}")
             stopped.append(process_name)
@@ -405,7 +453,7 @@ def down(echo: Echo, api: ApiClient | None = None) -> list[str]:
         _unmount_under(paths.root, echo)
         _remove_kubelet_rules()
     if api is not None and name:
-        from kubernetes.client import CoreV1Api
+        from kubernetes.client import CoreV1Api, DiscoveryV1Api
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -414,6 +462,8 @@ def down(echo: Echo, api: ApiClient | None = None) -> list[str]:
             echo(f"node {name} deleted")
         with suppress(ApiException, HTTPError):
             CoreV1Api(api).delete_namespaced_service(DNS_SERVICE[1], DNS_SERVICE[0], _request_timeout=10)
+        with suppress(ApiException, HTTPError):
+            DiscoveryV1Api(api).delete_namespaced_endpoint_slice(API_ENDPOINTS, API_SERVICE[0], _request_timeout=10)
     return stopped
 
 
@@ -424,12 +474,19 @@ def _ports(saved: dict[str, int]) -> dict[str, int]:
         "kube_proxy_healthz": 10256,
         "kube_proxy_metrics": 10249,
         "dns": 1053,
+        "api_forward": 16443,
     }
-    running = {name: _running(name) is not None for name in ("kubelet", "kube-proxy", "dns")}
+    owners = {
+        "kubelet": "kubelet",
+        "kubelet_healthz": "kubelet",
+        "kube_proxy_healthz": "kube-proxy",
+        "kube_proxy_metrics": "kube-proxy",
+        "dns": "dns",
+        "api_forward": "api-forward",
+    }
     chosen: dict[str, int] = {}
     for key, port in preferred.items():
-        owner = "kubelet" if key.startswith("kubelet") else "kube-proxy" if key.startswith("kube_proxy") else "dns"
-        if running[owner] and key in saved:
+        if _running(owners[key]) is not None and key in saved:
             chosen[key] = int(saved[key])
             continue
         last = int(saved.get(key, port))
