@@ -81,6 +81,34 @@ def copy_model_base(model_base: Path, destination: Path) -> Path:
     return target
 
 
+def export_constant_model(path: Path, scores: tuple[float, float], *, fail: bool = False) -> None:
+    """An image classifier's signature (encoded images in, scores and class names out) that answers ``scores`` for
+    every image, or (``fail``) whose predict raises InvalidArgument on every call."""
+    import tensorflow as tf  # only where a test makes a model
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        images = tf.compat.v1.placeholder(tf.string, [None], name="image_bytes")
+        count = tf.shape(images)[0]
+        answer = tf.tile(tf.constant([list(scores)], tf.float32), [count, 1])
+        if fail:
+            check = tf.debugging.assert_less(count, 0, message="this version cannot classify anything")
+            with tf.control_dependencies([check]):
+                answer = tf.identity(answer)
+        classes = tf.tile(tf.constant([["cat", "dog"]]), [count, 1])
+        builder = tf.compat.v1.saved_model.Builder(str(path))
+        builder.add_meta_graph_and_variables(
+            session,
+            ["serve"],
+            signature_def_map={
+                "serving_default": tf.compat.v1.saved_model.predict_signature_def(
+                    {"image_bytes": images}, {"scores": answer, "classes": classes}
+                )
+            },
+        )
+        builder.save()
+
+
 def lite_server_settings(model_base: Path, model_name: str, **overrides: Any) -> Any:
     """Settings of the lite model server on free local ports (REST and gRPC), serving ``model_base``: what a test
     hands ``edgeloop_model_server.embedded.serve_in_thread``. Two inference threads unless ``overrides`` say."""

@@ -183,10 +183,31 @@ def test_an_edge_agent_per_site_serves_with_the_model_server_the_deployer_rolls_
         )
         assert env["EDGELOOP_EDGE_CLOUD_URL"] == "http://loop-inference-gateway:8082"
         assert env["EDGELOOP_EDGE_INGEST_URL"] == "http://loop-ingest:8081"
+        # The site's canary: asked of the release's deployer (its Service and port, below).
+        assert (env["EDGELOOP_EDGE_DEPLOYER_URL"], env["EDGELOOP_EDGE_CANARY_POLL_S"]) == (
+            "http://loop-deployer:8086",
+            "2",
+        )
         store = {volume["name"]: volume for volume in pod["volumes"]}["store"]
         assert store["hostPath"] == {"path": f"/var/lib/edgeloop/edge/{site}", "type": "Directory"}
+    deployer_port = rendered[("Service", "loop-deployer")]["spec"]["ports"][0]
+    assert deployer_port["port"] == 8086
     one = _render(kube_cluster, "--set", "edgeAgents.sites=site-b")
     assert [name for kind, name in one if kind == "Deployment" and "-edge-" in name] == ["loop-edge-site-b"]
+    no_deployer = _render(kube_cluster, "--set", "deployer.enabled=false")
+    assert "EDGELOOP_EDGE_DEPLOYER_URL" not in {
+        var["name"] for var in _container_env(no_deployer[("Deployment", "loop-edge-site-a")])
+    }
+    elsewhere = _render(
+        kube_cluster,
+        "--set",
+        "deployer.enabled=false,edgeAgents.deployerUrl=https://deployer.cloud.example,edgeAgents.canaryPollS=1.5",
+    )
+    env = {var["name"]: var.get("value") for var in _container_env(elsewhere[("Deployment", "loop-edge-site-a")])}
+    assert (env["EDGELOOP_EDGE_DEPLOYER_URL"], env["EDGELOOP_EDGE_CANARY_POLL_S"]) == (
+        "https://deployer.cloud.example",
+        "1.5",
+    )
     assert not any("-edge-" in name for _, name in _render(kube_cluster, "--set", "edgeAgents.enabled=false"))
 
 

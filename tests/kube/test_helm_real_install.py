@@ -6,6 +6,8 @@ the chart's securityContext, and ``helm test`` then checks from pods of the imag
 readiness endpoint and that a picture a device publishes comes back classified. Then the deployer, asked through
 its API, rolls the model out to the node's group: it reaches the API server through the ``kubernetes`` Service
 (the node's api-forward) and its model server runs on the real node under its securityContext, serving the version.
+Then two promotions with a canary on the real node, judged on the gateway's answers to a camera at the node's site:
+a version sure of its answers completes, one barely sure of anything is stopped at its canary and rolled back.
 
 The pods reach brokers of this test's own, started from ``edgeloop.infra``'s components on the real node's bridge
 address (the host as the pods see it): Kafka over SASL_SSL (SCRAM), PostgreSQL over TLS (verify-full) and the
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +197,7 @@ def test_the_whole_chart_runs_on_the_real_node_and_passes_helm_test(
     pod_brokers: PodBrokers,
     trained_model_base: Path,
     trained_model_name: str,
+    catdog_train_dir: Path,
     real_node: str,
     kube_api: client.ApiClient,
     kube_cluster: KubeCluster,
@@ -285,6 +289,7 @@ def test_the_whole_chart_runs_on_the_real_node_and_passes_helm_test(
         assert "helm-test.png -> " in tested.stdout and f"({trained_model_name} v1)" in tested.stdout, tested.stdout
 
         _the_deployer_rolls_the_model_out_to_the_real_node(core, namespace, trained_model_name, real_node)
+        _canaries_on_the_real_node(core, namespace, trained_model_name, real_node, models, catdog_train_dir)
     finally:
         for volume in volumes:
             core.delete_persistent_volume(volume)
@@ -300,8 +305,8 @@ def _the_deployer_rolls_the_model_out_to_the_real_node(
     from edgeloop_deployer.adapters.manifests import workload_name
 
     began = time.monotonic()
-    token = base64.b64decode(core.read_namespaced_secret("loop-api-tokens", namespace).data["admin.token"]).decode()
-    deployer = f"http://{core.read_namespaced_service('loop-deployer', namespace).spec.cluster_ip}:8086"
+    token = _token(core, namespace)
+    deployer = _service_url(core, namespace, "loop-deployer", 8086)
     started = post_json(
         f"{deployer}/v1/deployments",
         {"model_name": model, "node_group": GROUP, "version": 1, "reason": "helm real install test"},
@@ -322,7 +327,129 @@ def _the_deployer_rolls_the_model_out_to_the_real_node(
     assert pod.spec.node_name == real_node
     assert pod.spec.security_context.run_as_user == images.USER_ID and pod.spec.security_context.run_as_non_root
     assert pod.spec.containers[0].security_context.read_only_root_filesystem
-    service = core.read_namespaced_service(workload_name(model, GROUP), namespace)
-    url = f"http://{service.spec.cluster_ip}:8501/v1/models/{model}"
+    url = f"{_service_url(core, namespace, workload_name(model, GROUP), 8501)}/v1/models/{model}"
     status = wait_for(lambda: get_json(url, token=token), f"{url} through kube-proxy", timeout=60)
     assert [(v["version"], v["state"]) for v in status["model_version_status"]] == [("1", "AVAILABLE")]
+
+
+def _token(core: client.CoreV1Api, namespace: str) -> str:
+    return base64.b64decode(core.read_namespaced_secret("loop-api-tokens", namespace).data["admin.token"]).decode()
+
+
+def _service_url(core: client.CoreV1Api, namespace: str, service: str, port: int) -> str:
+    return f"http://{core.read_namespaced_service(service, namespace).spec.cluster_ip}:{port}"
+
+
+def _upload(ingest: str, photo: Path, token: str) -> None:
+    """A picture of the camera at the real node's site, through ingest's HTTP API (as `edgeloop device` uploads)."""
+    request = urllib.request.Request(
+        f"{ingest}/v1/samples?device_id=canary-camera&site_id={GROUP}",
+        data=photo.read_bytes(),
+        headers={"Content-Type": "image/jpeg", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+
+
+def _canaries_on_the_real_node(
+    core: client.CoreV1Api, namespace: str, model: str, real_node: str, models: Path, photos_dir: Path
+) -> None:
+    """Version 2 (sure of its answers) and then version 3 (barely sure of anything) promoted with a canary taking
+    half of the site's pictures: each canary's model server is a pod on the real node; the gateway answers the
+    share with the canary's version and the deployer judges the answers it reads from Kafka."""
+    from edgeloop_deployer.adapters.manifests import workload_name
+
+    from tests.model_fixtures import export_constant_model
+
+    token = _token(core, namespace)
+    deployer = _service_url(core, namespace, "loop-deployer", 8086)
+    ingest = _service_url(core, namespace, "loop-ingest", 8081)
+    served = f"{_service_url(core, namespace, 'loop-model-server', 8501)}/v1/models/{model}"
+    for version, scores in ((2, (0.97, 0.03)), (3, (0.52, 0.48))):
+        staging = models / f".{version}.new"
+        export_constant_model(staging, scores)
+        for path in [staging, *staging.rglob("*")]:
+            os.chown(path, images.USER_ID, images.USER_ID)
+        staging.rename(models / model / str(version))  # whole, or not at all, for the polling servers
+
+    def every_version_available() -> bool:
+        status = get_json(served, token=token) or {"model_version_status": []}
+        return {v["version"] for v in status["model_version_status"] if v["state"] == "AVAILABLE"} == {"1", "2", "3"}
+
+    wait_for(every_version_available, "the gateway's model server serving versions 1 to 3", timeout=120)
+    photos = sorted((photos_dir / "cat").iterdir())[:6] + sorted((photos_dir / "dog").iterdir())[:6]
+    canary_pods = f"app.kubernetes.io/instance={workload_name(model, GROUP, canary=True)}"
+
+    def promote_with_canary(version: int) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        began = time.monotonic()
+        post_json(
+            f"{deployer}/v1/deployments",
+            {"model_name": model, "node_group": GROUP, "version": version, "canary_weight": 0.5},
+            token=token,
+        )
+        canary_nodes: list[str] = []
+        sent = 0
+        figures: dict[str, Any] = {}  # the canary's arm as last seen while it ran
+
+        def decided() -> dict[str, Any] | None:
+            nonlocal sent
+            canary = get_json(f"{deployer}/v1/deployments/{model}/{GROUP}/canary", token=token)
+            if not canary or canary["version"] != version:
+                return None
+            if canary["status"] in ("completed", "rolled_back"):
+                return canary | {"seen": figures}
+            if canary["canary"]:
+                figures.update(canary["canary"])
+            if canary["status"] == "watching":
+                if not canary_nodes:
+                    canary_nodes.extend(
+                        p.spec.node_name for p in core.list_namespaced_pod(namespace, label_selector=canary_pods).items
+                    )
+                for photo in photos[sent % len(photos) :][:4]:
+                    _upload(ingest, photo, token)
+                    sent += 1
+            return None
+
+        canary = wait_for(decided, f"the canary of version {version} decided", timeout=360)
+
+        def settled() -> dict[str, Any] | None:
+            state = get_json(f"{deployer}/v1/deployments/{model}/{GROUP}", token=token)
+            done = (
+                state and state["desired_version"] == version and state["phase"] in ("ready", "rolled_back", "failed")
+            )
+            return state if done else None
+
+        deployment = wait_for(settled, f"the rollout of version {version} ended", timeout=300)
+        _echo(
+            f"canary of version {version}: {canary['status']} after {sent} pictures, {time.monotonic() - began:.0f} s"
+        )
+        return canary, deployment, canary_nodes
+
+    good, after_good, good_nodes = promote_with_canary(2)
+    assert good_nodes == [real_node], good_nodes  # the canary's one pod ran on the real node
+    assert good["status"] == "completed", good
+    assert (after_good["phase"], after_good["actual_version"]) == ("ready", 2), after_good
+    assert good["reason"].startswith("canary of version 2 passed"), good
+    # the gateway gave the canary its share of the pictures, answered by version 2 (its constant 0.97)
+    assert good["seen"]["answers"] >= 8 and good["seen"]["mean_confidence"] == pytest.approx(0.97, abs=1e-3), good
+
+    unsure, after_unsure, unsure_nodes = promote_with_canary(3)
+    assert unsure_nodes == [real_node], unsure_nodes
+    assert unsure["status"] == "rolled_back", unsure
+    assert unsure["reason"].startswith("canary of version 3 failed: mean confidence 0.520 against 0.970"), unsure
+    assert (after_unsure["phase"], after_unsure["desired_version"], after_unsure["actual_version"]) == (
+        "rolled_back",
+        3,
+        2,
+    ), after_unsure
+    assert after_unsure["reason"] == unsure["reason"]
+    # the canary is gone; the group's model server still serves version 2 alone
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace, label_selector=canary_pods).items or None,
+        "the canary's pod removed",
+        timeout=120,
+    )
+    group = f"{_service_url(core, namespace, workload_name(model, GROUP), 8501)}/v1/models/{model}"
+    status = get_json(group, token=token)
+    assert status and [(v["version"], v["state"]) for v in status["model_version_status"]] == [("2", "AVAILABLE")]

@@ -1,8 +1,11 @@
-"""Canary rollouts with a scripted target and the real SQLite store: the answers a gateway would publish decide.
+"""Canary rollouts with a scripted target and the real SQLite store: the answers a gateway or an edge agent would
+publish decide.
 
-The answers are made here the way the gateway makes them (docs/deployer.md, "Canary rollouts"): a sample in the
-canary's share (``in_canary_share``) is answered by the canary's version, or -- the canary failing -- by the stable
-version. test_deployer_canary_local.py runs the same on real model servers, a real gateway and Kafka.
+The answers are made here the way the gateway and the edge agent make them (docs/deployer.md, "Canary rollouts"): a
+sample in the canary's share (``in_canary_share``) is answered by the canary's version, or -- the canary failing --
+by the stable version. An edge agent's answer comes through ingest as ``served_by=edge``, or, for a hard example the
+deep cloud model answered, with the edge model's answer in ``joint``. test_deployer_canary_local.py runs the same on
+real model servers, a real gateway and Kafka; services/edge/tests/test_edge_canary.py the edge agent's split.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import httpx
 import pytest
 from deployer_testing import ScriptedTarget, eventually, final_update, phases, updates
 from edgeloop_common.bus.inprocess import InProcessBus
-from edgeloop_common.events import BlobRef, DeploymentUpdated, InferenceCompleted, in_canary_share
+from edgeloop_common.events import BlobRef, DeploymentUpdated, InferenceCompleted, JointInference, in_canary_share
 from edgeloop_deployer.adapters.store import SqlDeploymentStore, create_sql_engine
 from edgeloop_deployer.app import create_app
 from edgeloop_deployer.canary import ArmStats, Canary, CanaryPolicy, CanaryStats, judge
@@ -71,6 +74,39 @@ def answers(
         else:  # the stable version's share, or the canary's answered by the stable version (it failed)
             made.append(answer(sample_id, 1, 0.9))
     return made
+
+
+def edge_answer(
+    sample_id: str, version: int, confidence: float, *, hard: bool = False, latency_ms: float = 10.0
+) -> InferenceCompleted:
+    """An edge agent's answer as ingest publishes it. ``hard``: a hard example the deep cloud model (another model)
+    answered for the device; the edge model's own answer is in ``joint``."""
+    edge = answer(sample_id, version, confidence, latency_ms).model_copy(update={"served_by": "edge"})
+    if not hard:
+        return edge
+    joint = JointInference(
+        edge_model_name="catdog",
+        edge_model_version=version,
+        edge_scores={"cat": confidence, "dog": 1 - confidence},
+        edge_latency_ms=latency_ms,
+        outcome="cloud",
+        cloud_model_name="catdog-deep",
+        cloud_model_version=7,
+        cloud_scores={"cat": 0.99, "dog": 0.01},
+        cloud_latency_ms=80.0,
+    )
+    return edge.model_copy(
+        update={
+            "model_name": "catdog-deep",
+            "model_version": 7,
+            "scores": {"cat": 0.99, "dog": 0.01},
+            "confidence": 0.99,
+            "latency_ms": 95.0,
+            "served_by": "cloud",
+            "hard_example": True,
+            "joint": joint,
+        }
+    )
 
 
 def canary_updates(bus: InProcessBus) -> list[tuple[str, str | None]]:
@@ -166,6 +202,51 @@ async def test_a_canary_that_fails_to_answer_is_stopped_before_its_window_is_ove
     assert last is not None and (last.phase, last.actual_version) == ("rolled_back", 1)
     assert last.reason.startswith("canary of version 2 failed: error rate 1.00 (")
     assert "answers of its share failed) above the 0.05 allowed" in last.reason
+
+
+async def test_an_edge_agents_answers_are_judged_with_the_edge_models_part_of_hard_examples(
+    tmp_path: Path, bus: InProcessBus
+) -> None:
+    """The site's edge agent splits too: its answers (``served_by=edge``) and the edge model's answers to the hard
+    examples the cloud answered (in ``joint``, under the deep model's name) count like the gateway's."""
+    target = ScriptedTarget()
+    long_window = CanaryPolicy(**{**POLICY.__dict__, "window_s": 60.0, "min_samples": 1000})
+    service = make_service(tmp_path / "d.sqlite3", bus, target, long_window)
+    await serving_version_1(service)
+    await service.deploy("catdog", 2, GROUP, trigger="promotion")
+    await eventually(lambda: watching(bus) is not None, what="the canary watching")
+
+    made = [uuid.uuid4().hex for _ in range(90)]
+    in_share = [s for s in made if in_canary_share(s, POLICY.weight)]
+    for n, sample_id in enumerate(made):  # the canary is less sure (0.6) than the stable version (0.9)
+        version, confidence = (2, 0.6) if sample_id in in_share else (1, 0.9)
+        await service.on_inference(edge_answer(sample_id, version, confidence, hard=n % 3 == 0))
+    _, seen = await service.canary("catdog", GROUP)
+
+    assert seen is not None
+    assert (seen.canary.answers, seen.canary.errors, seen.stable.answers) == (len(in_share), 0, 90 - len(in_share))
+    # the edge model's confidence, not the deep model's answer to the hard examples (0.99)
+    assert seen.canary.mean_confidence == pytest.approx(0.6) and seen.stable.mean_confidence == pytest.approx(0.9)
+
+
+async def test_an_edge_agent_answering_the_canarys_share_with_the_stable_version_fails_it(
+    tmp_path: Path, bus: InProcessBus
+) -> None:
+    """The error signal at the edge: the agent's fallback answers (the stable version, in the canary's share)."""
+    target = ScriptedTarget()
+    slow_window = CanaryPolicy(**{**POLICY.__dict__, "window_s": 60.0})
+    service = make_service(tmp_path / "d.sqlite3", bus, target, slow_window)
+    await serving_version_1(service)
+
+    await service.deploy("catdog", 2, GROUP, trigger="promotion")
+    await eventually(lambda: watching(bus) is not None, what="the canary watching")
+    for n in range(120):
+        await service.on_inference(edge_answer(uuid.uuid4().hex, 1, 0.9, hard=n % 4 == 0))
+    await eventually(lambda: final_update(bus, GROUP) is not None, what="the canary stopped", timeout_s=5.0)
+
+    last = final_update(bus, GROUP)
+    assert last is not None and (last.phase, last.actual_version) == ("rolled_back", 1)
+    assert last.reason.startswith("canary of version 2 failed: error rate 1.00 (")
 
 
 async def test_a_canary_that_never_becomes_ready_is_removed_and_the_stable_version_untouched(

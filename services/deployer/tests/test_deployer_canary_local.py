@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import tensorflow as tf
 from edgeloop_common.bus import EventContext
 from edgeloop_common.bus.kafka import KafkaBus
 from edgeloop_common.events import BlobRef, DeploymentUpdated, ImageReceived, InferenceCompleted, in_canary_share
@@ -26,38 +25,12 @@ from edgeloop_inference_gateway.settings import Settings as GatewaySettings
 from edgeloop_model_server.embedded import RunningServer, serve_in_thread
 
 from tests.helpers import eventually
-from tests.model_fixtures import copy_model_base, lite_server_settings
+from tests.model_fixtures import copy_model_base, export_constant_model, lite_server_settings
 
 pytestmark = [pytest.mark.tf, pytest.mark.kafka, pytest.mark.slow]
 
 GROUP = "site-a"
 WEIGHT = 0.4
-
-
-def export_constant_model(path: Path, scores: tuple[float, float], *, fail: bool = False) -> None:
-    """An image classifier's signature (encoded images in, scores and class names out) that answers ``scores`` for
-    every image, or (``fail``) whose predict raises InvalidArgument on every call."""
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
-        images = tf.compat.v1.placeholder(tf.string, [None], name="image_bytes")
-        count = tf.shape(images)[0]
-        answer = tf.tile(tf.constant([list(scores)], tf.float32), [count, 1])
-        if fail:
-            check = tf.debugging.assert_less(count, 0, message="this version cannot classify anything")
-            with tf.control_dependencies([check]):
-                answer = tf.identity(answer)
-        classes = tf.tile(tf.constant([["cat", "dog"]]), [count, 1])
-        builder = tf.compat.v1.saved_model.Builder(str(path))
-        builder.add_meta_graph_and_variables(
-            session,
-            ["serve"],
-            signature_def_map={
-                "serving_default": tf.compat.v1.saved_model.predict_signature_def(
-                    {"image_bytes": images}, {"scores": answer, "classes": classes}
-                )
-            },
-        )
-        builder.save()
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """Canary rollouts, the judging part (pure): which answers belong to a canary, and whether it passes.
 
-A canary serves ``weight`` of a node group's traffic beside the stable version: the gateway (and the edge agents)
+A canary serves ``weight`` of a node group's traffic beside the stable version: the gateway and the site's edge agent
 send a sample to it when :func:`edgeloop_common.events.in_canary_share` says so, and fall back to the stable version
 when the canary fails to answer. So every answer of the group names the version that served it, and an answer of
-the stable version to a sample in the canary's share is a failed canary answer. The deployer compares the canary's
-answers with the stable version's over a window: error rate, mean confidence, p95 latency (docs/deployer.md,
-"Canary rollouts").
+the stable version to a sample in the canary's share is a failed canary answer. Both kinds of answers count: the
+gateway's own (``served_by=cloud``) and the edge agent's, forwarded by ingest (``served_by=edge``, or a hard
+example's ``joint`` record, which keeps the edge model's answer when the device got the deep cloud model's). The
+deployer compares the canary's answers with the stable version's over a window: error rate, mean confidence, p95
+latency (docs/deployer.md, "Canary rollouts").
 """
 
 from __future__ import annotations
@@ -118,29 +120,46 @@ class Verdict:
     reason: str
 
 
-def answered_by_a_splitting_client(event: InferenceCompleted) -> bool:
-    """The answers a client chose by the canary split: the gateway's own (cloud, not offered by an edge agent)."""
-    return event.served_by == "cloud" and event.joint is None
+@dataclass(frozen=True)
+class SplitAnswer:
+    """The answer of the version the canary split chose for a sample: which model and version, how sure, how fast."""
+
+    model_name: str
+    model_version: int
+    confidence: float
+    latency_ms: float
+
+
+def split_answer(event: InferenceCompleted) -> SplitAnswer:
+    """What the split chose in ``event``: the answer itself (the gateway's, or an edge agent's), or, for a hard example
+    an edge agent offered to the deep cloud model (``joint``), the edge model's own answer and its latency (the
+    device may have got the cloud model's, which no split chose; the time the cloud took is not the edge model's)."""
+    joint = event.joint
+    if joint is None:
+        return SplitAnswer(event.model_name, event.model_version, event.confidence, event.latency_ms)
+    confidence = max(joint.edge_scores.values(), default=0.0)
+    return SplitAnswer(
+        joint.edge_model_name, joint.edge_model_version, min(1.0, max(0.0, confidence)), joint.edge_latency_ms
+    )
 
 
 def sample_of(event: InferenceCompleted, canary: Canary) -> CanarySample | None:
     """What ``event`` says about ``canary`` (None: nothing; another model, site or version, or too early)."""
-    if event.model_name != canary.model_name or event.site_id != canary.node_group:
+    answer = split_answer(event)
+    if answer.model_name != canary.model_name or event.site_id != canary.node_group:
         return None
     if canary.watch_from is None or event.completed_at < canary.watch_from:
         return None
-    if not answered_by_a_splitting_client(event):
-        return None
-    if event.model_version == canary.version:
+    if answer.model_version == canary.version:
         arm: Arm = "canary"
         outcome: SampleOutcome = "ok"
-    elif event.model_version == canary.stable_version:
+    elif answer.model_version == canary.stable_version:
         # In the canary's share but answered by the stable version: the canary did not answer it.
         failed = in_canary_share(event.sample_id, canary.weight)
         arm, outcome = ("canary", "error") if failed else ("stable", "ok")
     else:
         return None
-    return CanarySample(event.sample_id, arm, outcome, event.confidence, event.latency_ms, event.completed_at)
+    return CanarySample(event.sample_id, arm, outcome, answer.confidence, answer.latency_ms, event.completed_at)
 
 
 def stats_of(samples: Sequence[CanarySample]) -> CanaryStats:

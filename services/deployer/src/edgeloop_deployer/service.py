@@ -44,6 +44,7 @@ from edgeloop_deployer.canary import (
     Verdict,
     judge,
     sample_of,
+    split_answer,
     stats_of,
 )
 
@@ -412,7 +413,7 @@ class RolloutService:
 
     async def on_inference(self, event: InferenceCompleted) -> None:
         """Record an answer of a group whose canary is watching (idempotent per sample)."""
-        canary = self._watching.get((event.model_name, event.site_id))
+        canary = self._watching.get((split_answer(event).model_name, event.site_id))
         if canary is None:
             return
         sample = sample_of(event, canary)

@@ -11,6 +11,7 @@ from edgeloop_common.http_errors import ServiceNotRunningError, StatusForError
 from edgeloop_common.mqtt_asyncio import AsyncMqttClient
 from fastapi import APIRouter, Depends, Query, Request
 
+from edgeloop_edge.canary import CanaryWatcher
 from edgeloop_edge.joint import CloudClassifier
 from edgeloop_edge.service import EdgeAgent
 from edgeloop_edge.settings import Settings
@@ -30,6 +31,7 @@ class EdgeState:
     store: EdgeStore
     forwarder: UplinkForwarder | None
     cloud: CloudClassifier | None
+    canary: CanaryWatcher | None
     mqtt: AsyncMqttClient
 
 
@@ -48,7 +50,7 @@ router = APIRouter(prefix="/v1", tags=["edge"])
 
 @router.get("/status")
 async def status(edge: Edge) -> dict[str, Any]:
-    """The site, the version answering, the uplink queue and the links."""
+    """The site, the version answering, the site's canary, the uplink queue and the links."""
     depth = await asyncio.to_thread(edge.store.depth)
     last = edge.agent.last_answer
     settings = edge.settings
@@ -83,7 +85,21 @@ async def status(edge: Edge) -> dict[str, Any]:
             "budget_ms": settings.joint_budget_ms,
             "link_down": edge.cloud.link_down if edge.cloud else None,
         },
+        "canary": _canary(edge.canary),
         "rejected": depth.rejected,
+    }
+
+
+def _canary(watcher: CanaryWatcher | None) -> dict[str, Any]:
+    if watcher is None:
+        return {"deployer_url": None, "version": None, "weight": 0.0, "endpoint": None, "last_error": "off"}
+    canary = watcher.current
+    return {
+        "deployer_url": watcher.deployer_url,
+        "version": canary.version if canary else None,
+        "weight": canary.weight if canary else 0.0,
+        "endpoint": canary.endpoint if canary else None,
+        "last_error": watcher.last_error,
     }
 
 

@@ -1,8 +1,9 @@
 """``create_app(settings)``: a site's edge agent as a FastAPI app (health, status, metrics).
 
-The lifespan opens the edge store, the node group's model client, the cloud clients (joint inference, uplink)
-and the site broker's persistent MQTT session, answers what was acknowledged before the last stop, and starts
-taking pictures. No Kafka and no bus: the edge talks to the cloud only through HTTPS (docs/edge.md).
+The lifespan opens the edge store, the node group's model client, the cloud clients (joint inference, uplink, the
+deployer's canary of the site) and the site broker's persistent MQTT session, answers what was acknowledged before
+the last stop, and starts taking pictures. No Kafka and no bus: the edge talks to the cloud only through HTTPS
+(docs/edge.md).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edgeloop_common.topics import MQTT_IMAGE, MQTT_TELEMETRY, mqtt_topic
 from fastapi import FastAPI
 
 from edgeloop_edge import api
+from edgeloop_edge.canary import CanaryWatcher
 from edgeloop_edge.joint import CloudClassifier
 from edgeloop_edge.metrics import EdgeMetrics
 from edgeloop_edge.service import AgentConfig, EdgeAgent
@@ -95,6 +97,20 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                     auth=service_auth(settings.common),
                 )
                 stack.push_async_callback(cloud.close)
+            canary = None
+            if settings.deployer_url:
+                canary = CanaryWatcher(
+                    deployer_url=settings.deployer_url,
+                    model_name=settings.model_name,
+                    site_id=settings.site,
+                    metrics=metrics,
+                    poll_s=settings.canary_poll_s,
+                    model_timeout_s=settings.model_timeout_s,
+                    metadata_ttl_s=settings.metadata_refresh_s,
+                    auth=service_auth(settings.common),
+                )
+                canary.start()  # in the background: the first answers go to the group's server until it knows
+                stack.push_async_callback(canary.stop)
             forwarder = None
             if settings.ingest_url:
                 forwarder = UplinkForwarder(
@@ -125,6 +141,7 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
                 send_result=send_result,
                 metrics=metrics,
                 cloud=cloud,
+                canary=canary,
                 on_answered=forwarder.wake if forwarder else None,
             )
             telemetry = None
@@ -156,7 +173,13 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
             if forwarder is not None:
                 forwarder.start()
             app.state.edge = api.EdgeState(
-                settings=settings, agent=agent, store=store, forwarder=forwarder, cloud=cloud, mqtt=mqtt
+                settings=settings,
+                agent=agent,
+                store=store,
+                forwarder=forwarder,
+                cloud=cloud,
+                canary=canary,
+                mqtt=mqtt,
             )
             stack.callback(_forget_state, app)
             # Return subscribed when the broker is there, so what devices publish right after start is taken.
@@ -165,12 +188,13 @@ def create_app(settings: Settings | None = None, *, model_client: ModelClient | 
             except TimeoutError:
                 log.warning("site broker %s:%d not reachable yet; still trying", host, port)
             log.info(
-                "edge agent of site %s up: broker %s:%d, model %s at %s, cloud %s, uplink %s (%s)",
+                "edge agent of site %s up: broker %s:%d, model %s at %s, canaries from %s, cloud %s, uplink %s (%s)",
                 settings.site,
                 host,
                 port,
                 settings.model_name,
                 settings.model_server_url,
+                settings.deployer_url or "nowhere (off)",
                 settings.cloud_url or "off",
                 settings.ingest_url or "off",
                 settings.uplink_policy,

@@ -71,6 +71,24 @@ class EdgeMetrics:
         self.mqtt_connected = Gauge(
             "edgeloop_edge_mqtt_connected", "1 while connected to the site's MQTT broker.", registry=self.registry
         )
+        # The canary split (docs/edge.md, "Canary rollouts").
+        self.canary_samples = Counter(
+            "edgeloop_edge_canary_samples_total",
+            "Pictures in the site's canary's share, by outcome (canary: the canary answered; canary_fallback: it "
+            "failed and the node group's server answered).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "edgeloop_edge_canary_weight",
+            "Share of the site's pictures sent to its canary now (0: no canary).",
+            registry=self.registry,
+        )
+        self.deployer_failures = Counter(
+            "edgeloop_edge_deployer_failures_total",
+            "Canary polls the deployer did not answer (unreachable, 5xx, not a canary).",
+            registry=self.registry,
+        )
         # Sensor telemetry (docs/telemetry.md, "Scoring at the edge").
         self.telemetry_readings = Counter(
             "edgeloop_edge_telemetry_readings_total",

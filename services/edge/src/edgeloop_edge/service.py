@@ -1,7 +1,8 @@
 """The edge agent's logic: a device's picture in, the device's answer out, and the record queued for the cloud.
 
 I/O comes in as collaborators: the edge store (SQLite), the node group's model client (TF Serving REST/gRPC),
-the deep cloud model (:class:`~edgeloop_edge.joint.CloudClassifier`), the site broker (results), the forwarder.
+the site's canary (:class:`~edgeloop_edge.canary.CanaryWatcher`), the deep cloud model
+(:class:`~edgeloop_edge.joint.CloudClassifier`), the site broker (results), the forwarder.
 Pictures are accepted one at a time, in arrival order (the per-device sequence is the uplink's order), and
 classified concurrently.
 """
@@ -27,11 +28,13 @@ from edgeloop_common.serving import (
     ModelNotFoundError,
     ModelRoute,
     ModelServerUnavailableError,
+    ModelServingError,
     UnclassifiableError,
 )
 from edgeloop_common.topics import MQTT_RESULT, mqtt_topic, parse_device_topic
 from edgeloop_common.uplink import EdgeInference
 
+from edgeloop_edge.canary import CanaryWatcher
 from edgeloop_edge.joint import CloudClassifier
 from edgeloop_edge.metrics import EdgeMetrics
 from edgeloop_edge.settings import UplinkPolicy
@@ -80,6 +83,7 @@ class EdgeAgent:
         send_result: SendResult,
         metrics: EdgeMetrics,
         cloud: CloudClassifier | None = None,
+        canary: CanaryWatcher | None = None,
         on_answered: Callable[[], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -90,6 +94,7 @@ class EdgeAgent:
         self.send_result = send_result
         self.metrics = metrics
         self.cloud = cloud
+        self.canary = canary
         self.on_answered = on_answered or (lambda: None)
         self.rng = rng or random.Random()
         self.last_answer: LastAnswer | None = None
@@ -230,7 +235,7 @@ class EdgeAgent:
         assert picture.image is not None
         edge_started = time.perf_counter()
         try:
-            prediction = await self._classify_at_the_edge(picture.image)
+            prediction = await self._classify_at_the_edge(picture.image, picture.record_id)
         except UnclassifiableError as exc:
             log.error("the model refused %s of %s: %s", picture.record_id, picture.device_id, exc)
             await asyncio.to_thread(self.store.give_up, picture, f"the model refused it: {exc}")
@@ -276,22 +281,43 @@ class EdgeAgent:
             completed_at=datetime.now(UTC),
         )
 
-    async def _classify_at_the_edge(self, image: bytes) -> _Prediction:
-        """The node group's model server's answer; an unavailable server is waited for (the picture is durable)."""
+    async def _classify_at_the_edge(self, image: bytes, sample_id: str) -> _Prediction:
+        """The site's canary's answer when the sample is in its share, else (or when the canary fails) the node
+        group's model server's; an unavailable server is waited for (the picture is durable). The answer names the
+        version that gave it: a stable answer to a sample in the canary's share is how the deployer sees a failure."""
+        split = self.canary.split_for(sample_id) if self.canary is not None else None
+        if split is not None:
+            try:
+                prediction = await self._predict(split.client, split.route, image)
+            except (ModelServingError, UnclassifiableError) as exc:
+                log.warning(
+                    "canary %s at %s failed %s (%s); answered by the node group's server",
+                    split.route,
+                    split.canary.endpoint,
+                    sample_id,
+                    exc,
+                )
+                self.metrics.canary_samples.labels(outcome="canary_fallback").inc()
+            else:
+                self.metrics.canary_samples.labels(outcome="canary").inc()
+                return prediction
         delay = MODEL_RETRY_FIRST_S
         while True:
             try:
-                batch = await self.model_client.classify(self.config.route, [image])
+                return await self._predict(self.model_client, self.config.route, image)
             except (ModelServerUnavailableError, ModelNotFoundError) as exc:
                 kind = "unavailable" if isinstance(exc, ModelServerUnavailableError) else "not_found"
                 self.metrics.model_errors.labels(kind=kind).inc()
                 log.warning("the node group's model server cannot answer (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MODEL_RETRY_MAX_S)
-                continue
-            if len(batch.scores) != 1 or not batch.scores[0]:
-                raise UnclassifiableError(f"the model answered {len(batch.scores)} score rows for one picture")
-            return _Prediction(batch.model_name, batch.model_version, [_checked(batch.scores[0])])
+
+    @staticmethod
+    async def _predict(client: ModelClient, route: ModelRoute, image: bytes) -> _Prediction:
+        batch = await client.classify(route, [image])
+        if len(batch.scores) != 1 or not batch.scores[0]:
+            raise UnclassifiableError(f"the model answered {len(batch.scores)} score rows for one picture")
+        return _Prediction(batch.model_name, batch.model_version, [_checked(batch.scores[0])])
 
     def _verdict(self, scores: dict[str, float], facts: ImageFacts) -> HardExampleVerdict:
         if facts.quality != "ok":  # a picture with nothing to classify is never worth the cloud's time

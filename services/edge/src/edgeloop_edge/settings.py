@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         5.0, gt=0, description="After the cloud failed, how long hard examples get the edge's answer without asking."
     )
 
+    # The canary split (docs/edge.md, "Canary rollouts"): the site's canary, learned from the deployer.
+    deployer_url: str = Field(
+        "", description="Base URL of the cloud's deployer, asked for the site's canary; empty: no canary split."
+    )
+    canary_poll_s: float = Field(
+        2.0, gt=0, description="How often the deployer is asked for the site's canary (keep it below its SETTLE_S)."
+    )
+
     # Hard-example mining (edgeloop_common.mining).
     hard_example_miner: Literal["none", "confidence", "entropy", "cross_entropy", "ibt"] = Field(
         "confidence", description="Which miner flags hard examples."
