@@ -623,6 +623,26 @@ def test_the_security_context_is_overridable_per_component_and_for_all_and_match
     wrong = _template("global.podSecurityContext.runAsUser=root")
     assert wrong.returncode != 0 and "/global/podSecurityContext/runAsUser" in wrong.stderr, wrong.stderr
 
+    # The deployer's model servers follow the same ids (its settings), or ids of their own.
+    def model_server_ids(*settings: str) -> dict[str, Any]:
+        env = _container_env(_rendered(*settings)[("Deployment", "loop-deployer")])
+        return {var["name"]: var["value"] for var in env if var["name"].startswith("EDGELOOP_DEPLOYER_RUN_AS_")} | {
+            var["name"]: var["value"] for var in env if var["name"] == "EDGELOOP_DEPLOYER_FS_GROUP"
+        }
+
+    assert model_server_ids() == {
+        "EDGELOOP_DEPLOYER_RUN_AS_USER": "10001",
+        "EDGELOOP_DEPLOYER_RUN_AS_GROUP": "10001",
+        "EDGELOOP_DEPLOYER_FS_GROUP": "10001",
+    }
+    assert model_server_ids("global.podSecurityContext.runAsUser=20000")["EDGELOOP_DEPLOYER_RUN_AS_USER"] == "20000"
+    own = model_server_ids(
+        "deployer.modelServerPodSecurityContext.runAsUser=30000", "global.podSecurityContext.fsGroup=40000"
+    )
+    assert own["EDGELOOP_DEPLOYER_RUN_AS_USER"] == "30000" and own["EDGELOOP_DEPLOYER_FS_GROUP"] == "40000", own
+    wrong = _template("deployer.modelServerPodSecurityContext.runAsUser=0")
+    assert wrong.returncode != 0 and "/deployer/modelServerPodSecurityContext/runAsUser" in wrong.stderr, wrong.stderr
+
 
 def test_the_edge_store_is_a_prepared_host_folder_never_one_the_kubelet_creates_root_owned_or_an_empty_dir() -> None:
     """A non-root agent cannot write a folder the kubelet would create as root (DirectoryOrCreate), and a hostPath

@@ -156,6 +156,25 @@ def test_every_model_server_pod_runs_as_a_numeric_non_root_user_on_a_read_only_r
     assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (20000, 20001, 20002)
 
 
+def test_the_model_servers_ids_are_settings_and_never_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeloop_deployer.app import serving_spec
+
+    monkeypatch.setenv("EDGELOOP_DEPLOYER_RUN_AS_USER", "20000")
+    monkeypatch.setenv("EDGELOOP_DEPLOYER_RUN_AS_GROUP", "20001")
+    monkeypatch.setenv("EDGELOOP_DEPLOYER_FS_GROUP", "20002")
+    spec = serving_spec(Settings())
+    context = deployment(WorkloadPlan("catdog", "site-a", 1), spec)["spec"]["template"]["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"], context["runAsNonRoot"]) == (
+        20000,
+        20001,
+        20002,
+        True,
+    )
+    monkeypatch.setenv("EDGELOOP_DEPLOYER_RUN_AS_USER", "0")
+    with pytest.raises(ValidationError, match="run_as_user"):
+        Settings()
+
+
 def test_resources_follow_the_settings() -> None:
     spec = ServingSpec(cpu_request="100m", memory_request="128Mi", cpu_limit="1", memory_limit="")
     container = deployment(WorkloadPlan("catdog", "site-a", 1), spec)["spec"]["template"]["spec"]["containers"][0]

@@ -49,6 +49,9 @@ def serving_spec(settings: Settings) -> ServingSpec:
         cpu_limit=settings.cpu_limit,
         memory_limit=settings.memory_limit,
         progress_deadline_s=settings.resolved_progress_deadline_s(),
+        run_as_user=settings.run_as_user,
+        run_as_group=settings.run_as_group,
+        fs_group=settings.fs_group,
     )
 
 

@@ -11,7 +11,7 @@ from edgeloop_common.settings import CommonSettings
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edgeloop_deployer.adapters.manifests import DEFAULT_ENDPOINT_TEMPLATE
+from edgeloop_deployer.adapters.manifests import DEFAULT_ENDPOINT_TEMPLATE, RUN_AS_USER
 
 TargetKind = Literal["auto", "kubernetes", "local"]
 WorkloadKind = Literal["deployment", "edgeapplication"]
@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     memory_request: str = Field("512Mi")
     cpu_limit: str = Field("", description="Empty: no CPU limit (throttling hurts latency more than it saves).")
     memory_limit: str = Field("2Gi")
+    # The model servers' pod securityContext (numeric ids: runAsNonRoot needs a number, not a name). The chart sets
+    # them from global.podSecurityContext, so the model servers run as its pods do.
+    run_as_user: int = Field(RUN_AS_USER, ge=1, description="The model servers' numeric user (non-root: not 0).")
+    run_as_group: int = Field(RUN_AS_USER, ge=0, description="The model servers' numeric group.")
+    fs_group: int = Field(RUN_AS_USER, ge=0, description="The group that owns the volumes the kubelet prepares.")
     progress_deadline_s: int | None = Field(
         None, ge=1, description="The Deployment's progressDeadlineSeconds; empty: the rollout timeout."
     )
