@@ -231,6 +231,15 @@ class Pipeline:
             env |= self._settings(name, prefix, grpc_port)
             self.services[name] = ServiceProcess(name, env, self.urls[name], work_dir / "logs" / f"{name}.log")
 
+    def log_tails(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of each service's log (WARNING and above, and each start the harness made)."""
+        tails = []
+        for name, service in self.services.items():
+            said = service.log_file.read_text(errors="replace").splitlines() if service.log_file.exists() else []
+            tails.append(f"--- {name} ({service.log_file.name}, last {min(lines, len(said))} lines)")
+            tails.extend(said[-lines:])
+        return "\n".join(tails)
+
     def _settings(self, name: str, prefix: str, grpc_port: int) -> dict[str, str]:
         values: dict[str, str] = {}
         if name == "model-server":

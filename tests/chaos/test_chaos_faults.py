@@ -44,9 +44,12 @@ def pipeline(trained_model_base: Path, trained_model_name: str) -> Iterator[Pipe
         yield running
 
 
-def assert_nothing_lost_nor_doubled(counts: Counts) -> None:
+def assert_nothing_lost_nor_doubled(counts: Counts, pipeline: Pipeline) -> None:
     print(counts.line())
     print(counts.details())
+    if counts.lost_total or any(counts.lags.values()) or counts.recovery_s is None:
+        # The work folder goes with the module: what the services said is kept in the failure's captured output.
+        print(pipeline.log_tails())
     assert counts.acknowledged == counts.published, counts.details()
     assert counts.lost_total == 0, counts.details()
     assert counts.duplicate_effects == 0, counts.details()
@@ -59,25 +62,25 @@ async def test_every_consumer_sigkilled_loses_and_doubles_nothing(pipeline: Pipe
     scenario = Scenario("sigkill-each-consumer", kill_consumers(1), images=200, rate=RATE)
     counts = await run_scenario(pipeline, scenario, seed=13, pool=image_pool())
     assert len(counts.windows) == len(CONSUMERS)
-    assert_nothing_lost_nor_doubled(counts)
+    assert_nothing_lost_nor_doubled(counts, pipeline)
 
 
 async def test_kafka_stopped_and_restarted(pipeline: Pipeline) -> None:
     scenario = Scenario("kafka-stopped-8s", stop_broker("kafka", 8.0), images=IMAGES, rate=RATE)
-    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()))
+    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()), pipeline)
 
 
 async def test_mosquitto_restarted(pipeline: Pipeline) -> None:
     scenario = Scenario("mosquitto-restarted", stop_broker("mosquitto", 0.0), images=IMAGES, rate=RATE)
-    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()))
+    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()), pipeline)
 
 
 async def test_postgres_restarted(pipeline: Pipeline) -> None:
     scenario = Scenario("postgres-restarted", stop_broker("postgres", 0.0), images=IMAGES, rate=RATE)
-    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()))
+    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()), pipeline)
 
 
 async def test_gateway_paused_past_its_session_timeout(pipeline: Pipeline) -> None:
     pause = KAFKA_SESSION_TIMEOUT_S + 5.0
     scenario = Scenario("gateway-sigstop", pause_service("inference-gateway", pause), images=IMAGES, rate=RATE)
-    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()))
+    assert_nothing_lost_nor_doubled(await run_scenario(pipeline, scenario, pool=image_pool()), pipeline)
