@@ -380,11 +380,20 @@ def api_endpoints(address: str, port: int) -> dict[str, Any]:
     """The ``kubernetes`` Service's EndpointSlice: api-forward. (The API server does not reconcile that Service's
     endpoints here: ``--endpoint-reconciler-type=none``, its own address being loopback.)"""
     namespace, service = API_SERVICE
+    return _host_endpoints(
+        API_ENDPOINTS, namespace, service, address, [{"name": "https", "protocol": "TCP", "port": port}]
+    )
+
+
+def _host_endpoints(
+    name: str, namespace: str, service: str, address: str, ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """An EndpointSlice naming a process on the host as ``service``'s one endpoint (a Service without selector)."""
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": API_ENDPOINTS,
+            "name": name,
             "namespace": namespace,
             "labels": {
                 "kubernetes.io/service-name": service,
@@ -393,7 +402,7 @@ def api_endpoints(address: str, port: int) -> dict[str, Any]:
         },
         "addressType": "IPv4",
         "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
-        "ports": [{"name": "https", "protocol": "TCP", "port": port}],
+        "ports": ports,
     }
 
 
@@ -412,21 +421,9 @@ def dns_objects(address: str, port: int) -> list[dict[str, Any]]:
                 "ports": [{"name": n, "protocol": p, "port": 53, "targetPort": port} for n, p in ports],
             },
         },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{service}-host",
-                "namespace": namespace,
-                "labels": {
-                    "kubernetes.io/service-name": service,
-                    "endpointslice.kubernetes.io/managed-by": "edgeloop-kube",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
-            "ports": [{"name": n, "protocol": p, "port": port} for n, p in ports],
-        },
+        _host_endpoints(
+            f"{service}-host", namespace, service, address, [{"name": n, "protocol": p, "port": port} for n, p in ports]
+        ),
     ]
 
 
